@@ -1,0 +1,199 @@
+"""Reading a counts CSV, checking it, and turning it into fastai `DataLoaders`."""
+import math, warnings, pandas as pd
+from csv import Error as CSVError
+from functools import partial
+from pathlib import Path
+from fastai.vision.all import *
+
+__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit',
+           'count_tfms', 'count_block', 'count_dls', 'default_data']
+
+class FlowersDataError(ValueError):
+    "A problem with the user's data; `problems` lists `(line, message)` pairs"
+    def __init__(self, msg, problems=()): super().__init__(msg); self.problems = list(problems)
+
+IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
+DATA_DIR = Path(__file__).resolve().parents[1]/'data'
+_TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
+
+def _read_csv(csv):
+    "Every cell of `csv` as a stripped string; `,` or `;` separated, with or without a BOM"
+    try: head = csv.read_text(encoding='utf-8-sig').lstrip().partition('\n')[0]
+    except UnicodeDecodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
+    if not head: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
+    sep = ';' if head.count(';') > head.count(',') else ','
+    try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding='utf-8-sig', skip_blank_lines=True)
+    except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
+    except (pd.errors.ParserError, UnicodeDecodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df.map(str.strip)
+
+def _check_cols(df, csv, fn_col, label_col):
+    "Raise if `fn_col` or `label_col` is missing from `df`, suggesting near matches"
+    missing = [c for c in (fn_col,label_col) if c not in df.columns]
+    if not missing: return
+    found = ', '.join(repr(c) for c in df.columns)
+    hints = [f"'{m}' looks like {c!r}" for m in missing for c in df.columns if c.lower()==m.lower()]
+    hint = f" ({'; '.join(hints)})" if hints else ''
+    raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
+                           f"Rename the columns or pass --fn-col/--label-col (fn_col=/label_col=).")
+
+def find_img_dir(csv, fnames, img_dir=None):
+    "Folder the image names in `csv` are relative to: `img_dir`, else `images/` beside the CSV if the files are there, else the CSV's folder"
+    if img_dir is not None: return Path(img_dir).resolve()
+    root = Path(csv).resolve().parent
+    sub = root/'images'
+    if not sub.is_dir(): return root
+    some = list(fnames)[:50]
+    def _hits(d): return sum((d/f).is_file() for f in some if f)
+    return sub if _hits(sub) >= _hits(root) else root
+
+def _path_problem(fn, img_dir):
+    "Why image name `fn` can't be used under `img_dir`, or None"
+    if not fn: return "no image name"
+    p = Path(fn)
+    if p.is_absolute() or fn.startswith(('/','\\')) or (len(fn)>1 and fn[1]==':'):
+        return f"image path '{fn}' is absolute; give it relative to the image folder {img_dir}"
+    if not (img_dir/p).resolve().is_relative_to(img_dir):
+        return f"image path '{fn}' points outside the image folder {img_dir}"
+    if not (img_dir/p).is_file(): return f"image file '{fn}' not found in {img_dir}"
+
+def _count_problem(s):
+    "Why `s` is not a usable count, or None"
+    if s=='': return "no count"
+    try: v = float(s)
+    except ValueError: return f"count '{s}' is not a number"
+    if math.isnan(v): return f"count '{s}' is NaN"
+    if math.isinf(v): return f"count '{s}' is infinite"
+    if v<0: return f"count {s} is negative"
+
+def _problem_msg(csv, problems, what):
+    "One message listing every `(line, message)` in `problems`"
+    n = len(problems)
+    lines = '\n'.join(f"  line {l}: {m}" for l,m in problems[:50])
+    more = f"\n  ... and {n-50} more" if n>50 else ''
+    return f"{csv}: {n} bad row{'s'*(n!=1)}{what}:\n{lines}{more}"
+
+def read_counts(csv, # CSV file with one row per image
+                img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
+                fn_col='image', # Column holding image file names
+                label_col='count', # Column holding the counts
+                drop_bad=False, # Drop bad rows with a warning instead of raising
+               ) -> pd.DataFrame:
+    "Read and check a counts CSV: a clean `DataFrame`, or one `FlowersDataError` listing every problem"
+    csv = Path(csv)
+    if not csv.is_file(): raise FlowersDataError(f"{csv}: file not found")
+    df = _read_csv(csv)
+    _check_cols(df, csv, fn_col, label_col)
+    if not len(df): raise FlowersDataError(f"{csv}: has a header but no rows; add one row per image ({fn_col},{label_col})")
+    img_dir = find_img_dir(csv, df[fn_col], img_dir)
+    if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
+    problems = []
+    for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
+        for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
+            if p: problems.append((i+2, p))
+    first = {}
+    for i,k in enumerate(str(Path(f)) for f in df[fn_col]):
+        if k in first and k: problems.append((i+2, f"image '{df[fn_col].iloc[i]}' is listed again (first on line {first[k]})"))
+        first.setdefault(k, i+2)
+    if 'is_valid' in df.columns:
+        for i,v in enumerate(df['is_valid']):
+            if v.lower() not in _TRUE|_FALSE: problems.append((i+2, f"is_valid '{v}' is not true/false"))
+    problems.sort()
+    if problems and not drop_bad:
+        raise FlowersDataError(_problem_msg(csv, problems, '') + "\nFix these rows, or pass --drop-bad (drop_bad=True) to skip them.", problems)
+    if problems:
+        bad = sorted({l for l,_ in problems})
+        if len(bad)==len(df): raise FlowersDataError(_problem_msg(csv, problems, '; no usable rows left'), problems)
+        warnings.warn(_problem_msg(csv, problems, f', dropped ({len(df)-len(bad)} rows left)'))
+        df = df.drop(index=[l-2 for l in bad])
+    df = df.reset_index(drop=True)
+    df[label_col] = df[label_col].astype('float32')
+    if 'is_valid' in df.columns: df['is_valid'] = df['is_valid'].str.lower().isin(_TRUE)
+    df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
+    return df
+
+def rotate_fit_mat(x:Tensor, # Batch the matrices are for
+                   max_deg:float=10, # Largest rotation in degrees
+                   p:float=0.5, # Probability of rotating each image
+                   draw=None, # Fixed angles instead of random ones
+                   batch:bool=False, # One angle for the whole batch
+                  ):
+    "Rotation matrices scaled down so the whole rotated image stays in frame: no head is cut off at a corner"
+    m = rotate_mat(x, max_deg=max_deg, p=p, draw=draw, batch=batch)
+    # sampling coordinates spread by |cos|+|sin| zooms out exactly enough to keep the rotated corners in frame
+    m[:,:2,:2] *= (m[:,0,0].abs() + m[:,0,1].abs())[:,None,None]
+    return m
+
+class RotateFit(AffineCoordTfm):
+    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame; pads with zeros"
+    def __init__(self, max_deg=10, p=0.5, draw=None, size=None, mode='bilinear', batch=False):
+        super().__init__(aff_fs=partial(rotate_fit_mat, max_deg=max_deg, p=p, draw=draw, batch=batch),
+                         size=size, mode=mode, pad_mode=PadMode.Zeros)
+
+def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is zoomed out to keep it whole)
+               max_lighting:float=0.2, # Largest change of brightness and contrast
+               p_affine:float=0.75, # Probability of rotating each image
+              ) -> list:
+    "Batch augmentations that keep every head in the picture: dihedral flips, fitted rotation, lighting"
+    tfms = [Dihedral(p=0.5, pad_mode=PadMode.Zeros)] # exact: no interpolation, no padding
+    if max_rotate: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine))
+    if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
+    return setup_aug_tfms(tfms)
+
+def count_block(img_dir, # Folder the image names are relative to
+                fn_col='image', # Column holding image file names
+                label_col='count', # Column holding the counts
+                size=128, # Images are resized to `size` x `size`
+                method='squish', # How to fit other aspect ratios: 'squish' or 'pad' (zeros); never crop, which cuts heads off
+                valid_pct=0.2, # Share of images held out for validation (ignored with `valid_col`)
+                seed=42, # Random seed for the split
+                valid_col=None, # Boolean column marking validation rows, instead of a random split
+                aug=True, # Apply `count_tfms` to training batches
+               ) -> DataBlock:
+    "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
+    if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
+    return DataBlock(blocks=(ImageBlock, RegressionBlock(n_out=1)),
+                     get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
+                     splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
+                     item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
+                     batch_tfms=count_tfms() if aug else None)
+
+def count_dls(csv, # CSV file with one row per image
+              img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
+              fn_col='image', # Column holding image file names
+              label_col='count', # Column holding the counts
+              size=128, # Images are resized to `size` x `size`
+              bs=32, # Batch size
+              valid_pct=0.2, # Share of images held out for validation (unless the CSV has an `is_valid` column)
+              seed=42, # Random seed for the split and the shuffling
+              method='squish', # 'squish' or 'pad'
+              drop_bad=False, # Drop bad rows with a warning instead of raising
+              aug=True, # Count-preserving augmentation of training batches
+              num_workers=0, # Data-loading processes
+              **kwargs, # Passed to `DataBlock.dataloaders`
+             ) -> DataLoaders:
+    "`DataLoaders` of (image, count) batches from a counts CSV"
+    df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad)
+    valid_col = 'is_valid' if 'is_valid' in df.columns else None
+    dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
+                         seed=seed, valid_col=valid_col, aug=aug)
+    set_seed(seed) # the shuffling order, too, follows the seed
+    dls = dblock.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+    dls.df = df
+    return dls
+
+def default_data(n:int=1000, # Number of images to generate if absent
+                 size:int=128, # Their size in pixels
+                 max_count:int=20, # Largest count
+                 seed:int=0, # Generation seed
+                 path=None, # Where the data set lives (default `data/flowers`)
+                ) -> Path:
+    "CSV of the embedded default data set, generating it first if absent"
+    from .synth import make_flowers
+    path = Path(path or DATA_DIR/'flowers')
+    csv = path/'counts.csv'
+    if not csv.is_file():
+        print(f"Default data set not found at {path}: generating {n} synthetic flower fields ({size} px, counts 0..{max_count})")
+        make_flowers(path, n=n, size=size, max_count=max_count, seed=seed)
+    return csv

@@ -1,0 +1,120 @@
+import pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
+from PIL import Image
+from fastai.vision.all import TensorImage
+from flowers.data import *
+
+@pytest.fixture
+def ds(tmp_path, flower_data):
+    "A writable copy of the session data set: (folder, function writing counts.csv from text)"
+    src,_ = flower_data
+    shutil.copytree(src/'images', tmp_path/'images')
+    def write(text, name='counts.csv'):
+        (tmp_path/name).write_text(text)
+        return tmp_path/name
+    return tmp_path, write
+
+def _err(csv, **kw):
+    with pytest.raises(FlowersDataError) as e: read_counts(csv, **kw)
+    return str(e.value)
+
+def test_good_csv(flower_data):
+    path,csv = flower_data
+    df = read_counts(csv)
+    assert len(df)==48 and df['count'].dtype==np.float32
+    assert df.attrs['img_dir']==(path/'images').resolve()
+
+def test_missing_file(tmp_path): assert 'file not found' in _err(tmp_path/'nope.csv')
+def test_empty_file(ds): assert 'the file is empty' in _err(ds[1](''))
+def test_header_only(ds): assert 'no rows' in _err(ds[1]('image,count\n'))
+
+def test_wrong_columns(ds):
+    msg = _err(ds[1]('Image,n\n00000.jpg,3\n'))
+    assert "missing column 'image' and 'count'" in msg and "'image' looks like 'Image'" in msg and '--fn-col' in msg
+
+def test_custom_columns(ds):
+    df = read_counts(ds[1]('file,heads\n00000.jpg,3\n'), fn_col='file', label_col='heads')
+    assert df['heads'].tolist()==[3.0]
+
+@pytest.mark.parametrize('cell,expect', [('abc',"count 'abc' is not a number"), ('nan',"count 'nan' is NaN"),
+    ('inf',"count 'inf' is infinite"), ('-2','count -2 is negative'), ('','no count')])
+def test_bad_counts(ds, cell, expect):
+    msg = _err(ds[1](f'image,count\n00000.jpg,1\n00001.jpg,{cell}\n'))
+    assert f'line 3: {expect}' in msg and '1 bad row' in msg
+
+def test_every_problem_listed(ds):
+    msg = _err(ds[1]('image,count\n00000.jpg,x\n../secret.jpg,1\n/etc/passwd,2\nmissing.jpg,1\n00000.jpg,2\n'))
+    for s in ("line 2: count 'x' is not a number", "line 3: image path '../secret.jpg' points outside the image folder",
+              "line 4: image path '/etc/passwd' is absolute", "line 5: image file 'missing.jpg' not found",
+              "line 6: image '00000.jpg' is listed again (first on line 2)", '5 bad rows', '--drop-bad'):
+        assert s in msg
+
+def test_duplicates_after_normalising(ds):
+    assert "line 3: image './00001.jpg' is listed again" in _err(ds[1]('image,count\n00001.jpg,1\n./00001.jpg,1\n'))
+
+def test_drop_bad_warns_and_drops(ds):
+    with pytest.warns(UserWarning, match=r"line 3: count 'x' is not a number"):
+        df = read_counts(ds[1]('image,count\n00000.jpg,1\n00001.jpg,x\n00002.jpg,4\n'), drop_bad=True)
+    assert df['image'].tolist()==['00000.jpg','00002.jpg'] and df.attrs['dropped'][0]['line']==3
+
+def test_drop_bad_all_rows_bad(ds):
+    assert 'no usable rows left' in _err(ds[1]('image,count\nx.jpg,1\n'), drop_bad=True)
+
+def test_semicolon_and_bom(ds):
+    csv = ds[0]/'counts.csv'
+    csv.write_bytes('\ufeffimage;count\n00000.jpg;2\n'.encode('utf-8'))
+    assert read_counts(csv)['count'].tolist()==[2.0]
+
+def test_img_dir_beside_csv(ds):
+    path,write = ds
+    (path/'sub').mkdir(); shutil.copy(path/'images'/'00000.jpg', path/'sub'/'a.jpg')
+    csv = write('image,count\nsub/a.jpg,1\n')
+    assert read_counts(csv).attrs['img_dir']==path.resolve()
+    assert read_counts(write('image,count\na.jpg,1\n'), img_dir=path/'sub')['image'].tolist()==['a.jpg']
+
+def test_batch_shapes(flower_data):
+    dls = count_dls(flower_data[1], size=32, bs=8)
+    x,y = dls.one_batch()
+    assert x.shape==(8,3,32,32) and x.dtype==torch.float32
+    assert y.shape==(8,) and y.dtype==torch.float32
+
+def test_split_follows_seed(flower_data):
+    split = lambda seed: sorted(count_dls(flower_data[1], size=32, seed=seed).valid.items.index)
+    assert split(1)==split(1) and split(1)!=split(2) and len(split(1))==int(48*0.2)
+
+def test_is_valid_column(ds):
+    path,write = ds
+    rows = [f'{i:05d}.jpg,{i%3},{"true" if i<4 else "false"}' for i in range(12)]
+    dls = count_dls(write('image,count,is_valid\n' + '\n'.join(rows)), size=32, bs=4)
+    assert sorted(dls.valid.items['image'])==[f'{i:05d}.jpg' for i in range(4)]
+
+def test_getters_pickle(flower_data):
+    dblock = count_block(flower_data[0]/'images', size=32)
+    for f in (dblock.get_x, dblock.get_y):
+        for mod in (pickle, cloudpickle): assert mod.loads(mod.dumps(f))(pd.Series({'image':'a.jpg','count':3.}))==f(pd.Series({'image':'a.jpg','count':3.}))
+    dls = count_dls(flower_data[1], size=32)
+    cloudpickle.loads(cloudpickle.dumps(dls.after_batch)) # what `learn.export` stores
+
+def test_no_cropping_method(flower_data):
+    with pytest.raises(FlowersDataError, match='crop'): count_block(flower_data[0], method='crop')
+
+def test_rotation_keeps_whole_image():
+    "A rotated white square stays whole: its area is kept, zoomed out by at most |cos|+|sin|"
+    x = TensorImage(torch.ones(4,3,64,64))
+    tfm = RotateFit(max_deg=30, p=1., draw=[30,-30,10,0])
+    tfm.split_idx = None
+    y = tfm(x, split_idx=0)
+    assert torch.allclose(y[3], x[3], atol=1e-5) # no rotation: unchanged
+    assert (y[:3,:,0,0]==0).all() and (y[:3,:,32,32]>0.99).all() # padded with zeros, centre intact
+    # the rotated square's area (in pixels) equals the original area shrunk by the fit factor squared
+    for i,deg in enumerate([30,-30,10]):
+        r = np.radians(abs(deg)); f = np.cos(r)+np.sin(r)
+        assert abs(y[i,0].sum().item()/64**2 - 1/f**2) < 0.03
+
+def test_show_batch_titles_counts(flower_data):
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    dls = count_dls(flower_data[1], size=32, bs=4)
+    dls.show_batch(max_n=4)
+    titles = [ax.get_title() for ax in plt.gcf().axes if ax.get_title()]
+    assert len(titles)==4 and all(float(t)==int(float(t)) for t in titles)
+    plt.close('all')
