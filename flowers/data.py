@@ -4,13 +4,10 @@ from csv import Error as CSVError
 from functools import partial
 from pathlib import Path
 from fastai.vision.all import *
+from .errors import FlowersDataError
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit',
-           'count_tfms', 'count_block', 'count_dls', 'default_data']
-
-class FlowersDataError(ValueError):
-    "A problem with the user's data; `problems` lists `(line, message)` pairs"
-    def __init__(self, msg, problems=()): super().__init__(msg); self.problems = list(problems)
+           'count_tfms', 'check_method', 'count_block', 'count_dls', 'default_data']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 DATA_DIR = Path(__file__).resolve().parents[1]/'data'
@@ -141,6 +138,10 @@ def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is
     if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
     return setup_aug_tfms(tfms)
 
+def check_method(method):
+    "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
+    if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
+
 def count_block(img_dir, # Folder the image names are relative to
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
@@ -152,7 +153,7 @@ def count_block(img_dir, # Folder the image names are relative to
                 aug=True, # Apply `count_tfms` to training batches
                ) -> DataBlock:
     "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
-    if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
+    check_method(method)
     return DataBlock(blocks=(ImageBlock, RegressionBlock(n_out=1)),
                      get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),

@@ -8,3 +8,13 @@ def flower_data(tmp_path_factory):
     path = tmp_path_factory.mktemp('flowers')
     csv = make_flowers(path, n=48, size=64, max_count=8, seed=1, show_progress=False)
     return path, csv
+
+@pytest.fixture(scope='session')
+def trained(flower_data, tmp_path_factory):
+    "Run folder of a tiny resnet34 trained once per session through the CLI, in a subprocess"
+    import subprocess, sys
+    out = tmp_path_factory.mktemp('run')
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '32',
+                        '--bs', '8', '--epochs', '2', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stdout + r.stderr
+    return out

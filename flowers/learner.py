@@ -1,0 +1,96 @@
+"""A fastai `Learner` that counts: a torchvision ResNet with one output, and where its weights come from."""
+import warnings, torch, torchvision
+from pathlib import Path
+from fastai.vision.all import *
+from .errors import FlowersError
+
+__all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
+           'load_body_weights', 'check_loss', 'count_y_range', 'count_learner']
+
+ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
+LOSSES = dict(mse=MSELossFlat, l1=L1LossFlat, huber=partial(BaseLoss, nn.HuberLoss, floatify=True))
+
+def get_arch(arch):
+    "The torchvision model function named `arch`, or `arch` itself if it is one"
+    if callable(arch): return arch
+    if arch not in ARCHS: raise FlowersError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return getattr(torchvision.models, arch)
+
+def weights_file(arch) -> Path:
+    "Where torchvision caches the ImageNet weights of `arch` (under `$TORCH_HOME/hub/checkpoints`)"
+    w = torchvision.models.get_model_weights(get_arch(arch)).DEFAULT
+    return Path(torch.hub.get_dir())/'checkpoints'/Path(w.url).name
+
+def pretrained_available(arch) -> bool:
+    "Are ImageNet weights for `arch` in the cache, or can they be downloaded there now?"
+    if weights_file(arch).is_file(): return True
+    try: torchvision.models.get_model_weights(get_arch(arch)).DEFAULT.get_state_dict(progress=True)
+    except Exception: return False # offline, blocked, or a partial download: all mean random init
+    return weights_file(arch).is_file()
+
+def _missing_msg(arch):
+    f = weights_file(arch)
+    w = torchvision.models.get_model_weights(get_arch(arch)).DEFAULT
+    return (f"ImageNet weights for {arch} are not available: {f.name} is not in {f.parent} and could not be downloaded. "
+            f"Download {w.url} and put it in that folder (or set TORCH_HOME), or pass --weights FILE")
+
+def resolve_pretrained(arch, # Architecture name
+                       pretrained='auto', # 'auto': use ImageNet weights if available; 'yes': require them; 'no': random init
+                      ) -> bool:
+    "Whether to start from ImageNet weights; 'auto' warns once and falls back to random init when they're unavailable"
+    pretrained = {True:'yes', False:'no'}.get(pretrained, str(pretrained).lower())
+    if pretrained not in ('auto','yes','no'): raise FlowersError(f"--pretrained must be auto, yes or no, not {pretrained!r}")
+    if pretrained=='no': return False
+    if pretrained_available(arch): return True
+    if pretrained=='yes': raise FlowersError(_missing_msg(arch))
+    warnings.warn(_missing_msg(arch) + '. Training from random init instead.', stacklevel=2)
+    return False
+
+def load_body_weights(learn, arch, fname):
+    "Load a torchvision state dict for `arch` from `fname` into the body of `learn`'s model"
+    fname = Path(fname)
+    if not fname.is_file(): raise FlowersError(f"--weights {fname}: file not found")
+    try: sd = torch.load(fname, map_location='cpu', weights_only=True)
+    except Exception as e: raise FlowersError(f"--weights {fname}: not a PyTorch state dict ({e})")
+    if isinstance(sd, dict) and isinstance(sd.get('state_dict', sd.get('model')), dict): sd = sd.get('state_dict', sd.get('model'))
+    m = get_arch(arch)(weights=None)
+    try: m.load_state_dict(sd, strict=False)
+    except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({str(e).splitlines()[0]})")
+    loaded = set(sd) & set(m.state_dict())
+    if not loaded: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
+    body = create_body(m, 3, True, model_meta[get_arch(arch)]['cut'])
+    learn.model[0].load_state_dict(body.state_dict())
+    return learn
+
+def check_loss(loss):
+    "Raise unless `loss` names one of `LOSSES`"
+    if loss not in LOSSES: raise FlowersError(f"unknown --loss {loss!r}; choose one of {', '.join(LOSSES)}")
+
+def count_y_range(counts, # Training counts
+                 ) -> tuple:
+    "A `y_range` whose sigmoid keeps predictions above 0 yet lets them reach the largest count"
+    return (0., float(max(map(float, counts)))*1.1 + 1.)
+
+def count_learner(dls, # `DataLoaders` from `count_dls`
+                  arch='resnet34', # torchvision ResNet name (or model function)
+                  pretrained=True, # Start the body from ImageNet weights (fastai's usual cache)
+                  weights=None, # A local torchvision state dict for the body instead
+                  loss='mse', # 'mse', 'l1' or 'huber'
+                  y_range=None, # Output range; default from the training counts
+                  **kwargs, # Passed to `vision_learner`
+                 ) -> Learner:
+    "A `vision_learner` with one output trained to match the count"
+    check_loss(loss)
+    if y_range is None: y_range = count_y_range(dls.train_ds.tls[1]) # targets only: no image is opened
+    pretrained = bool(pretrained) and weights is None
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
+        learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
+                               metrics=[mae, rmse, R2Score()], y_range=y_range, **kwargs)
+    if not dls.after_batch.fs.filter(risinstance(Normalize)): # fastai adds it only for pretrained bodies
+        dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
+    if weights is not None:
+        load_body_weights(learn, arch, weights)
+        learn.freeze()
+        learn.pretrained = True
+    return learn

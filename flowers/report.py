@@ -1,0 +1,69 @@
+"""What a training run leaves behind: metrics, predictions, history and plots."""
+import json, sys, time, numpy as np, pandas as pd, matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+from pathlib import Path
+from fastai.vision.all import *
+
+__all__ = ['count_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
+
+def count_metrics(pred, targ) -> dict:
+    "MAE, RMSE, R², bias (mean of predicted - true) and MAE relative to the mean count"
+    pred,targ = np.asarray(pred, np.float64),np.asarray(targ, np.float64)
+    err = pred - targ
+    ss = ((targ - targ.mean())**2).sum()
+    return dict(mae=float(np.abs(err).mean()), rmse=float(np.sqrt((err**2).mean())),
+                r2=float(1 - (err**2).sum()/ss) if ss>0 else float('nan'), bias=float(err.mean()),
+                relative_mae=float(np.abs(err).mean()/targ.mean()) if targ.mean()>0 else float('nan'))
+
+def valid_predictions(learn, # A trained count `Learner`
+                      fn_col='image', # Column holding image file names
+                     ) -> pd.DataFrame:
+    "Validation images with true and predicted counts and the error, worst first"
+    preds,targs = learn.get_preds(ds_idx=1)
+    df = pd.DataFrame({'image': list(learn.dls.valid.items[fn_col]), 'count': targs.numpy().ravel(),
+                       'predicted': preds.numpy().ravel()})
+    df['error'] = df['predicted'] - df['count']
+    return df
+
+def plot_predicted_vs_true(preds:pd.DataFrame, fname):
+    "Scatter of predicted against true counts with the ideal line"
+    fig,ax = plt.subplots(figsize=(5,5))
+    ax.scatter(preds['count'], preds['predicted'], s=12, alpha=.6)
+    hi = max(preds['count'].max(), preds['predicted'].max())*1.05
+    ax.plot([0,hi], [0,hi], 'k--', lw=1)
+    ax.set(xlabel='true count', ylabel='predicted count', xlim=(0,hi), ylim=(0,hi),
+           title=f"validation: MAE {preds['error'].abs().mean():.2f}")
+    fig.savefig(fname, dpi=100, bbox_inches='tight'); plt.close(fig)
+
+def plot_worst(preds:pd.DataFrame, img_dir, fname, n=9):
+    "The `n` validation images with the largest errors, titled true/predicted (fastai's `plot_top_losses` is for classes)"
+    worst = preds.reindex(preds['error'].abs().sort_values(ascending=False).index).head(n)
+    axs = subplots(int(np.ceil(len(worst)/3)), 3, figsize=(9, 3.2*np.ceil(len(worst)/3)))[1].flatten()
+    for ax,(_,r) in zip(axs, worst.iterrows()):
+        show_image(PILImage.create(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
+    for ax in axs[len(worst):]: ax.axis('off')
+    plt.gcf().savefig(fname, dpi=100, bbox_inches='tight'); plt.close('all')
+
+def versions() -> dict:
+    "Versions of the libraries a model depends on"
+    import fastai, fastcore, torchvision, PIL, flowers
+    return dict(python=sys.version.split()[0], flowers=flowers.__version__, fastai=fastai.__version__,
+                fastcore=fastcore.__version__, torch=torch.__version__, torchvision=torchvision.__version__, pillow=PIL.__version__)
+
+def write_report(learn, # The trained `Learner`
+                 out, # Run folder
+                 info:dict, # Run settings to record (lr, epochs, arch, ...)
+                 fn_col='image', # Column holding image file names
+                ) -> dict:
+    "Write predictions.csv, metrics.json and the plots to `out`; returns the metrics"
+    out = Path(out)
+    preds = valid_predictions(learn, fn_col)
+    preds.to_csv(out/'predictions.csv', index=False)
+    m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
+             **info, versions=versions())
+    (out/'metrics.json').write_text(json.dumps(m, indent=2))
+    learn.recorder.plot_loss(); plt.gcf().savefig(out/'loss.png', dpi=100, bbox_inches='tight'); plt.close('all')
+    plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
+    plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png')
+    return m

@@ -1,0 +1,95 @@
+import json, os, subprocess, sys, pytest, torch, torchvision, pandas as pd
+from fastai.vision.all import Normalize, imagenet_stats
+from flowers.train import train
+from flowers.learner import weights_file
+
+RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
+
+def run_cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, '-m', 'flowers.train', *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600, **kw)
+
+def test_cli_run_writes_everything(trained):
+    out = trained
+    for f in RUN_FILES: assert (out/f).is_file(), f
+    m = json.loads((out/'metrics.json').read_text())
+    for k in ('mae','rmse','r2','bias','relative_mae','n_train','n_valid','lr','epochs','arch','size','recipe','pretrained','seconds','versions'):
+        assert k in m, k
+    assert m['recipe']=='fit_one_cycle' and m['pretrained'] is False and m['n_train']+m['n_valid']==48
+    preds = pd.read_csv(out/'predictions.csv')
+    assert list(preds.columns)==['image','count','predicted','error'] and len(preds)==m['n_valid']
+    assert abs(preds['error'].abs().mean() - m['mae']) < 1e-4 and (preds['predicted']>0).all()
+    assert len(pd.read_csv(out/'history.csv'))==m['epochs'] # fit_one_cycle: no frozen epochs
+
+def test_export_predicts_in_fresh_process(trained, flower_data):
+    img = flower_data[0]/'images'/'00003.jpg'
+    code = f"from fastai.vision.all import load_learner; p = load_learner({str(trained/'export.pkl')!r}).predict({str(img)!r}); print(float(p[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd='/')
+    assert r.returncode==0, r.stderr
+    assert 0 < float(r.stdout.strip().splitlines()[-1]) < 8*1.1+1 # within the y_range of counts 0..8
+
+def test_same_seed_same_metrics(trained, flower_data, tmp_path):
+    learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3, seed=7)
+    again = train(flower_data[1], out=tmp_path/'b', size=32, bs=8, epochs=1, pretrained='no', lr=1e-3, seed=7)
+    a,b = (json.loads((p/'metrics.json').read_text()) for p in (tmp_path, tmp_path/'b'))
+    assert a['mae']==pytest.approx(b['mae'], abs=1e-5)
+    assert list(learn.dls.valid.items.index)==list(again.dls.valid.items.index)
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    "A TORCH_HOME whose cache holds a (random) resnet34 state dict under torchvision's file name"
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))
+    f = weights_file('resnet34')
+    f.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet34().state_dict(), f)
+    return tmp_path/'torch'
+
+def test_pretrained_path_fine_tunes(torch_home, flower_data, tmp_path):
+    learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, freeze_epochs=1, pretrained='yes', lr=1e-3)
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['recipe']=='fine_tune' and m['pretrained'] is True
+    assert len(pd.read_csv(tmp_path/'history.csv'))==2 # one frozen epoch, then one unfrozen
+    norms = learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))
+    assert len(norms)==1 and torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
+
+def test_weights_file(flower_data, tmp_path):
+    w = tmp_path/'body.pth'
+    sd = torchvision.models.resnet18().state_dict()
+    torch.save(sd, w)
+    learn = train(flower_data[1], out=tmp_path/'run', arch='resnet18', size=32, bs=8, epochs=1, weights=w, lr=1e-3)
+    assert json.loads((tmp_path/'run'/'metrics.json').read_text())['recipe']=='fine_tune'
+
+def test_pretrained_yes_without_weights_exits_2(flower_data, tmp_path):
+    r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', '--pretrained', 'yes', env={'TORCH_HOME': str(tmp_path/'th')})
+    assert r.returncode==2 and 'Traceback' not in r.stderr
+    assert 'resnet34-b627a593.pth is not in' in r.stderr and str(tmp_path/'th'/'hub'/'checkpoints') in r.stderr
+
+def test_pretrained_auto_warns_and_trains_from_random(flower_data, tmp_path):
+    learn = None
+    with pytest.warns(UserWarning, match='Training from random init instead'):
+        os.environ['TORCH_HOME'] = str(tmp_path/'th')
+        try: learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, lr=1e-3)
+        finally: del os.environ['TORCH_HOME']
+    assert json.loads((tmp_path/'metrics.json').read_text())['recipe']=='fit_one_cycle'
+
+@pytest.mark.parametrize('args,msg', [
+    (['--arch', 'vgg99'], "unknown --arch 'vgg99'"),
+    (['--pretrained', 'maybe'], '--pretrained must be auto, yes or no'),
+    (['--loss', 'cubic'], "unknown --loss 'cubic'"),
+    (['--method', 'crop'], "method must be 'squish' or 'pad'"),
+    (['--weights', 'nope.pth'], '--weights nope.pth: file not found'),
+])
+def test_bad_flags_exit_2(flower_data, tmp_path, args, msg):
+    r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', '--pretrained', 'no', '--epochs', '1', '--size', '32', *args)
+    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr
+
+def test_unknown_flag_exits_2(tmp_path):
+    r = run_cli('--epochz', '3')
+    assert r.returncode==2 and 'unrecognized arguments: --epochz' in r.stderr
+
+def test_bad_data_exits_2(tmp_path, flower_data):
+    r = run_cli('--data', tmp_path/'missing', '--out', tmp_path/'run')
+    assert r.returncode==2 and 'no such file or folder' in r.stderr and 'Traceback' not in r.stderr
+    (tmp_path/'counts.csv').write_text('image,count\n00000.jpg,many\n')
+    r = run_cli('--data', tmp_path, '--img-dir', flower_data[0]/'images', '--out', tmp_path/'run')
+    assert r.returncode==2 and "line 2: count 'many' is not a number" in r.stderr and 'Traceback' not in r.stderr
