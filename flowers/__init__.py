@@ -1,4 +1,8 @@
 """flowers: teach a ResNet to count things in images, with fastai."""
 __version__ = '0.1.0'
+import warnings
+# fastai 2.8 scripts a few functions at import; torch 2.14 warns about it on every run, which users can't act on
+warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 from .data import FlowersDataError, read_counts, count_block, count_dls, count_tfms, default_data
 from .synth import flower_field, make_flowers
+from .predict import Counter, load_counter

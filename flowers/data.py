@@ -184,7 +184,7 @@ def count_dls(csv, # CSV file with one row per image
     dls.df = df
     return dls
 
-def default_data(n:int=1000, # Number of images to generate if absent
+def default_data(n:int=2000, # Number of images to generate if absent
                  size:int=128, # Their size in pixels
                  max_count:int=20, # Largest count
                  seed:int=0, # Generation seed

@@ -5,7 +5,7 @@ from fastai.vision.all import *
 from .errors import FlowersError
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
-           'load_body_weights', 'check_loss', 'count_y_range', 'count_learner']
+           'load_body_weights', 'check_loss', 'init_output', 'count_y_range', 'count_learner']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 LOSSES = dict(mse=MSELossFlat, l1=L1LossFlat, huber=partial(BaseLoss, nn.HuberLoss, floatify=True))
@@ -71,6 +71,13 @@ def count_y_range(counts, # Training counts
     "A `y_range` whose sigmoid keeps predictions above 0 yet lets them reach the largest count"
     return (0., float(max(map(float, counts)))*1.1 + 1.)
 
+def init_output(model):
+    "Zero the last layer's weights: every prediction starts mid-range, instead of saturated at 0 or the top by random features"
+    last = [m for m in model[-1].modules() if isinstance(m, nn.Linear)][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None: nn.init.zeros_(last.bias)
+    return model
+
 def count_learner(dls, # `DataLoaders` from `count_dls`
                   arch='resnet34', # torchvision ResNet name (or model function)
                   pretrained=True, # Start the body from ImageNet weights (fastai's usual cache)
@@ -89,6 +96,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
                                metrics=[mae, rmse, R2Score()], y_range=y_range, **kwargs)
     if not dls.after_batch.fs.filter(risinstance(Normalize)): # fastai adds it only for pretrained bodies
         dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
+    init_output(learn.model) # lr_find then sees the network learning, not the output leaving saturation
     if weights is not None:
         load_body_weights(learn, arch, weights)
         learn.freeze()

@@ -43,7 +43,7 @@ def plot_worst(preds:pd.DataFrame, img_dir, fname, n=9):
     for ax,(_,r) in zip(axs, worst.iterrows()):
         show_image(PILImage.create(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
-    plt.gcf().savefig(fname, dpi=100, bbox_inches='tight'); plt.close('all')
+    plt.gcf().savefig(fname, dpi=72, bbox_inches='tight'); plt.close('all')
 
 def versions() -> dict:
     "Versions of the libraries a model depends on"

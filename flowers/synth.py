@@ -4,7 +4,7 @@ from io import BytesIO
 from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 from fastcore.script import call_parse
-from fastprogress.fastprogress import progress_bar
+from .progress import progress
 
 __all__ = ['HEAD_TYPES', 'flower_field', 'make_flowers']
 
@@ -168,7 +168,7 @@ def make_flowers(out, # Folder to write `images/` and `counts.csv` into
     (out/'images').mkdir(parents=True, exist_ok=True)
     counts = np.random.default_rng(seed).integers(0, max_count+1, n)
     rows = []
-    for i in progress_bar(range(n), display=show_progress, leave=False):
+    for i in progress(range(n), show=show_progress):
         rng = np.random.default_rng([seed, i])
         img = flower_field(int(counts[i]), size, seed=rng.integers(2**63))
         fn = f'{i:05d}.jpg'

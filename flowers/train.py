@@ -1,14 +1,16 @@
 """Train a counting model: `python -m flowers.train` (see `--help`)."""
-import contextlib, json, os, time, warnings
+import contextlib, json, os, sys, time, warnings
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, user_errors
 from .data import count_dls, default_data, check_method
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss
-from .report import write_report
+from .report import write_report, versions
+from .safe import save_safe
+from .progress import plain_progress
 
-__all__ = ['DEFAULT_LR', 'History', 'find_csv', 'find_lr', 'train']
+__all__ = ['DEFAULT_LR', 'History', 'find_csv', 'find_lr', 'fit', 'train']
 
 DEFAULT_LR = 2e-3 # used when the learning-rate finder gives no usable suggestion
 
@@ -71,26 +73,24 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     "Train a ResNet to count, export it and write reports to `out`; returns the `Learner`"
     t0 = time.time()
     get_arch(arch), check_loss(loss), check_method(method) # flag errors before any slow work
-    csv = find_csv(data)
-    out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
-    if _is_main(): out.mkdir(parents=True, exist_ok=True)
-    set_seed(seed, reproducible=True)
-    dls = count_dls(csv, img_dir, fn_col, label_col, size=size, bs=bs, valid_pct=valid_pct, seed=seed, method=method,
-                    drop_bad=drop_bad, num_workers=workers)
-    use_pre = weights is None and resolve_pretrained(arch, pretrained)
-    learn = count_learner(dls, arch, pretrained=use_pre, weights=weights, loss=loss, path=out, model_dir='.')
-    recipe = 'fine_tune' if (use_pre or weights is not None) else 'fit_one_cycle'
-    if lr is None: lr = find_lr(learn, out/'lr_find.png' if _is_main() else None)
-    start = 'local weights '+str(weights) if weights else 'ImageNet weights' if use_pre else 'random init'
-    print(f'Training {arch} from {start} with {recipe}: {epochs} epochs, lr={lr:.2g}, {size}px, '
-          f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images')
-    if num_distrib(): from fastai.distributed import distrib_ctx # needs `accelerate`, present under `accelerate launch`
-    with learn.distrib_ctx() if num_distrib() else contextlib.nullcontext():
-        cbs = [History(out/'history.csv')] if _is_main() else []
-        if recipe=='fine_tune': learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-        else: learn.fit_one_cycle(epochs, lr, cbs=cbs)
+    with plain_progress():
+        csv = find_csv(data)
+        out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
+        if _is_main(): out.mkdir(parents=True, exist_ok=True)
+        set_seed(seed, reproducible=True)
+        dls = count_dls(csv, img_dir, fn_col, label_col, size=size, bs=bs, valid_pct=valid_pct, seed=seed, method=method,
+                        drop_bad=drop_bad, num_workers=workers)
+        use_pre = weights is None and resolve_pretrained(arch, pretrained)
+        learn = count_learner(dls, arch, pretrained=use_pre, weights=weights, loss=loss, path=out, model_dir='.')
+        recipe = 'fine_tune' if (use_pre or weights is not None) else 'fit_one_cycle'
+        if lr is None: lr = find_lr(learn, out/'lr_find.png' if _is_main() else None)
+        start = f'local weights {weights}' if weights else 'ImageNet weights' if use_pre else 'random init'
+        print(f'Training {arch} from {start} with {recipe}: {epochs} epochs, lr={lr:.2g}, {size}px, '
+              f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images')
+        fit(learn, recipe, epochs, lr, freeze_epochs, cbs=[History(out/'history.csv')] if _is_main() else [])
     if not _is_main(): return learn
     learn.export('export.pkl')
+    save_safe(learn, out, arch, fn_col=fn_col, label_col=label_col, versions=versions())
     info = dict(lr=lr, epochs=epochs, freeze_epochs=freeze_epochs if recipe=='fine_tune' else 0, arch=arch, size=size,
                 bs=bs, loss=loss, seed=seed, recipe=recipe, pretrained=bool(use_pre), weights=str(weights) if weights else None,
                 data=str(csv), seconds=round(time.time()-t0, 1), dropped=dls.df.attrs.get('dropped', []))
@@ -98,6 +98,13 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
     return learn
+
+def fit(learn, recipe, epochs, lr, freeze_epochs=1, cbs=None):
+    "Run `recipe` ('fine_tune' or 'fit_one_cycle'), inside `distrib_ctx` when launched on several processes"
+    if num_distrib(): from fastai.distributed import distrib_ctx # needs `accelerate`, present under `accelerate launch`
+    with learn.distrib_ctx() if num_distrib() else contextlib.nullcontext():
+        if recipe=='fine_tune': learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
+        else: learn.fit_one_cycle(epochs, lr, cbs=cbs)
 
 @call_parse
 def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)

@@ -1,0 +1,148 @@
+"""Counting with a trained model: `load_counter`, batch predictions, and `python -m flowers.predict`."""
+import io, json, pickle, sys, types, warnings, numpy as np, pandas as pd
+from PIL import Image
+from pathlib import Path
+from fastai.vision.all import *
+from fastcore.script import call_parse
+from .errors import FlowersError, user_errors
+from .data import IMG_EXTS
+from .safe import load_safe
+from .progress import progress
+
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
+
+class Counter:
+    "Counts with a trained network: `predict` one image, `predict_batch` many, in real batches"
+    def __init__(self, model, # The network, ending in the count
+                 size, # Images are resized to `size` x `size`
+                 method='squish', # 'squish' or 'pad', as in training
+                 stats=None, # Normalisation `(mean, std)`, or None
+                 learn=None, # The fastai `Learner`, when loaded from a `.pkl`
+                 meta=None, # What `model.json` says about the model
+                ):
+        store_attr()
+        self.model = model.eval()
+        self.resize = Resize(size, method=method, pad_mode=PadMode.Zeros)
+        self.norm = Normalize.from_stats(*stats, cuda=False) if stats is not None else noop
+
+    @classmethod
+    def from_learner(cls, learn):
+        "A `Counter` using `learn`'s model, resizing and normalisation"
+        rs = first(learn.dls.after_item.fs.filter(risinstance(Resize)))
+        norm = first(learn.dls.after_batch.fs.filter(risinstance(Normalize)))
+        stats = (norm.mean.flatten().tolist(), norm.std.flatten().tolist()) if norm is not None else None
+        return cls(learn.model, rs.size[0], rs.method, stats, learn=learn)
+
+    def _tensor(self, img):
+        "One image (path, PIL image, array or bytes) as a resized uint8 tensor"
+        if isinstance(img, (bytes, bytearray)): img = io.BytesIO(img)
+        if isinstance(img, Image.Image): img = img.convert('RGB') # a lazily loaded image would reach fastai empty
+        try: im = PILImage.create(img)
+        except Exception as e: raise FlowersError(f"{img if isinstance(img,(str,Path)) else type(img).__name__}: can't read image ({e})")
+        return image2tensor(self.resize(im, split_idx=1))
+
+    def _forward(self, xs):
+        "Counts for a list of uint8 tensors"
+        x = self.norm(TensorImage(torch.stack(xs).float()/255.))
+        with torch.inference_mode(): return self.model(x).float().flatten().numpy()
+
+    def predict(self, img) -> float:
+        "The count in one image: a path, `PIL.Image`, numpy array or raw bytes"
+        return float(self._forward([self._tensor(img)])[0])
+
+    def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
+                      bs=64, # Batch size
+                     ) -> np.ndarray:
+        "Counts for many images, `bs` at a time; raises on the first unreadable image"
+        items = list(items)
+        out = [self._forward([self._tensor(o) for o in items[i:i+bs]]) for i in range(0, len(items), bs)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def __repr__(self): return f"Counter({type(self.model).__name__}, size={self.size}, method={self.method!r})"
+
+def _unpickler_for(fname):
+    "A pickle module whose unpickler names the missing package instead of fastai's `UnboundLocalError`"
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            try: return super().find_class(module, name)
+            except ImportError as e:
+                pkg = (getattr(e, 'name', None) or module).split('.')[0]
+                raise FlowersError(f"{fname}: this model needs the Python package '{pkg}' (module {module}), which is not installed here. "
+                                   f"Install it (pip install {pkg}) or use the safe format (model.safetensors)") from None
+    return types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__='pickle')
+
+_warned = set()
+def load_pkl(fname) -> Learner:
+    "fastai's `load_learner` with clear errors for missing, truncated or foreign files and missing packages"
+    fname = Path(fname)
+    if not fname.is_file(): raise FlowersError(f"{fname}: model file not found")
+    if fname not in _warned:
+        warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; "
+                      f"the safe format ({fname.with_name('model.safetensors')}) loads without pickle.")
+        _warned.add(fname)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='load_learner')
+            learn = load_learner(fname, pickle_module=_unpickler_for(fname))
+    except FlowersError: raise
+    except Exception as e: raise FlowersError(f"{fname}: not a loadable model (truncated, corrupt or not a fastai export: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(learn, Learner): raise FlowersError(f"{fname}: holds a {type(learn).__name__}, not a fastai Learner")
+    return learn
+
+def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `export.pkl`
+                ) -> Counter:
+    "A `Counter` from a trained model; a run folder loads its safe format when present"
+    path = Path(path)
+    if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
+    if path.suffix in ('.safetensors','.json'):
+        model,meta = load_safe(path)
+        stats = (meta['normalize']['mean'], meta['normalize']['std']) if meta.get('normalize') else None
+        return Counter(model, meta['size'], meta['method'], stats, meta=meta)
+    return Counter.from_learner(load_pkl(path))
+
+def find_images(inputs) -> tuple:
+    "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
+    items,errors = [],[]
+    for inp in map(Path, inputs):
+        if inp.is_dir(): items += sorted(p for p in inp.rglob('*') if p.suffix.lower() in IMG_EXTS and p.is_file())
+        elif inp.suffix.lower()=='.csv' and inp.is_file():
+            from .data import _read_csv, find_img_dir
+            df = _read_csv(inp)
+            col = 'image' if 'image' in df.columns else df.columns[0]
+            root = find_img_dir(inp, df[col])
+            items += [root/f for f in df[col]]
+        elif inp.is_file(): items.append(inp)
+        else: errors.append(f"{inp}: no such file or folder")
+    return items,errors
+
+def predict_table(counter, items, bs=64, show_progress=True) -> pd.DataFrame:
+    "A row per image: image, count, and the error for images that couldn't be read (the rest are still counted)"
+    rows = []
+    for i in progress(range(0, len(items), bs), show=show_progress and len(items)>bs):
+        good,xs = [],[]
+        for p in items[i:i+bs]:
+            try: xs.append(counter._tensor(p)); good.append(p)
+            except FlowersError as e: rows.append(dict(image=str(p), count=float('nan'), error=str(e)))
+        if xs: rows += [dict(image=str(p), count=float(c), error='') for p,c in zip(good, counter._forward(xs))]
+    order = {str(p):i for i,p in enumerate(items)}
+    return pd.DataFrame(rows, columns=['image','count','error']).sort_values('image', key=lambda s: s.map(order), kind='stable')
+
+@call_parse
+def main(model:str, # Run folder, model.safetensors or export.pkl
+         *inputs:str, # Image files, folders (searched recursively) or CSVs with an image column
+         out:str=None, # Write the table to this CSV instead of printing it
+         bs:int=64, # Batch size
+        ):
+    "Count things in images with a trained model"
+    with user_errors():
+        if not inputs: raise FlowersError("give at least one image, folder or CSV to count")
+        items,missing = find_images(inputs)
+        if missing: raise FlowersError('; '.join(missing))
+        if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
+        counter = load_counter(model)
+        df = predict_table(counter, items, bs=bs)
+        if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
+        else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
+        n_bad = int((df['error']!='').sum())
+        if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
+    if n_bad: sys.exit(1)
