@@ -5,6 +5,8 @@ from functools import partial
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersDataError
+from .images import open_image
+from .progress import progress
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit',
            'count_tfms', 'check_method', 'count_block', 'count_dls', 'default_data']
@@ -55,6 +57,15 @@ def _path_problem(fn, img_dir):
         return f"image path '{fn}' points outside the image folder {img_dir}"
     if not (img_dir/p).is_file(): return f"image file '{fn}' not found in {img_dir}"
 
+def _image_problems(fnames, img_dir, skip=()):
+    "`(line, message)` for each image that can't be opened, each opened once with a progress bar"
+    problems = []
+    for i in progress(range(len(fnames)), comment='checking images'):
+        if i+2 in skip: continue
+        try: open_image(img_dir/fnames.iloc[i], name=fnames.iloc[i])
+        except FlowersDataError as e: problems.append((i+2, str(e)))
+    return problems
+
 def _count_problem(s):
     "Why `s` is not a usable count, or None"
     if s=='': return "no count"
@@ -76,6 +87,7 @@ def read_counts(csv, # CSV file with one row per image
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
                 drop_bad=False, # Drop bad rows with a warning instead of raising
+                verify=False, # Also open every image once (a pre-flight check before training)
                ) -> pd.DataFrame:
     "Read and check a counts CSV: a clean `DataFrame`, or one `FlowersDataError` listing every problem"
     csv = Path(csv)
@@ -89,6 +101,7 @@ def read_counts(csv, # CSV file with one row per image
     for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
         for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
             if p: problems.append((i+2, p))
+    if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems})
     first = {}
     for i,k in enumerate(str(Path(f)) for f in df[fn_col]):
         if k in first and k: problems.append((i+2, f"image '{df[fn_col].iloc[i]}' is listed again (first on line {first[k]})"))
@@ -154,7 +167,7 @@ def count_block(img_dir, # Folder the image names are relative to
                ) -> DataBlock:
     "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
     check_method(method)
-    return DataBlock(blocks=(ImageBlock, RegressionBlock(n_out=1)),
+    return DataBlock(blocks=(TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)),
                      get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
@@ -170,12 +183,13 @@ def count_dls(csv, # CSV file with one row per image
               seed=42, # Random seed for the split and the shuffling
               method='squish', # 'squish' or 'pad'
               drop_bad=False, # Drop bad rows with a warning instead of raising
+              verify=True, # Open every image once before building the `DataLoaders`
               aug=True, # Count-preserving augmentation of training batches
               num_workers=0, # Data-loading processes
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:
     "`DataLoaders` of (image, count) batches from a counts CSV"
-    df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad)
+    df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad, verify=verify)
     valid_col = 'is_valid' if 'is_valid' in df.columns else None
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
                          seed=seed, valid_col=valid_col, aug=aug)

@@ -7,6 +7,7 @@ from fastcore.script import call_parse
 from .errors import FlowersError, user_errors
 from .data import IMG_EXTS
 from .safe import load_safe
+from .images import open_image
 from .progress import progress
 
 __all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
@@ -35,11 +36,7 @@ class Counter:
 
     def _tensor(self, img):
         "One image (path, PIL image, array or bytes) as a resized uint8 tensor"
-        if isinstance(img, (bytes, bytearray)): img = io.BytesIO(img)
-        if isinstance(img, Image.Image): img = img.convert('RGB') # a lazily loaded image would reach fastai empty
-        try: im = PILImage.create(img)
-        except Exception as e: raise FlowersError(f"{img if isinstance(img,(str,Path)) else type(img).__name__}: can't read image ({e})")
-        return image2tensor(self.resize(im, split_idx=1))
+        return image2tensor(self.resize(open_image(img), split_idx=1))
 
     def _forward(self, xs):
         "Counts for a list of uint8 tensors"

@@ -4,8 +4,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
+from .atomic import atomic_path, atomic_text
 
-__all__ = ['count_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
+__all__ = ['save_fig', 'count_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
+
+def save_fig(fig, fname, dpi=100):
+    "Save `fig` to `fname` atomically, and close it"
+    with atomic_path(fname) as tmp: fig.savefig(tmp, dpi=dpi, bbox_inches='tight')
+    plt.close(fig)
 
 def count_metrics(pred, targ) -> dict:
     "MAE, RMSE, R², bias (mean of predicted - true) and MAE relative to the mean count"
@@ -34,7 +40,7 @@ def plot_predicted_vs_true(preds:pd.DataFrame, fname):
     ax.plot([0,hi], [0,hi], 'k--', lw=1)
     ax.set(xlabel='true count', ylabel='predicted count', xlim=(0,hi), ylim=(0,hi),
            title=f"validation: MAE {preds['error'].abs().mean():.2f}")
-    fig.savefig(fname, dpi=100, bbox_inches='tight'); plt.close(fig)
+    save_fig(fig, fname)
 
 def plot_worst(preds:pd.DataFrame, img_dir, fname, n=9):
     "The `n` validation images with the largest errors, titled true/predicted (fastai's `plot_top_losses` is for classes)"
@@ -43,7 +49,7 @@ def plot_worst(preds:pd.DataFrame, img_dir, fname, n=9):
     for ax,(_,r) in zip(axs, worst.iterrows()):
         show_image(PILImage.create(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
-    plt.gcf().savefig(fname, dpi=72, bbox_inches='tight'); plt.close('all')
+    save_fig(plt.gcf(), fname, dpi=72)
 
 def versions() -> dict:
     "Versions of the libraries a model depends on"
@@ -59,11 +65,11 @@ def write_report(learn, # The trained `Learner`
     "Write predictions.csv, metrics.json and the plots to `out`; returns the metrics"
     out = Path(out)
     preds = valid_predictions(learn, fn_col)
-    preds.to_csv(out/'predictions.csv', index=False)
+    with atomic_path(out/'predictions.csv') as tmp: preds.to_csv(tmp, index=False)
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
              **info, versions=versions())
-    (out/'metrics.json').write_text(json.dumps(m, indent=2))
-    learn.recorder.plot_loss(); plt.gcf().savefig(out/'loss.png', dpi=100, bbox_inches='tight'); plt.close('all')
+    atomic_text(out/'metrics.json', json.dumps(m, indent=2))
+    learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
     plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
     plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png')
     return m

@@ -5,6 +5,7 @@ from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
 from .learner import get_arch
+from .atomic import atomic_path, atomic_text
 
 __all__ = ['FORMAT', 'safe_meta', 'save_safe', 'load_safe']
 
@@ -30,9 +31,10 @@ def save_safe(learn, # A trained count `Learner`
     "Write the weights as safetensors and the rest as JSON, with the weights' sha256"
     path = Path(path)
     sd = {k:v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
-    save_file(sd, path/'model.safetensors')
-    meta = safe_meta(learn, arch, **extra, sha256=_sha256(path/'model.safetensors'))
-    (path/'model.json').write_text(json.dumps(meta, indent=2))
+    with atomic_path(path/'model.safetensors') as tmp:
+        save_file(sd, tmp)
+        meta = safe_meta(learn, arch, **extra, sha256=_sha256(tmp))
+    atomic_text(path/'model.json', json.dumps(meta, indent=2))
     return path/'model.safetensors'
 
 def load_safe(path, # `model.safetensors` or `model.json` (the other is found beside it)

@@ -6,11 +6,13 @@ from fastcore.script import call_parse
 from .errors import FlowersError, user_errors
 from .data import count_dls, default_data, check_method
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss
-from .report import write_report, versions
+from .report import write_report, versions, save_fig
 from .safe import save_safe
 from .progress import plain_progress
+from .atomic import atomic_path, remove_stale
+from .checkpoint import *
 
-__all__ = ['DEFAULT_LR', 'History', 'find_csv', 'find_lr', 'fit', 'train']
+__all__ = ['DEFAULT_LR', 'find_csv', 'find_lr', 'fit', 'train']
 
 DEFAULT_LR = 2e-3 # used when the learning-rate finder gives no usable suggestion
 
@@ -31,22 +33,13 @@ def find_lr(learn, fname=None) -> float:
     try:
         with learn.removed_cbs(learn.progress) if hasattr(learn,'progress') else contextlib.nullcontext():
             lr = float(learn.lr_find(num_it=min(100, 3*len(learn.dls.train)+10), suggest_funcs=(valley,)).valley)
-        if fname: plt.gcf().savefig(fname, dpi=100, bbox_inches='tight')
+        if fname: save_fig(plt.gcf(), fname)
     except Exception as e: lr = float('nan'); print(f'lr_find failed ({e})')
     finally: plt.close('all')
     if not (1e-6 <= lr <= 1): # nan, or a suggestion no sane schedule would use
         print(f'lr_find gave no usable suggestion ({lr:g}); using lr={DEFAULT_LR:g}')
         lr = DEFAULT_LR
     return lr
-
-class History(Callback):
-    "Write the recorder's line of every epoch to `fname`, across several fits (`fine_tune` fits twice)"
-    order = Recorder.order+1 # after the recorder has logged the epoch
-    def __init__(self, fname): self.fname,self.rows = Path(fname),[]
-    def after_epoch(self):
-        row = dict(zip(self.recorder.metric_names, self.recorder.log))
-        self.rows.append({'epoch': len(self.rows), 'frozen': self.opt.frozen_idx>0, **{k.lstrip('_'):v for k,v in row.items() if k!='epoch'}})
-        pd.DataFrame(self.rows).to_csv(self.fname, index=False) # rewritten whole: no file is held open
 
 def _is_main(): return rank_distrib()==0
 
@@ -67,44 +60,97 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
           weights=None, # A local torchvision state dict for the body, instead of ImageNet weights
           loss='mse', # Loss: mse, l1 or huber
           workers=0, # Data-loading processes
-          drop_bad=False, # Skip bad CSV rows (listed) instead of stopping
+          drop_bad=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
           method='squish', # How images are made square: squish or pad
+          resume=None, # Run folder of an interrupted run to continue, with its settings and schedule
          ) -> Learner:
-    "Train a ResNet to count, export it and write reports to `out`; returns the `Learner`"
+    "Train a ResNet to count, export it and write reports to `out`; returns the `Learner` (`learn.interrupted` if stopped by a signal)"
     t0 = time.time()
-    get_arch(arch), check_loss(loss), check_method(method) # flag errors before any slow work
+    args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
+    state = _resume_state(resume) if resume else None
+    if state: args,out = state['args'],Path(resume)
+    a = AttrDict(args)
+    get_arch(a.arch), check_loss(a.loss), check_method(a.method) # flag errors before any slow work
     with plain_progress():
-        csv = find_csv(data)
+        csv = find_csv(a.data)
         out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
-        if _is_main(): out.mkdir(parents=True, exist_ok=True)
-        set_seed(seed, reproducible=True)
-        dls = count_dls(csv, img_dir, fn_col, label_col, size=size, bs=bs, valid_pct=valid_pct, seed=seed, method=method,
-                        drop_bad=drop_bad, num_workers=workers)
-        use_pre = weights is None and resolve_pretrained(arch, pretrained)
-        learn = count_learner(dls, arch, pretrained=use_pre, weights=weights, loss=loss, path=out, model_dir='.')
-        recipe = 'fine_tune' if (use_pre or weights is not None) else 'fit_one_cycle'
-        if lr is None: lr = find_lr(learn, out/'lr_find.png' if _is_main() else None)
-        start = f'local weights {weights}' if weights else 'ImageNet weights' if use_pre else 'random init'
-        print(f'Training {arch} from {start} with {recipe}: {epochs} epochs, lr={lr:.2g}, {size}px, '
-              f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images')
-        fit(learn, recipe, epochs, lr, freeze_epochs, cbs=[History(out/'history.csv')] if _is_main() else [])
+        if _is_main(): out.mkdir(parents=True, exist_ok=True); remove_stale(out)
+        set_seed(a.seed, reproducible=True)
+        dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
+                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers)
+        use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
+        # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
+        learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
+        if state: lr = state['lr']; load_checkpoint(learn, out)
+        else:
+            lr = a.lr or find_lr(learn, out/'lr_find.png' if _is_main() else None)
+            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
+        start = state['epochs_done']
+        what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
+        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
+              f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
+        with stop_on_signals(StopFlag()) as flag:
+            fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
+                cbs=[GracefulStop(flag)] + ([Checkpoint(out, state)] if _is_main() else []))
+    learn.interrupted = flag.signal
     if not _is_main(): return learn
-    learn.export('export.pkl')
-    save_safe(learn, out, arch, fn_col=fn_col, label_col=label_col, versions=versions())
-    info = dict(lr=lr, epochs=epochs, freeze_epochs=freeze_epochs if recipe=='fine_tune' else 0, arch=arch, size=size,
-                bs=bs, loss=loss, seed=seed, recipe=recipe, pretrained=bool(use_pre), weights=str(weights) if weights else None,
-                data=str(csv), seconds=round(time.time()-t0, 1), dropped=dls.df.attrs.get('dropped', []))
-    m = write_report(learn, out, info, fn_col)
+    if flag: return _save_interrupted(learn, out, a, state)
+    _export(learn, out, a)
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
+                bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, pretrained=bool(use_pre), weights=a.weights,
+                data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
+                dropped=dls.df.attrs.get('dropped', []))
+    m = write_report(learn, out, info, a.fn_col)
+    for f in (CHECKPOINT, BEST): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
     return learn
 
-def fit(learn, recipe, epochs, lr, freeze_epochs=1, cbs=None):
-    "Run `recipe` ('fine_tune' or 'fit_one_cycle'), inside `distrib_ctx` when launched on several processes"
+def _resume_state(run):
+    "The saved state of run folder `run`, or an error saying why it can't be resumed"
+    state = read_state(run)
+    if not state: raise FlowersError(f"--resume {run}: no {STATE} there; only a run that was interrupted can be resumed")
+    if not (Path(run)/CHECKPOINT).is_file():
+        raise FlowersError(f"--resume {run}: no {CHECKPOINT}; the run finished or stopped before its first epoch ended")
+    return state
+
+def _export(learn, out, a):
+    "Write `export.pkl` and the safe format, each atomically"
+    with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
+    save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
+
+def _save_interrupted(learn, out, a, state):
+    "Export the best model so far after a signal, and say where it went and how to go on"
+    best = state.get('best')
+    if best: load_checkpoint(learn, out, BEST)
+    if not state.get('epochs_done'):
+        print(f'{learn.interrupted}: stopped before the first epoch ended; nothing worth saving', file=sys.stderr)
+        return learn
+    _export(learn, out, a)
+    print(f"{learn.interrupted}: saved the best model so far (epoch {best['epoch']+1}, valid MAE {best['mae']:.3f}) to "
+          f"{out/'export.pkl'} and {out/'model.safetensors'}. Continue with: python -m flowers.train --resume {out}", file=sys.stderr)
+    return learn
+
+def fit(learn, # The `Learner` to train
+        recipe, # 'fine_tune' (pretrained body) or 'fit_one_cycle' (random init)
+        epochs, # Epochs (unfrozen epochs for 'fine_tune')
+        lr, # Learning rate (base_lr for 'fine_tune')
+        freeze_epochs=1, # Frozen epochs first, for 'fine_tune'
+        start=0, # Epochs already done, counting frozen ones (a resumed run)
+        cbs=None, # Callbacks for every fit
+       ):
+    "Run `recipe`, inside `distrib_ctx` when launched on several processes"
     if num_distrib(): from fastai.distributed import distrib_ctx # needs `accelerate`, present under `accelerate launch`
     with learn.distrib_ctx() if num_distrib() else contextlib.nullcontext():
-        if recipe=='fine_tune': learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
-        else: learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        if recipe=='fit_one_cycle': return learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
+        # fastai's `fine_tune`, split at its phase boundary so that a resumed run can start inside either phase
+        if start < freeze_epochs:
+            learn.freeze()
+            learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, start_epoch=start, cbs=cbs)
+        if any(isinstance(c, GracefulStop) and c.flag for c in L(cbs)): return
+        learn.unfreeze()
+        learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, start_epoch=max(0, start-freeze_epochs), cbs=cbs)
 
 @call_parse
 def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)
@@ -124,8 +170,12 @@ def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the sy
          weights:str=None, # A local torchvision state dict for the body, instead of ImageNet weights
          loss:str='mse', # Loss: mse, l1 or huber
          workers:int=0, # Data-loading processes
-         drop_bad:bool=False, # Skip bad CSV rows (listed) instead of stopping
+         drop_bad:bool=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
          method:str='squish', # How images are made square: squish or pad
+         resume:str=None, # Run folder of an interrupted run to continue, with its settings and schedule
         ):
     "Train a ResNet to count things in images, from a CSV of image,count rows"
-    with user_errors(): train(**locals())
+    with user_errors():
+        try: learn = train(**locals())
+        except KeyboardInterrupt: print('Interrupted', file=sys.stderr); sys.exit(130)
+    if learn.interrupted: sys.exit(130)

@@ -1,0 +1,73 @@
+"""Surviving interruptions: a checkpoint each epoch, the best model kept, and Ctrl-C/SIGTERM stopping cleanly."""
+import contextlib, json, signal, sys, threading, numpy as np, pandas as pd
+from pathlib import Path
+from fastai.vision.all import *
+from .atomic import atomic_path, atomic_text
+
+__all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
+
+STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv'
+
+class StopFlag:
+    "Set by a signal handler; read by `GracefulStop` after each batch"
+    def __init__(self): self.signal = None
+    def __bool__(self): return self.signal is not None
+
+@contextlib.contextmanager
+def stop_on_signals(flag:StopFlag, sigs=(signal.SIGINT, signal.SIGTERM)):
+    "While inside, the first Ctrl-C or SIGTERM only sets `flag`; a second one aborts at once"
+    if threading.current_thread() is not threading.main_thread(): yield flag; return # signals reach the main thread only
+    def _handle(signum, frame):
+        if flag: raise KeyboardInterrupt
+        flag.signal = signal.Signals(signum).name
+        print(f'\n{flag.signal}: stopping after this batch and saving the best model so far (again to abort)', file=sys.stderr, flush=True)
+    old = {s: signal.signal(s, _handle) for s in sigs}
+    try: yield flag
+    finally:
+        for s,h in old.items(): signal.signal(s, h)
+
+class GracefulStop(Callback):
+    "End the fit after the current batch once `flag` is set"
+    order = 0
+    def __init__(self, flag:StopFlag): self.flag = flag
+    def after_batch(self):
+        if self.flag: raise CancelFitException
+    def before_epoch(self):
+        if self.flag: raise CancelFitException
+
+def read_state(run) -> dict:
+    "The resumable state of run folder `run`, or {}"
+    f = Path(run)/STATE
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+class Checkpoint(Callback):
+    "After each epoch, atomically: a row in `history.csv`, model and optimizer in `checkpoint.pth`, the best weights in `best.pth`, progress in `state.json`"
+    order = Recorder.order+1 # after the recorder has logged the epoch
+    def __init__(self, path, state:dict): # `state`: run settings, and progress when resuming
+        self.path,self.state = Path(path),state
+        self.rows = pd.read_csv(self.path/HISTORY).to_dict('records')[:state.get('epochs_done', 0)] if (self.path/HISTORY).is_file() else []
+
+    def before_epoch(self): self.skipped = False
+    def after_cancel_epoch(self): self.skipped = True # `start_epoch` skipping the epochs a resumed run already did
+
+    def after_epoch(self):
+        if self.skipped: return
+        vals = {k.lstrip('_'):v for k,v in zip(self.recorder.metric_names, self.recorder.log) if k!='epoch'}
+        self.rows.append({'epoch': len(self.rows), 'frozen': self.opt.frozen_idx>0, **vals})
+        with atomic_path(self.path/HISTORY) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
+        loss,best = float(vals.get('valid_loss', np.inf)),self.state.get('best')
+        if best is None or loss < best['valid_loss']:
+            with atomic_path(self.path/BEST) as tmp: torch.save(self.learn.model.state_dict(), tmp)
+            self.state['best'] = dict(epoch=len(self.rows)-1, valid_loss=loss, mae=float(vals.get('mae', np.nan)))
+        with atomic_path(self.path/CHECKPOINT) as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
+        self.state['epochs_done'] = len(self.rows)
+        atomic_text(self.path/STATE, json.dumps(self.state, indent=2))
+
+def load_checkpoint(learn, run, name=CHECKPOINT, with_opt=True):
+    "Load `name` from run folder `run` into `learn` (weights, and the optimizer state for a checkpoint)"
+    f = Path(run)/name
+    if name==BEST: learn.model.load_state_dict(torch.load(f, map_location='cpu', weights_only=True))
+    else:
+        if learn.opt is None: learn.create_opt()
+        load_model(f, learn.model, learn.opt, with_opt=with_opt, device='cpu')
+    return learn

@@ -1,0 +1,165 @@
+"Bad inputs never crash a run; an interrupted run loses nothing."
+import io, json, os, shutil, signal, struct, subprocess, sys, time, zlib, pytest, numpy as np, pandas as pd
+from pathlib import Path
+from PIL import Image
+from flowers.errors import FlowersDataError
+from flowers.images import open_image
+from flowers.data import read_counts
+from flowers.predict import load_counter
+
+def _png_header_only(w, h):
+    "A tiny PNG file that claims to be `w` x `h` pixels"
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t+d) & 0xffffffff)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b'')
+
+def _save(img, fmt, **kw):
+    b = io.BytesIO(); img.save(b, fmt, **kw); return b.getvalue()
+
+def _base(): return Image.open(Path(__file__).parents[1]/'data'/'sample'/'images'/'00000.jpg').convert('RGB')
+
+def _gif():
+    frames = [_base(), _base().rotate(90)]
+    b = io.BytesIO(); frames[0].save(b, 'GIF', save_all=True, append_images=frames[1:]); return b.getvalue()
+
+def _exif_rotated():
+    "The base image stored rotated, with EXIF orientation 6 saying how to turn it upright"
+    img = _base().transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif(); exif[0x0112] = 6
+    return _save(img, 'PNG', exif=exif)
+
+BAD = { # file name: (bytes, message)
+    'truncated.jpg': (lambda: _save(_base(), 'JPEG')[:700], 'broken image file'),
+    'empty.jpg': (lambda: b'', 'empty file (0 bytes)'),
+    'text.jpg': (lambda: b'this is not a photo\n', 'not a supported image (use JPEG, PNG, WEBP, TIFF, BMP'),
+    'drawing.svg': (lambda: b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><circle r="9"/></svg>', 'not a supported image'),
+    'animated.gif': (_gif, 'not a supported image'),
+    'dot.png': (lambda: _save(Image.new('RGB', (1,1)), 'PNG'), 'image is only 1x1 pixels; too small to count anything in'),
+    'bomb.png': (lambda: _png_header_only(30000, 30000), 'image is too large to open safely'),
+    'notes.pdf': (lambda: b'%PDF-1.4\n1 0 obj<<>>endobj\n', 'not a supported image'),
+}
+GOOD = { # file name: (bytes, check of the RGB array)
+    '16bit.png': (lambda: _save(Image.fromarray(np.array([[0, 32768, 65535]*4]*12, np.uint16)), 'PNG'),
+                  lambda a: a[0,:3,0].tolist()==[0,128,255] and (a[...,0]==a[...,2]).all()),
+    'rgba.png': (lambda: _save(Image.new('RGBA', (16,16), (255,0,0,0)), 'PNG'), lambda a: (a==255).all()), # transparent -> white
+    'half_alpha.png': (lambda: _save(Image.new('RGBA', (16,16), (0,0,0,128)), 'PNG'), lambda a: (abs(a.astype(int)-127)<=1).all()),
+    'cmyk.jpg': (lambda: _save(Image.new('CMYK', (16,16), (0,255,255,0)), 'JPEG', quality=95), lambda a: a[...,0].mean()>200 and a[...,1].mean()<60),
+    'gray.png': (lambda: _save(Image.new('L', (16,16), 77), 'PNG'), lambda a: (a==77).all()),
+    'palette.png': (lambda: _save(_base().convert('P'), 'PNG'), lambda a: a.shape==(128,128,3)),
+    'photo.tiff': (lambda: _save(_base(), 'TIFF'), lambda a: a.shape==(128,128,3)),
+    'photo.bmp': (lambda: _save(_base(), 'BMP'), lambda a: a.shape==(128,128,3)),
+    'photo.webp': (lambda: _save(_base(), 'WEBP'), lambda a: a.shape==(128,128,3)),
+    'png_named.jpg': (lambda: _save(_base(), 'PNG'), lambda a: (a==np.asarray(_base())).all()), # contents decide, not the name
+    'exif_rotated.png': (_exif_rotated, lambda a: (a==np.asarray(_base())).all()),
+}
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp('corpus')
+    for name,(make,_) in {**BAD, **GOOD}.items(): (d/name).write_bytes(make())
+    return d
+
+@pytest.mark.parametrize('name', BAD)
+def test_bad_image_message(corpus, name):
+    with pytest.raises(FlowersDataError) as e: open_image(corpus/name)
+    assert str(e.value).startswith(f'{corpus/name}: ') and BAD[name][1] in str(e.value)
+
+@pytest.mark.parametrize('name', GOOD)
+def test_odd_but_good_image(corpus, name):
+    img = open_image(corpus/name)
+    assert img.mode=='RGB' and GOOD[name][1](np.asarray(img))
+
+def test_bytes_and_arrays(corpus):
+    assert np.asarray(open_image((corpus/'gray.png').read_bytes())).shape==(16,16,3)
+    with pytest.raises(FlowersDataError, match='empty image data'): open_image(b'')
+    assert np.asarray(open_image(np.full((10,10), 65535, np.uint16))).max()==255
+
+def test_preflight_lists_every_bad_image(corpus):
+    rows = [f'{n},1' for n in list(BAD)+list(GOOD)]
+    (corpus/'counts.csv').write_text('image,count\n' + '\n'.join(rows) + '\n')
+    with pytest.raises(FlowersDataError) as e: read_counts(corpus/'counts.csv', verify=True)
+    msg = str(e.value)
+    assert f'{len(BAD)} bad rows' in msg
+    for i,(name,(_,m)) in enumerate(BAD.items()): assert f'line {i+2}: {name}: {m}' in msg
+    with pytest.warns(UserWarning, match='dropped'): df = read_counts(corpus/'counts.csv', verify=True, drop_bad=True)
+    assert sorted(df['image'])==sorted(GOOD)
+
+def test_train_cli_preflight_exits_2(corpus, tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(corpus), '--out', str(tmp_path/'run')], capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and 'Traceback' not in r.stderr and 'truncated.jpg: broken image file' in r.stderr
+    assert not (tmp_path/'run'/'export.pkl').exists()
+
+def test_predict_counts_good_and_reports_bad(corpus, trained):
+    c = load_counter(trained)
+    with pytest.raises(FlowersDataError, match='text.jpg: not a supported image'): c.predict(corpus/'text.jpg')
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(corpus), '--out', str(corpus/'p.csv')], capture_output=True, text=True, timeout=300)
+    assert r.returncode==1 and 'Traceback' not in r.stderr
+    df = pd.read_csv(corpus/'p.csv', keep_default_na=False)
+    bad = set(df.loc[df['error']!='', 'image'].map(lambda p: Path(p).name))
+    assert bad=={n for n in BAD if n.endswith(('.jpg','.png','.tiff','.bmp','.webp'))} # the rest aren't picked up as images
+
+def test_exif_rotated_predicts_like_upright(corpus, trained, tmp_path):
+    c = load_counter(trained)
+    (tmp_path/'upright.png').write_bytes(_save(_base(), 'PNG'))
+    assert abs(c.predict(corpus/'exif_rotated.png') - c.predict(tmp_path/'upright.png')) < 1e-5
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, '-m', 'flowers.train', '--data', str(data), '--out', str(out), '--size', '32', '--bs', '8',
+            '--pretrained', 'no', '--lr', '1e-3', *extra]
+
+def _loads_in_fresh_process(pkl, img):
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(pkl)!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode==0, r.stderr
+    return float(r.stdout.split()[-1])
+
+def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
+    out = tmp_path/'run'
+    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--epochs', '6'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
+    time.sleep(0.3) # into the next epoch
+    p.send_signal(signal.SIGINT)
+    _,err = p.communicate(timeout=300)
+    assert p.returncode==130, err
+    assert 'saved the best model so far' in err and f'--resume {out}' in err and 'Traceback' not in err
+    done = json.loads((out/'state.json').read_text())['epochs_done']
+    assert 1 <= done < 6
+    _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
+    assert load_counter(out/'model.safetensors').predict(flower_data[0]/'images'/'00000.jpg') > 0
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    assert f'resuming after epoch {done}' in r.stdout
+    hist = pd.read_csv(out/'history.csv')
+    assert hist['epoch'].tolist()==list(range(6))
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists()
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and 'only a run that was interrupted can be resumed' in r.stderr
+
+def test_kill_mid_export_keeps_previous_model(trained, flower_data, tmp_path):
+    out = tmp_path/'run'
+    shutil.copytree(trained, out)
+    before = (out/'export.pkl').read_bytes()
+    code = f"""
+import time, torch, flowers.train as T
+from pathlib import Path
+save = torch.save
+def slow_save(obj, f, *a, **k): # a disk so slow that the process is killed while writing the export
+    if 'export' in Path(str(f)).name:
+        with open(f, 'wb') as fh: fh.write(b'PK partial'); fh.flush()
+        print('WRITING', flush=True); time.sleep(120)
+    return save(obj, f, *a, **k)
+torch.save = slow_save
+T.train({str(flower_data[0])!r}, out={str(out)!r}, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3)
+"""
+    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if 'WRITING' in line: break
+    p.kill(); p.wait()
+    assert (out/'export.pkl').read_bytes()==before
+    _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
+    assert list(out.glob('.export.tmp*'))
+    train_again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1'), capture_output=True, text=True, timeout=300)
+    assert train_again.returncode==0 and not list(out.glob('.*.tmp*')) # the next run clears what the killed one left
