@@ -82,6 +82,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
+        if learn.dls.device.type=='cuda': learn.to_fp16() # fastai's MixedPrecision is CUDA-only; load_learner undoes it on CPU
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             lr = a.lr or find_lr(learn, out/'lr_find.png' if _is_main() else None)
