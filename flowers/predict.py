@@ -51,9 +51,9 @@ class Counter:
         stats = (norm.mean.flatten().tolist(), norm.std.flatten().tolist()) if norm is not None else None
         return cls(learn.model, rs.size[0], rs.method, stats, learn=learn, **kwargs)
 
-    def _tensor(self, img):
+    def _tensor(self, img, name=None):
         "One image (path, PIL image, array or bytes) as a resized uint8 tensor"
-        return image2tensor(self.resize(open_image(img), split_idx=1))
+        return image2tensor(self.resize(open_image(img, name), split_idx=1))
 
     def _forward(self, xs):
         "Counts for a list of uint8 tensors"
@@ -136,17 +136,22 @@ def find_images(inputs) -> tuple:
         else: errors.append(f"{inp}: no such file or folder")
     return items,errors
 
-def predict_table(counter, items, bs=64, show_progress=True) -> pd.DataFrame:
-    "A row per image: image, count, and the error for images that couldn't be read (the rest are still counted)"
-    rows = []
+def predict_table(counter, # A `Counter`
+                  items, # Images: paths, or anything `Counter.predict` takes
+                  bs=64, # Batch size
+                  names=None, # How to name each item (default: the item itself)
+                  show_progress=True, # Progress bar for more than one batch
+                 ) -> pd.DataFrame:
+    "A row per image, in order: image, count, and the error for images that couldn't be read (the rest are still counted)"
+    names = [str(o) for o in (names or items)]
+    counts,errors = np.full(len(items), np.nan),['']*len(items)
     for i in progress(range(0, len(items), bs), show=show_progress and len(items)>bs):
-        good,xs = [],[]
-        for p in items[i:i+bs]:
-            try: xs.append(counter._tensor(p)); good.append(p)
-            except FlowersError as e: rows.append(dict(image=str(p), count=float('nan'), error=str(e)))
-        if xs: rows += [dict(image=str(p), count=float(c), error='') for p,c in zip(good, counter._forward(xs))]
-    order = {str(p):i for i,p in enumerate(items)}
-    return pd.DataFrame(rows, columns=['image','count','error']).sort_values('image', key=lambda s: s.map(order), kind='stable')
+        idx,xs = [],[]
+        for j in range(i, min(i+bs, len(items))):
+            try: xs.append(counter._tensor(items[j], names[j])); idx.append(j)
+            except FlowersError as e: errors[j] = str(e)
+        if xs: counts[idx] = counter._forward(xs)
+    return pd.DataFrame({'image': names, 'count': counts, 'error': errors})
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl

@@ -1,6 +1,5 @@
 """What a training run leaves behind: metrics, predictions, history and plots."""
-import json, sys, time, numpy as np, pandas as pd, matplotlib
-matplotlib.use('Agg')
+import json, sys, time, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
@@ -32,23 +31,25 @@ def valid_predictions(learn, # A trained count `Learner`
     df['error'] = df['predicted'] - df['count']
     return df
 
-def plot_predicted_vs_true(preds:pd.DataFrame, fname):
-    "Scatter of predicted against true counts with the ideal line"
+def plot_predicted_vs_true(preds:pd.DataFrame, fname=None):
+    "Scatter of predicted against true counts with the ideal line; saved to `fname`, or returned to show"
     fig,ax = plt.subplots(figsize=(5,5))
     ax.scatter(preds['count'], preds['predicted'], s=12, alpha=.6)
     hi = max(preds['count'].max(), preds['predicted'].max())*1.05
     ax.plot([0,hi], [0,hi], 'k--', lw=1)
     ax.set(xlabel='true count', ylabel='predicted count', xlim=(0,hi), ylim=(0,hi),
            title=f"validation: MAE {preds['error'].abs().mean():.2f}")
+    if fname is None: return fig
     save_fig(fig, fname)
 
-def plot_worst(preds:pd.DataFrame, img_dir, fname, n=9):
+def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9):
     "The `n` validation images with the largest errors, titled true/predicted (fastai's `plot_top_losses` is for classes)"
     worst = preds.reindex(preds['error'].abs().sort_values(ascending=False).index).head(n)
     axs = subplots(int(np.ceil(len(worst)/3)), 3, figsize=(9, 3.2*np.ceil(len(worst)/3)))[1].flatten()
     for ax,(_,r) in zip(axs, worst.iterrows()):
         show_image(PILImage.create(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
+    if fname is None: return plt.gcf()
     save_fig(plt.gcf(), fname, dpi=72)
 
 def versions() -> dict:

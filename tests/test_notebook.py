@@ -1,0 +1,13 @@
+import os, nbformat, pytest
+from pathlib import Path
+from nbclient import NotebookClient
+
+def test_notebook_runs(tmp_path, monkeypatch):
+    "The walk-through notebook runs start to finish at tiny settings"
+    monkeypatch.setenv('FLOWERS_NB_TINY', '1')
+    monkeypatch.setenv('FLOWERS_NB_DIR', str(tmp_path/'data'))
+    nb = nbformat.read(Path(__file__).parents[1]/'nbs'/'01_count_flowers.ipynb', as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}}).execute()
+    out = ''.join(o.get('text', '') for c in nb.cells if c.cell_type=='code' for o in c.get('outputs', []))
+    assert 'validation MAE' in out and 'flower heads (true:' in out
+    assert (tmp_path/'data'/'export.pkl').is_file()

@@ -1,0 +1,104 @@
+"The web page and JSON API, against a real server on 127.0.0.1 in a subprocess."
+import io, os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from flowers.predict import load_counter
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def server(trained):
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.serve', str(trained), '--port', str(port), '--max-upload-mb', '1'],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f'http://127.0.0.1:{port}'
+    for _ in range(300):
+        try:
+            if httpx.get(url+'/health', timeout=1).status_code==200: break
+        except httpx.HTTPError: time.sleep(0.2)
+        assert p.poll() is None, p.stdout.read()
+    yield url
+    p.terminate(); p.wait(timeout=30)
+
+@pytest.fixture(scope='module')
+def counter(trained): return load_counter(trained) # the server's own loading: safe format, same precision
+
+def _imgs(flower_data, n): return sorted((flower_data[0]/'images').glob('*.jpg'))[:n]
+
+def _post(url, paths=(), extra=()):
+    files = [('files', (p.name, p.read_bytes(), 'image/jpeg')) for p in paths] + list(extra)
+    return httpx.post(url+'/api/count', files=files, timeout=60)
+
+def test_health(server):
+    r = httpx.get(server+'/health')
+    assert r.json()['status']=='ok' and 'Counter' in r.json()['model']
+
+def test_single_and_multi_counts_match_counter(server, counter, flower_data):
+    one = _post(server, _imgs(flower_data, 1))
+    assert one.status_code==200 and one.json()[0]['image']=='00000.jpg'
+    assert abs(one.json()[0]['count'] - counter.predict(_imgs(flower_data, 1)[0])) < 1e-4
+    paths = _imgs(flower_data, 6)
+    many = _post(server, paths).json()
+    assert [r['image'] for r in many]==[p.name for p in paths]
+    assert np.allclose([r['count'] for r in many], [counter.predict(p) for p in paths], atol=1e-4)
+
+def test_non_image_rejected_and_server_keeps_serving(server, flower_data):
+    r = _post(server, extra=[('files', ('notes.jpg', b'not an image at all', 'image/jpeg'))])
+    assert r.status_code==415 and 'notes.jpg: not a supported image' in r.json()['error']
+    mixed = _post(server, _imgs(flower_data, 1), extra=[('files', ('empty.png', b'', 'image/png'))])
+    assert mixed.status_code==200 and 'count' in mixed.json()[0] and 'empty image data' in mixed.json()[1]['error']
+    assert httpx.get(server+'/health').status_code==200
+
+def test_oversize_rejected_and_server_keeps_serving(server, flower_data):
+    big = os.urandom(int(1.5*1024*1024))
+    r = _post(server, extra=[('files', ('huge.jpg', big, 'image/jpeg'))])
+    assert r.status_code==413 and 'at most 1 MB' in r.json()['error']
+    assert _post(server, _imgs(flower_data, 1)).status_code==200
+
+def test_missing_field(server):
+    r = httpx.post(server+'/api/count', files=[('photo', ('a.jpg', b'x', 'image/jpeg'))])
+    assert r.status_code==400 and 'field "files"' in r.json()['error']
+
+def test_bounded_load(server, flower_data):
+    "200 requests, 8 at a time: every one answered correctly"
+    paths = _imgs(flower_data, 8)
+    with httpx.Client(timeout=60) as client:
+        def one(i):
+            p = paths[i%len(paths)]
+            r = client.post(server+'/api/count', files=[('files', (p.name, p.read_bytes(), 'image/jpeg'))])
+            return r.status_code, r.json()[0].get('count')
+        with ThreadPoolExecutor(8) as ex: res = list(ex.map(one, range(200)))
+    assert all(s==200 and c is not None for s,c in res)
+    by_img = {}
+    for i,(_,c) in enumerate(res): by_img.setdefault(i%len(paths), set()).add(round(c, 4))
+    assert all(len(v)==1 for v in by_img.values()) # concurrent requests don't mix up answers
+
+def _browser():
+    chrome,driver = shutil.which('chromium') or shutil.which('chromium-browser'),shutil.which('chromedriver')
+    if not (chrome and driver):
+        pytest.skip('headless Chromium test skipped: chromium and chromedriver are not installed (apt-get install chromium chromium-driver)')
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+              '--disable-component-update', '--disable-sync', '--no-first-run', '--window-size=1000,800'):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+def test_page_counts_a_dropped_photo(server, counter, flower_data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    b = _browser()
+    try:
+        b.get(server+'/')
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp) # a person clicks the label; the driver types into the input
+        p = _imgs(flower_data, 1)[0]
+        inp.send_keys(str(p))
+        shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
+        assert abs(float(shown[0].text) - counter.predict(p)) < 0.051 # the page shows one decimal
+        assert b.find_element(By.ID, 'total-count').text==shown[0].text
+        if os.environ.get('FLOWERS_SCREENSHOT'): b.save_screenshot(os.environ['FLOWERS_SCREENSHOT'])
+    finally: b.quit()
