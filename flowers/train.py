@@ -8,7 +8,7 @@ from .data import count_dls, default_data, check_method
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss
 from .report import write_report, versions, save_fig
 from .safe import save_safe
-from .progress import plain_progress
+from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 
@@ -91,7 +91,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
         print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
-        with stop_on_signals(StopFlag()) as flag:
+        with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag)] + ([Checkpoint(out, state)] if _is_main() else []))
     learn.interrupted = flag.signal
@@ -102,7 +102,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
                 bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, pretrained=bool(use_pre), weights=a.weights,
                 data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
-    m = write_report(learn, out, info, a.fn_col)
+    with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
     for f in (CHECKPOINT, BEST): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")

@@ -20,9 +20,14 @@ def test_predict_inputs_agree(counters, flower_data):
     preds = [c.predict(f), c.predict(str(f)), c.predict(img), c.predict(np.asarray(img)), c.predict(f.read_bytes())]
     assert all(abs(p - preds[0]) < 1e-5 for p in preds) and isinstance(preds[0], float)
 
-def test_pkl_matches_learn_predict(counters, trained, flower_data):
+def test_pkl_matches_learn_predict(trained, flower_data):
+    c = load_counter(trained/'export.pkl', precision='fp32') # learn.predict runs in fp32
     f = flower_data[0]/'images'/'00005.jpg'
-    assert abs(counters[0].predict(f) - float(counters[0].learn.predict(f)[0][0])) < 1e-4
+    assert abs(c.predict(f) - float(c.learn.predict(f)[0][0])) < 1e-4
+
+def test_bf16_close_to_fp32(trained, valid_images):
+    fp32,auto = (load_counter(trained, precision=p).predict_batch(valid_images) for p in ('fp32','auto'))
+    assert np.abs(fp32 - auto).max() <= 0.05
 
 def test_batch_equals_single(counters, flower_data):
     imgs = sorted((flower_data[0]/'images').glob('*.jpg'))
