@@ -1,7 +1,7 @@
 """Speed and memory, side by side in one run: `python benchmarks/bench.py [--full] [--out benchmarks/results]`.
 
 Writes `results.json` and `results.md`. Each part runs in its own process, so its peak memory is its own."""
-import json, os, platform, resource, subprocess, sys, tempfile, time, warnings, numpy as np, torch
+import json, platform, resource, subprocess, sys, tempfile, time, warnings, torch
 from functools import partial
 from pathlib import Path
 from multiprocessing import get_context

@@ -32,7 +32,7 @@ def main(out, size=128, n=2000, epochs=14):
     for prec in ('fp16','fp32'):
         c = load_counter(run, precision=prec)
         c.predict_batch(imgs[:256], bs=256); torch.cuda.synchronize()
-        t = time.time(); p = c.predict_batch(imgs, bs=256); torch.cuda.synchronize()
+        t = time.time(); c.predict_batch(imgs, bs=256); torch.cuda.synchronize()
         res[f'predict_batch_{prec}_img_s'] = round(len(imgs)/(time.time()-t), 1)
         x = c.norm(TensorImage(torch.stack([c._tensor(i) for i in imgs[:256]]).cuda().float()/255)).as_subclass(torch.Tensor).contiguous(memory_format=c.fmt)
         dtype = torch.float16 if prec=='fp16' else None

@@ -3,6 +3,10 @@ __version__ = '0.1.0'
 import warnings
 # fastai 2.8 scripts a few functions at import; torch 2.14 warns about it on every run, which users can't act on
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
+__all__ = ['FlowersError', 'FlowersDataError', 'read_counts', 'count_block', 'count_dls', 'count_tfms', 'default_data',
+           'flower_field', 'make_flowers', 'Counter', 'load_counter', 'open_image']
+from .errors import FlowersError
+from .images import open_image
 from .data import FlowersDataError, read_counts, count_block, count_dls, count_tfms, default_data
 from .synth import flower_field, make_flowers
 from .predict import Counter, load_counter

@@ -1,6 +1,5 @@
 """Counting with a trained model: `load_counter`, batch predictions, and `python -m flowers.predict`."""
-import io, json, pickle, sys, types, warnings, numpy as np, pandas as pd
-from PIL import Image
+import pickle, sys, types, warnings, numpy as np, pandas as pd
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse

@@ -1,5 +1,5 @@
 """What a training run leaves behind: metrics, predictions, history and plots."""
-import json, sys, time, numpy as np, pandas as pd
+import json, sys, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *

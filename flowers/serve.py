@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import asyncio, json, threading
+import threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.formparsers import MultiPartException
-from .errors import FlowersError, user_errors
+from .errors import user_errors
 from .predict import load_counter, predict_table
 
 __all__ = ['MB', 'create_app', 'serve']

@@ -1,5 +1,5 @@
 """Train a counting model: `python -m flowers.train` (see `--help`)."""
-import contextlib, json, os, sys, time, warnings
+import contextlib, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
@@ -142,7 +142,7 @@ def fit(learn, # The `Learner` to train
         cbs=None, # Callbacks for every fit
        ):
     "Run `recipe`, inside `distrib_ctx` when launched on several processes"
-    if num_distrib(): from fastai.distributed import distrib_ctx # needs `accelerate`, present under `accelerate launch`
+    if num_distrib(): pass # patches in `distrib_ctx`; needs `accelerate`, present under `accelerate launch`
     with learn.distrib_ctx() if num_distrib() else contextlib.nullcontext():
         if recipe=='fit_one_cycle': return learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
         # fastai's `fine_tune`, split at its phase boundary so that a resumed run can start inside either phase

@@ -1,5 +1,4 @@
-import pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
-from PIL import Image
+import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
 from fastai.vision.all import TensorImage
 from flowers.data import *
 

@@ -1,4 +1,4 @@
-import os, nbformat, pytest
+import nbformat
 from pathlib import Path
 from nbclient import NotebookClient
 

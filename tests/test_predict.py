@@ -1,8 +1,7 @@
-import builtins, os, pickle, shutil, subprocess, sys, time, pytest, torch, numpy as np, pandas as pd
+import pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
-from fastai.vision.all import load_learner
 from flowers.errors import FlowersError
-from flowers.predict import load_counter, Counter
+from flowers.predict import load_counter
 
 @pytest.fixture(scope='module')
 def counters(trained):

@@ -1,5 +1,5 @@
 "Bad inputs never crash a run; an interrupted run loses nothing."
-import io, json, os, shutil, signal, struct, subprocess, sys, time, zlib, pytest, numpy as np, pandas as pd
+import io, json, shutil, signal, struct, subprocess, sys, time, zlib, pytest, numpy as np, pandas as pd
 from pathlib import Path
 from PIL import Image
 from flowers.errors import FlowersDataError

@@ -1,7 +1,6 @@
 "The web page and JSON API, against a real server on 127.0.0.1 in a subprocess."
-import io, os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
+import os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from flowers.predict import load_counter
 
 def _free_port():

@@ -1,5 +1,4 @@
 import subprocess, sys, numpy as np, pandas as pd
-from PIL import Image
 from flowers.synth import flower_field, make_flowers
 
 def _files(path): return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}

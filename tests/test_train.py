@@ -56,7 +56,7 @@ def test_weights_file(flower_data, tmp_path):
     w = tmp_path/'body.pth'
     sd = torchvision.models.resnet18().state_dict()
     torch.save(sd, w)
-    learn = train(flower_data[1], out=tmp_path/'run', arch='resnet18', size=32, bs=8, epochs=1, weights=w, lr=1e-3)
+    train(flower_data[1], out=tmp_path/'run', arch='resnet18', size=32, bs=8, epochs=1, weights=w, lr=1e-3)
     assert json.loads((tmp_path/'run'/'metrics.json').read_text())['recipe']=='fine_tune'
 
 def test_pretrained_yes_without_weights_exits_2(flower_data, tmp_path):
@@ -65,10 +65,9 @@ def test_pretrained_yes_without_weights_exits_2(flower_data, tmp_path):
     assert 'resnet34-b627a593.pth is not in' in r.stderr and str(tmp_path/'th'/'hub'/'checkpoints') in r.stderr
 
 def test_pretrained_auto_warns_and_trains_from_random(flower_data, tmp_path):
-    learn = None
     with pytest.warns(UserWarning, match='Training from random init instead'):
         os.environ['TORCH_HOME'] = str(tmp_path/'th')
-        try: learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, lr=1e-3)
+        try: train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, lr=1e-3)
         finally: del os.environ['TORCH_HOME']
     assert json.loads((tmp_path/'metrics.json').read_text())['recipe']=='fit_one_cycle'
 
