@@ -4,8 +4,8 @@ from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, user_errors
-from .data import IMG_EXTS
-from .safe import load_safe
+from .data import IMG_EXTS, _read_csv, find_img_dir
+from .safe import load_safe, input_spec
 from .images import open_image
 from .progress import progress
 
@@ -43,12 +43,15 @@ class Counter:
         self.norm = Normalize.from_stats(*stats, cuda=self.device.type=='cuda') if stats is not None else noop
 
     @classmethod
+    def from_spec(cls, model, spec, **kwargs):
+        "A `Counter` for `model` fed as `spec` says (`input_spec`, or `model.json`)"
+        norm = spec.get('normalize')
+        return cls(model, spec['size'], spec['method'], (norm['mean'], norm['std']) if norm else None, **kwargs)
+
+    @classmethod
     def from_learner(cls, learn, **kwargs):
         "A `Counter` using `learn`'s model, resizing and normalisation"
-        rs = first(learn.dls.after_item.fs.filter(risinstance(Resize)))
-        norm = first(learn.dls.after_batch.fs.filter(risinstance(Normalize)))
-        stats = (norm.mean.flatten().tolist(), norm.std.flatten().tolist()) if norm is not None else None
-        return cls(learn.model, rs.size[0], rs.method, stats, learn=learn, **kwargs)
+        return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
 
     def _tensor(self, img, name=None):
         "One image (path, PIL image, array or bytes) as a resized uint8 tensor"
@@ -71,10 +74,11 @@ class Counter:
     def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
                       bs=64, # Batch size
                      ) -> np.ndarray:
-        "Counts for many images, `bs` at a time; raises on the first unreadable image"
-        items = list(items)
-        out = [self._forward([self._tensor(o) for o in items[i:i+bs]]) for i in range(0, len(items), bs)]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        "Counts for many images, `bs` at a time; raises naming the first unreadable image"
+        df = predict_table(self, list(items), bs=bs, show_progress=False)
+        bad = df['error'][df['error']!='']
+        if len(bad): raise FlowersError(bad.iloc[0])
+        return df['count'].to_numpy(np.float32)
 
     def __repr__(self): return f"Counter({type(self.model).__name__}, size={self.size}, method={self.method!r}, {self.precision} on {self.device})"
 
@@ -116,8 +120,7 @@ def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `
     if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
     if path.suffix in ('.safetensors','.json'):
         model,meta = load_safe(path)
-        stats = (meta['normalize']['mean'], meta['normalize']['std']) if meta.get('normalize') else None
-        return Counter(model, meta['size'], meta['method'], stats, meta=meta, precision=precision, device=device)
+        return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device)
     return Counter.from_learner(load_pkl(path), precision=precision, device=device)
 
 def find_images(inputs) -> tuple:
@@ -126,7 +129,6 @@ def find_images(inputs) -> tuple:
     for inp in map(Path, inputs):
         if inp.is_dir(): items += sorted(p for p in inp.rglob('*') if p.suffix.lower() in IMG_EXTS and p.is_file())
         elif inp.suffix.lower()=='.csv' and inp.is_file():
-            from .data import _read_csv, find_img_dir
             df = _read_csv(inp)
             col = 'image' if 'image' in df.columns else df.columns[0]
             root = find_img_dir(inp, df[col])

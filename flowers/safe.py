@@ -7,21 +7,24 @@ from .errors import FlowersError
 from .learner import get_arch
 from .atomic import atomic_path, atomic_text
 
-__all__ = ['FORMAT', 'safe_meta', 'save_safe', 'load_safe']
+__all__ = ['FORMAT', 'input_spec', 'safe_meta', 'save_safe', 'load_safe']
 
 FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-def safe_meta(learn, arch, **extra) -> dict:
-    "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
+def input_spec(learn) -> dict:
+    "How `learn` feeds images to its network: resize `size` and `method`, and `normalize` stats (or None)"
     rs = first(learn.dls.after_item.fs.filter(risinstance(Resize)))
     norm = first(learn.dls.after_batch.fs.filter(risinstance(Normalize)))
+    return dict(size=int(rs.size[0]), method=rs.method,
+                normalize=dict(mean=norm.mean.flatten().tolist(), std=norm.std.flatten().tolist()) if norm is not None else None)
+
+def safe_meta(learn, arch, **extra) -> dict:
+    "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
     y_range = learn.model[-1][-1]
     return dict(format=FORMAT, arch=arch, n_out=learn.n_out, y_range=[float(y_range.low), float(y_range.high)],
-                size=int(rs.size[0]), method=rs.method,
-                normalize=dict(mean=norm.mean.flatten().tolist(), std=norm.std.flatten().tolist()) if norm is not None else None,
-                **extra)
+                **input_spec(learn), **extra)
 
 def save_safe(learn, # A trained count `Learner`
               path, # Folder to write `model.safetensors` and `model.json` to

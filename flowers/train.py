@@ -31,7 +31,7 @@ def find_csv(data) -> Path:
 def find_lr(learn, fname=None) -> float:
     "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
     try:
-        with learn.removed_cbs(learn.progress) if hasattr(learn,'progress') else contextlib.nullcontext():
+        with learn.no_bar():
             lr = float(learn.lr_find(num_it=min(100, 3*len(learn.dls.train)+10), suggest_funcs=(valley,)).valley)
         if fname: save_fig(plt.gcf(), fname)
     except Exception as e: lr = float('nan'); print(f'lr_find failed ({e})')
