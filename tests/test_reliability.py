@@ -163,3 +163,13 @@ T.train({str(flower_data[0])!r}, out={str(out)!r}, size=32, bs=8, epochs=1, pret
     assert list(out.glob('.export.tmp*'))
     train_again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1'), capture_output=True, text=True, timeout=300)
     assert train_again.returncode==0 and not list(out.glob('.*.tmp*')) # the next run clears what the killed one left
+
+def test_drop_bad_trains_on_the_rest_and_records_them(flower_data, tmp_path):
+    data = tmp_path/'data'
+    shutil.copytree(flower_data[0], data)
+    (data/'images'/'00002.jpg').write_bytes(b'')
+    out = tmp_path/'run'
+    r = subprocess.run(_train_cmd(data, out, '--epochs', '1', '--drop-bad'), capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['dropped']==[dict(line=4, problem='00002.jpg: empty file (0 bytes)')] and m['n_train']+m['n_valid']==47
