@@ -1,5 +1,5 @@
 """Reading a counts CSV, checking it, and turning it into fastai `DataLoaders`."""
-import math, warnings, pandas as pd
+import math, os, warnings, pandas as pd
 from csv import Error as CSVError
 from functools import partial
 from pathlib import Path
@@ -9,7 +9,7 @@ from .images import open_image
 from .progress import progress
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit',
-           'count_tfms', 'check_method', 'count_block', 'count_dls', 'default_data']
+           'count_tfms', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 DATA_DIR = Path(__file__).resolve().parents[1]/'data'
@@ -155,6 +155,37 @@ def check_method(method):
     "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
     if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
 
+class CachedDL(TfmdDL):
+    "A `TfmdDL` keeping each item after its item transforms: an image is decoded and resized once per run, not every epoch"
+    def __init__(self, dataset=None, # Map-style dataset
+                 cache:bool=True, # Keep items; only for deterministic item transforms (`count_block`'s Resize is)
+                 **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.cache = {} if cache else None
+
+    def do_item(self, s):
+        if self.cache is None or s is None: return super().do_item(s)
+        if s not in self.cache: self.cache[s] = super().do_item(s)
+        return self.cache[s]
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        # a new dataset means new items: the copy starts empty, but keeps the choice
+        return super().new(dataset, cls, **merge(dict(cache=self.cache is not None), kwargs))
+
+    def fill(self, comment='decoding images once'):
+        "Load every item now, e.g. before worker processes start (each would otherwise fill its own copy)"
+        if self.cache is not None:
+            for s in progress(range(len(self.dataset)), comment=comment): self.do_item(s)
+
+def cache_fits(n, # Number of images
+               size, # Their size after resizing
+               share=0.25, # Most of the physical memory the cache may take
+              ) -> bool:
+    "Do `n` decoded `size` x `size` RGB images fit in `share` of this machine's memory?"
+    try: mem = os.sysconf('SC_PHYS_PAGES')*os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError): return False
+    return n*size*size*3 <= share*mem
+
 def count_block(img_dir, # Folder the image names are relative to
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
@@ -171,7 +202,7 @@ def count_block(img_dir, # Folder the image names are relative to
                      get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
-                     batch_tfms=count_tfms() if aug else None)
+                     batch_tfms=count_tfms() if aug else None, dl_type=CachedDL)
 
 def count_dls(csv, # CSV file with one row per image
               img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
@@ -186,6 +217,7 @@ def count_dls(csv, # CSV file with one row per image
               verify=True, # Open every image once before building the `DataLoaders`
               aug=True, # Count-preserving augmentation of training batches
               num_workers=0, # Data-loading processes
+              cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:
     "`DataLoaders` of (image, count) batches from a counts CSV"
@@ -194,7 +226,10 @@ def count_dls(csv, # CSV file with one row per image
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
                          seed=seed, valid_col=valid_col, aug=aug)
     set_seed(seed) # the shuffling order, too, follows the seed
-    dls = dblock.dataloaders(df, bs=bs, num_workers=num_workers, **kwargs)
+    cache = cache and cache_fits(len(df), size)
+    dls = dblock.dataloaders(df, bs=bs, num_workers=num_workers, cache=cache, **kwargs)
+    if cache and num_workers:
+        for dl in dls: dl.fill()
     dls.df = df
     return dls
 

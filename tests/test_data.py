@@ -1,5 +1,5 @@
 import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
-from fastai.vision.all import TensorImage
+from fastai.vision.all import TensorImage, set_seed
 from flowers.data import *
 
 @pytest.fixture
@@ -117,3 +117,33 @@ def test_show_batch_titles_counts(flower_data):
     titles = [ax.get_title() for ax in plt.gcf().axes if ax.get_title()]
     assert len(titles)==4 and all(float(t)==int(float(t)) for t in titles)
     plt.close('all')
+
+def _epoch(dl, seed):
+    set_seed(seed)
+    return [(x.clone(), y.clone()) for x,y in dl]
+
+def test_cache_gives_the_same_batches(flower_data):
+    cached,plain = (count_dls(flower_data[1], size=32, bs=8, verify=False, cache=c) for c in (True,False))
+    assert cached.train.cache=={} and plain.train.cache is None and plain.valid.cache is None
+    for seed in (0,1): # the second epoch comes from the cache
+        for (a,b),(c,d) in zip(_epoch(cached.train, seed), _epoch(plain.train, seed), strict=True):
+            assert torch.equal(a,c) and torch.equal(b,d)
+    assert len(cached.train.cache)==len(cached.train.dataset) and len(cached.valid.cache)==0 # valid is filled when it runs
+
+def test_cache_decodes_once(ds, flower_data):
+    "After the first epoch, the images can go: nothing is decoded again"
+    path,_ = ds
+    shutil.copytree(flower_data[0], path/'copy')
+    dls = count_dls(path/'copy'/'counts.csv', size=32, bs=8)
+    train,valid = _epoch(dls.train, 0),_epoch(dls.valid, 0)
+    shutil.rmtree(path/'copy'/'images')
+    assert len(_epoch(dls.train, 1))==len(train)
+    assert all(torch.equal(a[0],b[0]) for a,b in zip(valid, _epoch(dls.valid, 1), strict=True)) # unshuffled, unaugmented
+    with pytest.raises(FlowersDataError): _epoch(count_dls(path/'copy'/'counts.csv', size=32, bs=8, verify=False, cache=False).train, 0)
+
+def test_cache_filled_before_workers(flower_data):
+    dls = count_dls(flower_data[1], size=32, bs=8, num_workers=2)
+    assert len(dls.train.cache)==len(dls.train.dataset) and len(dls.valid.cache)==len(dls.valid.dataset)
+
+def test_cache_only_when_it_fits():
+    assert cache_fits(2000, 64) and not cache_fits(10**9, 224)
