@@ -8,17 +8,9 @@ from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
 from .images import open_image
 from .progress import progress
+from .precision import bf16_cpu, auto_precision
 
-__all__ = ['bf16_cpu', 'auto_precision', 'Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
-
-def bf16_cpu() -> bool:
-    "Does this CPU run bfloat16 matrix work natively (AVX512-BF16 or AMX)?"
-    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError): return False
-
-def auto_precision(device) -> str:
-    "fp16 on CUDA, bf16 on CPUs that support it (measured 2x here, within 0.05 heads of fp32), else fp32"
-    return 'fp16' if torch.device(device).type=='cuda' else 'bf16' if bf16_cpu() else 'fp32'
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
 
 class Counter:
     "Counts with a trained network: `predict` one image, `predict_batch` many, in real batches"
