@@ -11,10 +11,14 @@ from .safe import save_safe
 from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
+from .precision import set_precision, check_precision, to_fp32
 
-__all__ = ['DEFAULT_LR', 'find_csv', 'find_lr', 'fit', 'train']
+__all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_csv', 'find_lr', 'pick_lr', 'check_lr', 'fit', 'train']
 
-DEFAULT_LR = 2e-3 # used when the learning-rate finder gives no usable suggestion
+DEFAULT_LR = 2e-3 # fastai's `fine_tune` default, used when the learning-rate finder gives no usable suggestion
+# From random init, lr_find's valley ranged over 6e-4..2.5e-3 across five seeds, and runs below 2e-3 ended above MAE 1.1;
+# 2e-3..5e-3 all ended at 0.87..1.0 (benchmarks/results/recipe_grid.jsonl)
+SCRATCH_LR = 3e-3
 
 def find_csv(data) -> Path:
     "The counts CSV for `data`: a CSV file, a folder holding `counts.csv`, or None for the default data set"
@@ -32,13 +36,32 @@ def find_lr(learn, fname=None) -> float:
     "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
     try:
         with learn.no_bar():
-            lr = float(learn.lr_find(num_it=min(100, 3*len(learn.dls.train)+10), suggest_funcs=(valley,)).valley)
+            # from 1e-5, not fastai's 1e-7: the curve is flat below it, and each skipped step costs a training batch
+            lr = float(learn.lr_find(start_lr=1e-5, num_it=min(60, 3*len(learn.dls.train)+10), suggest_funcs=(valley,)).valley)
         if fname: save_fig(plt.gcf(), fname)
     except Exception as e: lr = float('nan'); print(f'lr_find failed ({e})')
     finally: plt.close('all')
     if not (1e-6 <= lr <= 1): # nan, or a suggestion no sane schedule would use
         print(f'lr_find gave no usable suggestion ({lr:g}); using lr={DEFAULT_LR:g}')
         lr = DEFAULT_LR
+    return lr
+
+def pick_lr(lr, # A number, 'find' (lr_find's valley), or None for the recipe's default
+            learn, # The `Learner`, for `lr_find`
+            recipe, # 'fine_tune' or 'fit_one_cycle'
+            fname=None, # Where to save the lr_find plot
+           ) -> float:
+    "The learning rate to train with: `lr`, else lr_find's valley when fine-tuning and `SCRATCH_LR` from random init"
+    lr = check_lr(lr)
+    if lr is None: lr = 'find' if recipe=='fine_tune' else SCRATCH_LR
+    return find_lr(learn, fname) if lr=='find' else lr
+
+def check_lr(lr):
+    "`lr` as a float, 'find' or None; raises if it is none of these"
+    if lr is None or lr=='find': return lr
+    try: lr = float(lr)
+    except (TypeError, ValueError): raise FlowersError(f"--lr must be a number or 'find', not {lr!r}") from None
+    if not 0 < lr <= 10: raise FlowersError(f"--lr {lr:g} is not a usable learning rate; try 1e-3..1e-2, or 'find'")
     return lr
 
 def _is_main(): return rank_distrib()==0
@@ -50,10 +73,10 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
           out=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
           arch='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           size=64, # Images are resized to size x size
-          bs=32, # Batch size
-          epochs=14, # Epochs (unfrozen epochs when fine-tuning)
+          bs=64, # Batch size
+          epochs=12, # Epochs (unfrozen epochs when fine-tuning)
           freeze_epochs=1, # Epochs with the pretrained body frozen, before `epochs`
-          lr=None, # Learning rate (default: lr_find's valley suggestion)
+          lr=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
           valid_pct=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
           seed=42, # Random seed: the same seed gives the same split and metrics
           pretrained='auto', # ImageNet weights: auto (if available), yes (required) or no
@@ -62,6 +85,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
           workers=0, # Data-loading processes
           drop_bad=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
           method='squish', # How images are made square: squish or pad
+          precision='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
           resume=None, # Run folder of an interrupted run to continue, with its settings and schedule
          ) -> Learner:
     "Train a ResNet to count, export it and write reports to `out`; returns the `Learner` (`learn.interrupted` if stopped by a signal)"
@@ -69,8 +93,8 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
     state = _resume_state(resume) if resume else None
     if state: args,out = state['args'],Path(resume)
-    a = AttrDict(args)
-    get_arch(a.arch), check_loss(a.loss), check_method(a.method) # flag errors before any slow work
+    a = AttrDict({'precision':'auto', **args}) # runs saved before `precision` existed
+    get_arch(a.arch), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr) # before any slow work
     with plain_progress():
         csv = find_csv(a.data)
         out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
@@ -82,24 +106,25 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
-        if learn.dls.device.type=='cuda': learn.to_fp16() # fastai's MixedPrecision is CUDA-only; load_learner undoes it on CPU
+        precision = set_precision(learn, a.precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
-            lr = a.lr or find_lr(learn, out/'lr_find.png' if _is_main() else None)
+            lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png' if _is_main() else None)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
-        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
+        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, {precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag)] + ([Checkpoint(out, state)] if _is_main() else []))
     learn.interrupted = flag.signal
+    to_fp32(learn) # what load_learner users get: reports measure it, and no bf16 callback rides along in export.pkl
     if not _is_main(): return learn
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
-                bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, pretrained=bool(use_pre), weights=a.weights,
+                bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
@@ -161,10 +186,10 @@ def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the sy
          out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
          arch:str='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
          size:int=64, # Images are resized to size x size
-         bs:int=32, # Batch size
-         epochs:int=14, # Epochs (unfrozen epochs when fine-tuning)
+         bs:int=64, # Batch size
+         epochs:int=12, # Epochs (unfrozen epochs when fine-tuning)
          freeze_epochs:int=1, # Epochs with the pretrained body frozen, before --epochs
-         lr:float=None, # Learning rate (default: lr_find's valley suggestion)
+         lr:str=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
          valid_pct:float=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
          seed:int=42, # Random seed: the same seed gives the same split and metrics
          pretrained:str='auto', # ImageNet weights: auto (if available), yes (required) or no
@@ -173,6 +198,7 @@ def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the sy
          workers:int=0, # Data-loading processes
          drop_bad:bool=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
          method:str='squish', # How images are made square: squish or pad
+         precision:str='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
          resume:str=None, # Run folder of an interrupted run to continue, with its settings and schedule
         ):
     "Train a ResNet to count things in images, from a CSV of image,count rows"

@@ -15,6 +15,6 @@ def trained(flower_data, tmp_path_factory):
     import subprocess, sys
     out = tmp_path_factory.mktemp('run')
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '32',
-                        '--bs', '8', '--epochs', '2', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
+                        '--bs', '8', '--epochs', '2', '--pretrained', 'no', '--lr', 'find'], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stdout + r.stderr
     return out

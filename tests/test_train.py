@@ -1,6 +1,8 @@
 import json, os, subprocess, sys, pytest, torch, torchvision, pandas as pd
 from fastai.vision.all import Normalize, imagenet_stats
-from flowers.train import train
+from fastai.vision.all import load_learner
+from flowers.train import train, SCRATCH_LR
+from flowers.precision import auto_precision, BF16Training
 from flowers.learner import weights_file
 
 RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
@@ -27,6 +29,22 @@ def test_export_predicts_in_fresh_process(trained, flower_data):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd='/')
     assert r.returncode==0, r.stderr
     assert 0 < float(r.stdout.strip().splitlines()[-1]) < 8*1.1+1 # within the y_range of counts 0..8
+
+def test_cli_lr_find(trained):
+    "--lr find: the valley of lr_find, its plot saved"
+    m = json.loads((trained/'metrics.json').read_text())
+    assert m['lr']!=SCRATCH_LR and 1e-6 <= m['lr'] <= 1 and (trained/'lr_find.png').stat().st_size > 10_000
+
+def test_random_init_defaults(flower_data, tmp_path):
+    "From random init: SCRATCH_LR without lr_find, the CPU's precision, and an export that is plain fp32 with no cached images"
+    train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no')
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['lr']==SCRATCH_LR and not (tmp_path/'lr_find.png').exists()
+    assert m['precision']==auto_precision('cpu')
+    learn = load_learner(tmp_path/'export.pkl')
+    assert not any(isinstance(cb, BF16Training) for cb in learn.cbs)
+    assert learn.dls.train.cache=={} and learn.dls.valid.cache=={}
+    assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
     learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3, seed=7)
@@ -77,6 +95,10 @@ def test_pretrained_auto_warns_and_trains_from_random(flower_data, tmp_path):
     (['--loss', 'cubic'], "unknown --loss 'cubic'"),
     (['--method', 'crop'], "method must be 'squish' or 'pad'"),
     (['--weights', 'nope.pth'], '--weights nope.pth: file not found'),
+    (['--lr', 'fast'], "--lr must be a number or 'find', not 'fast'"),
+    (['--lr', '-1'], '--lr -1 is not a usable learning rate'),
+    (['--precision', 'fp8'], 'precision must be auto, fp32, bf16, fp16'),
+    (['--precision', 'fp16'], 'fp16 needs a CUDA GPU'),
 ])
 def test_bad_flags_exit_2(flower_data, tmp_path, args, msg):
     r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', '--pretrained', 'no', '--epochs', '1', '--size', '32', *args)
