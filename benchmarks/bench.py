@@ -1,18 +1,25 @@
 """Speed and memory, side by side in one run: `python benchmarks/bench.py [--full] [--out benchmarks/results]`.
 
 Writes `results.json` and `results.md`. Each part runs in its own process, so its peak memory is its own."""
-import json, platform, resource, subprocess, sys, tempfile, time, warnings, torch
+import copy, json, platform, statistics, resource, subprocess, sys, tempfile, time, warnings, torch
 from functools import partial
 from pathlib import Path
 from multiprocessing import get_context
+from fastai.callback.core import Callback
 from fastcore.script import call_parse
 
-def _best(f, n_img, reps=3):
-    "Best images/s of `reps` runs of `f`, after one warm-up run"
-    f(); best = 0.
-    for _ in range(reps):
-        t = time.perf_counter(); f(); best = max(best, n_img/(time.perf_counter()-t))
-    return round(best, 1)
+def _times(fs, rounds=7, own=False):
+    "Seconds of each of `fs` (name -> function; with `own`, each returns its own) per round, after a warm-up; rounds interleave them, so a shared machine's noise hits all alike"
+    for f in fs.values(): f()
+    secs = {k:[] for k in fs}
+    for _ in range(rounds):
+        for k,f in fs.items():
+            t = time.perf_counter(); r = f(); secs[k].append(r if own else time.perf_counter()-t)
+    return secs
+
+def _ratio(secs, a, b):
+    "Median over rounds of the time of `a` over the time of `b`, each pair measured back to back"
+    return round(statistics.median(x/y for x,y in zip(secs[a], secs[b])), 2)
 
 def _peak_mb(): return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024, 1)
 
@@ -23,13 +30,15 @@ def _data(n, size=128):
     if not (d/'counts.csv').exists(): make_flowers(d, n=n, size=size, show_progress=False)
     return d
 
-def infer(size, n=64, bs=64):
-    "Inference images/s at `size` px: learn.predict loop, get_preds, Counter.predict_batch (fp32, bf16), raw forward"
+def infer(size, n=128, bs=64):
+    "Inference images/s at `size` px (two batches): learn.predict loop, get_preds, Counter.predict_batch (fp32, bf16), raw forward"
     warnings.filterwarnings('ignore')
     from fastai.vision.all import TensorImage
     from flowers.data import count_dls
     from flowers.learner import count_learner
-    from flowers.predict import Counter, bf16_cpu
+    from flowers.predict import Counter
+    from flowers.safe import input_spec
+    from flowers.precision import bf16_cpu
     d = _data(n)
     learn = count_learner(count_dls(d/'counts.csv', size=size, bs=8, verify=False), pretrained=False)
     imgs = sorted((d/'images').glob('*.jpg'))
@@ -38,45 +47,65 @@ def infer(size, n=64, bs=64):
     def raw(m, x, dtype=None):
         with torch.inference_mode(), torch.autocast('cpu', dtype=dtype, enabled=dtype is not None):
             for i in range(0, len(x), bs): m(x[i:i+bs])
-    r = {}
-    with learn.no_bar():
-        r['learn.predict loop'] = _best(lambda: [learn.predict(i) for i in imgs[:16]], 16, 1)
-        r['fastai get_preds(test_dl)'] = _best(lambda: learn.get_preds(dl=learn.dls.test_dl(imgs, bs=bs)), n)
-    r['Counter.predict_batch fp32'] = _best(lambda: c32.predict_batch(imgs, bs=bs), n)
-    r['raw forward fp32'] = _best(partial(raw, c32.model, x), n)
-    r['predict one image, fp32 (ms)'] = round(1000/_best(lambda: c32.predict(imgs[0]), 1, 10), 1)
-    r['raw forward of one image, fp32 (ms)'] = round(1000/_best(partial(raw, c32.model, x[:1]), 1, 10), 1)
+    fs = {'learn.predict loop': lambda: [learn.predict(i) for i in imgs[:16]],
+          'fastai get_preds(test_dl)': lambda: learn.get_preds(dl=learn.dls.test_dl(imgs, bs=bs)),
+          'Counter.predict_batch fp32': lambda: c32.predict_batch(imgs, bs=bs),
+          'raw forward fp32': partial(raw, c32.model, x),
+          'predict one image, fp32 (ms)': lambda: c32.predict(imgs[0]),
+          'raw forward of one image, fp32 (ms)': partial(raw, c32.model, x[:1])}
     if bf16_cpu():
-        c16 = Counter.from_learner(learn, precision='bf16')
-        r['Counter.predict_batch bf16'] = _best(lambda: c16.predict_batch(imgs, bs=bs), n)
-        r['raw forward bf16 + channels_last'] = _best(partial(raw, c16.model, x.contiguous(memory_format=torch.channels_last), torch.bfloat16), n)
+        c16 = Counter.from_spec(copy.deepcopy(learn.model), input_spec(learn), precision='bf16') # a copy: c32 keeps the plain layout
+        fs['Counter.predict_batch bf16'] = lambda: c16.predict_batch(imgs, bs=bs)
+        fs['raw forward bf16 + channels_last'] = partial(raw, c16.model, x.contiguous(memory_format=torch.channels_last), torch.bfloat16)
+    with learn.no_bar(): secs = _times(fs)
+    r = {k:(round(1000*min(t), 1) if '(ms)' in k else round((16 if 'learn.predict' in k else n)/min(t), 1)) for k,t in secs.items()}
+    # speed ratios: medians of back-to-back pairs, steadier than ratios of bests on a shared machine
+    r['predict_batch / raw forward, fp32 (speed)'] = _ratio(secs, 'raw forward fp32', 'Counter.predict_batch fp32')
+    r['predict one / raw forward of one, fp32 (time)'] = _ratio(secs, 'predict one image, fp32 (ms)', 'raw forward of one image, fp32 (ms)')
+    if bf16_cpu(): r['predict_batch bf16 / fp32 (speed)'] = _ratio(secs, 'Counter.predict_batch fp32', 'Counter.predict_batch bf16')
     r['peak memory (MB)'] = _peak_mb()
     return r
 
-def train_speed(size=64, n=640, bs=32):
-    "Training images/s: a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches"
+class TrainTime(Callback):
+    "Seconds of the training part of each epoch, data loading and batch transforms included, validation not"
+    def before_fit(self): self.secs = 0.
+    def before_train(self): self.t = time.perf_counter()
+    def after_train(self): self.secs += time.perf_counter()-self.t
+
+def train_speed(size=64, n=640, bs=64, rounds=5):
+    "Training images/s: a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
     warnings.filterwarnings('ignore')
     import torch.nn.functional as F
     from flowers.data import count_dls
     from flowers.learner import count_learner
+    from flowers.precision import set_precision, bf16_cpu
     d = _data(n)
     dls = count_dls(d/'counts.csv', size=size, bs=bs, verify=False)
-    learn = count_learner(dls, pretrained=False)
     n_train = len(dls.train)*bs
-    with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(1, 1e-3) # warm-up
-        t = time.perf_counter(); learn.fit_one_cycle(1, 1e-3); fastai_s = time.perf_counter()-t
-    with learn.no_bar(), learn.no_logging(): # the same epoch's validation, to take it out of the comparison
-        t = time.perf_counter(); learn.validate(); valid_s = time.perf_counter()-t
     batches = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)) for x,y in dls.train]
-    m = learn.model.train()
-    opt = torch.optim.Adam(m.parameters(), 1e-3)
-    def plain():
+    def plain(m, opt, dtype):
+        t = time.perf_counter()
         for x,y in batches:
-            loss = F.mse_loss(m(x).flatten(), y); loss.backward(); opt.step(); opt.zero_grad()
-    plain(); t = time.perf_counter(); plain(); plain_s = time.perf_counter()-t
-    return {'flowers epoch (train part)': round(n_train/(fastai_s-valid_s), 1), 'plain PyTorch loop': round(n_train/plain_s, 1),
-            'ratio (time flowers / plain)': round((fastai_s-valid_s)/plain_s, 2), 'size': size, 'bs': bs, 'peak memory (MB)': _peak_mb()}
+            with torch.autocast('cpu', dtype=dtype, enabled=dtype is not None): p = m(x).flatten()
+            F.mse_loss(p.float(), y).backward(); opt.step(); opt.zero_grad()
+        return time.perf_counter()-t
+    def flowers(learn):
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
+        return learn.train_time.secs
+    fs = {}
+    # each variant keeps its own model and optimizer: optimizer state in one memory layout and weights in another run slowly
+    for p in ['fp32'] + (['bf16'] if bf16_cpu() else []):
+        learn = count_learner(dls, pretrained=False, cbs=TrainTime())
+        set_precision(learn, p)
+        dtype,fmt = (torch.bfloat16,torch.channels_last) if p=='bf16' else (None,torch.contiguous_format)
+        m = copy.deepcopy(learn.model).train().to(memory_format=fmt)
+        fs[p,'flowers'],fs[p,'plain'] = partial(flowers, learn),partial(plain, m, torch.optim.Adam(m.parameters(), 1e-3), dtype)
+    secs = _times(fs, rounds, own=True) # the warm-up also fills the image cache
+    r = {}
+    for p in dict.fromkeys(k[0] for k in fs):
+        r.update({f'flowers epoch, {p}': round(n_train/min(secs[p,'flowers']), 1), f'plain PyTorch loop, {p}': round(n_train/min(secs[p,'plain']), 1),
+                  f'time flowers / plain, {p}': _ratio(secs, (p,'flowers'), (p,'plain'))})
+    return {**r, 'size': size, 'bs': bs, 'peak memory (MB)': _peak_mb()}
 
 def time_to_mae(target=1.0):
     "Seconds for the default `python -m flowers.train` to reach validation MAE <= `target`, from its history"
