@@ -169,8 +169,8 @@ class CachedDL(TfmdDL):
         return self.cache[s]
 
     def new(self, dataset=None, cls=None, **kwargs):
-        # a new dataset means new items: the copy starts empty, but keeps the choice
-        return super().new(dataset, cls, **merge(dict(cache=self.cache is not None), kwargs))
+        # copies (`test_dl`, the exported `Learner`'s) see their items once, or never: no cache unless asked
+        return super().new(dataset, cls, **merge(dict(cache=False), kwargs))
 
     def fill(self, comment='decoding images once'):
         "Load every item now, e.g. before worker processes start (each would otherwise fill its own copy)"

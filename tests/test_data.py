@@ -129,6 +129,8 @@ def test_cache_gives_the_same_batches(flower_data):
         for (a,b),(c,d) in zip(_epoch(cached.train, seed), _epoch(plain.train, seed), strict=True):
             assert torch.equal(a,c) and torch.equal(b,d)
     assert len(cached.train.cache)==len(cached.train.dataset) and len(cached.valid.cache)==0 # valid is filled when it runs
+    test = cached.test_dl(sorted((flower_data[0]/'images').glob('*.jpg'))[:4])
+    assert test.cache is None and len(test.one_batch()[0])==4 # one pass: nothing to gain
 
 def test_cache_decodes_once(ds, flower_data):
     "After the first epoch, the images can go: nothing is decoded again"

@@ -43,7 +43,7 @@ def test_random_init_defaults(flower_data, tmp_path):
     assert m['precision']==auto_precision('cpu')
     learn = load_learner(tmp_path/'export.pkl')
     assert not any(isinstance(cb, BF16Training) for cb in learn.cbs)
-    assert learn.dls.train.cache=={} and learn.dls.valid.cache=={}
+    assert learn.dls.train.cache is None and learn.dls.valid.cache is None
     assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
