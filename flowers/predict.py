@@ -8,7 +8,7 @@ from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
 from .images import open_image
 from .progress import progress
-from .precision import bf16_cpu, auto_precision
+from .precision import auto_precision, check_precision
 
 __all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
 
@@ -25,8 +25,8 @@ class Counter:
                 ):
         store_attr(but='model')
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        check_precision(precision, self.device)
         self.precision = auto_precision(self.device) if precision=='auto' else precision
-        if self.precision not in ('fp32','bf16','fp16'): raise FlowersError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
         # channels_last lets oneDNN/cuDNN use their fastest low-precision convolutions
         fmt = torch.channels_last if self.precision!='fp32' else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=fmt)

@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
+from .images import open_image
 
 __all__ = ['save_fig', 'count_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
 
@@ -47,7 +48,7 @@ def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9):
     worst = preds.reindex(preds['error'].abs().sort_values(ascending=False).index).head(n)
     axs = subplots(int(np.ceil(len(worst)/3)), 3, figsize=(9, 3.2*np.ceil(len(worst)/3)))[1].flatten()
     for ax,(_,r) in zip(axs, worst.iterrows()):
-        show_image(PILImage.create(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
+        show_image(open_image(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
     if fname is None: return plt.gcf()
     save_fig(plt.gcf(), fname, dpi=72)
