@@ -1,5 +1,8 @@
-import subprocess, sys, numpy as np, pandas as pd
-from flowers.synth import flower_field, make_flowers
+import json, subprocess, sys, numpy as np, pandas as pd, pytest
+from PIL import Image
+from flowers import FlowersError
+from flowers.synth import flower_field, render_field, make_flowers, HEADS, BACKGROUNDS, SYNTH_VERSION
+from flowers.data import default_data
 
 def _files(path): return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
 
@@ -8,9 +11,15 @@ def test_cli_is_deterministic(tmp_path):
         r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/d), '--n', '12', '--seed', '3'], capture_output=True, text=True)
         assert r.returncode==0, r.stderr
     a,b = _files(tmp_path/'a'),_files(tmp_path/'b')
-    assert len(a)==13 and a==b
+    assert len(a)==15 and a==b # 12 images, counts.csv, points.csv, synth.json
     df = pd.read_csv(tmp_path/'a'/'counts.csv')
-    assert list(df.columns)==['image','count'] and all((tmp_path/'a'/'images'/f).is_file() for f in df.image)
+    assert list(df.columns)==['image','count','background','heads'] and all((tmp_path/'a'/'images'/f).is_file() for f in df.image)
+    assert json.loads((tmp_path/'a'/'synth.json').read_text())['version']==SYNTH_VERSION
+
+def test_processes_write_the_same_files(tmp_path):
+    make_flowers(tmp_path/'one', n=70, size=48, seed=5, show_progress=False, n_workers=0)
+    make_flowers(tmp_path/'two', n=70, size=48, seed=5, show_progress=False, n_workers=2)
+    assert _files(tmp_path/'one')==_files(tmp_path/'two')
 
 def test_seed_changes_images(tmp_path):
     make_flowers(tmp_path/'a', n=4, size=64, seed=0, show_progress=False)
@@ -20,6 +29,14 @@ def test_seed_changes_images(tmp_path):
 def test_image_size_and_mode():
     img = flower_field(5, size=96, seed=0)
     assert img.size==(96,96) and img.mode=='RGB'
+    assert flower_field(5, size=(120,80), seed=0).size==(120,80)
+
+def test_sizes_and_aspect_ratios_vary(tmp_path):
+    make_flowers(tmp_path, n=30, size=100, seed=0, show_progress=False)
+    sizes = {Image.open(p).size for p in (tmp_path/'images').glob('*.jpg')}
+    ratios = [w/h for w,h in sizes]
+    assert len(sizes) > 20 and min(ratios) < 0.8 and max(ratios) > 1.25
+    assert all(80 <= min(s) and max(s) <= 160 for s in sizes)
 
 def test_counts_uniform(tmp_path):
     csv = make_flowers(tmp_path, n=300, size=32, max_count=5, seed=0, show_progress=False)
@@ -27,8 +44,53 @@ def test_counts_uniform(tmp_path):
     assert counts.min()==0 and counts.max()==5
     assert counts.value_counts().min() > 30 # roughly 50 each
 
-def test_more_heads_more_flower_pixels():
-    "Bright (petal-coloured) area grows with the count; soil and grass stay darker"
-    def bright(c): return np.mean([(np.asarray(flower_field(c, 128, seed=s)).max(-1)>190).mean() for s in range(4)])
-    b = [bright(c) for c in (0,3,12,20)]
-    assert b[0] < 0.005 and b==sorted(b) and b[3] > 0.05
+def test_points_match_counts_and_images(tmp_path):
+    make_flowers(tmp_path, n=40, size=96, seed=2, show_progress=False)
+    counts,pts = pd.read_csv(tmp_path/'counts.csv'),pd.read_csv(tmp_path/'points.csv')
+    assert list(pts.columns)==['image','x','y','r']
+    per = pts.groupby('image').size().reindex(counts['image'], fill_value=0)
+    assert (per.to_numpy()==counts['count'].to_numpy()).all()
+    for f,g in pts.groupby('image'):
+        w,h = Image.open(tmp_path/'images'/f).size
+        assert g['x'].between(0, w).all() and g['y'].between(0, h).all() and (g['r'] > 1).all()
+    r = pts['r']/pts['image'].map(lambda f: min(Image.open(tmp_path/'images'/f).size))
+    assert r.max()/r.min() >= 3 # within one small set; the generator's range is 5x
+
+def test_heads_are_where_points_say():
+    "Pixels at head centres differ from the ground far more than pixels at random places"
+    at,rand = [],[]
+    rng = np.random.default_rng(0)
+    for s in range(20):
+        img,pts,_ = render_field(8, (128,128), seed=s, backgrounds=['plain'])
+        a = np.asarray(img, np.float32)
+        ground = np.median(a.reshape(-1,3), 0)
+        dist = lambda x,y: np.abs(a[int(y), int(x)] - ground).sum()
+        at += [dist(x, y) for x,y,_ in pts]
+        rand += [dist(*rng.uniform(0, 127, 2)) for _ in pts]
+    assert np.mean(at) > 2.5*np.mean(rand)
+
+def test_families_can_be_held_out(tmp_path):
+    heads,bgs = [h for h in HEADS if h!='star'],[b for b in BACKGROUNDS if b!='grass']
+    df = pd.read_csv(make_flowers(tmp_path, n=60, size=48, seed=0, heads=heads, backgrounds=bgs, show_progress=False))
+    seen = {h for hs in df['heads'].dropna() for h in hs.split('+')}
+    assert 'star' not in seen and 'grass' not in set(df['background']) and len(seen) >= 5
+    only = pd.read_csv(make_flowers(tmp_path/'only', n=20, size=48, heads=['star'], backgrounds=['grass'], show_progress=False))
+    assert set(only['background'])=={'grass'} and set(only['heads'].dropna())=={'star'}
+    assert len(HEADS) >= 8 and len(BACKGROUNDS) >= 5
+
+def test_unknown_family_is_a_clear_error(tmp_path):
+    with pytest.raises(FlowersError, match="unknown head family 'tulip'"): make_flowers(tmp_path, n=2, heads=['tulip'])
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--backgrounds', 'sand'], capture_output=True, text=True)
+    assert r.returncode==2 and "unknown background family 'sand'" in r.stderr and 'Traceback' not in r.stderr
+
+def test_default_data_regenerates_an_older_set(tmp_path, capsys):
+    "A set without this generator's stamp is never silently reused as the default"
+    (tmp_path/'images').mkdir(parents=True)
+    (tmp_path/'images'/'old.jpg').write_bytes(b'x')
+    (tmp_path/'counts.csv').write_text('image,count\nold.jpg,3\n')
+    csv = default_data(n=6, size=32, path=tmp_path)
+    assert 'regenerating' in capsys.readouterr().out
+    assert len(pd.read_csv(csv))==6 and not (tmp_path/'images'/'old.jpg').exists()
+    before = csv.stat().st_mtime_ns
+    default_data(n=6, size=32, path=tmp_path)
+    assert csv.stat().st_mtime_ns==before and capsys.readouterr().out==''
