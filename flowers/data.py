@@ -1,5 +1,5 @@
 """Reading a counts CSV, checking it, and turning it into fastai `DataLoaders`."""
-import math, os, warnings, pandas as pd
+import math, os, shutil, warnings, pandas as pd
 from csv import Error as CSVError
 from functools import partial
 from pathlib import Path
@@ -8,7 +8,7 @@ from .errors import FlowersDataError
 from .images import open_image
 from .progress import progress
 
-__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit',
+__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
            'count_tfms', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
@@ -136,19 +136,61 @@ def rotate_fit_mat(x:Tensor, # Batch the matrices are for
     return m
 
 class RotateFit(AffineCoordTfm):
-    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame; pads with zeros"
-    def __init__(self, max_deg=10, p=0.5, draw=None, size=None, mode='bilinear', batch=False):
-        super().__init__(aff_fs=partial(rotate_fit_mat, max_deg=max_deg, p=p, draw=draw, batch=batch),
-                         size=size, mode=mode, pad_mode=PadMode.Zeros)
+    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame, and zoom out to `min_scale`; pads with zeros"
+    def __init__(self, max_deg=10, p=0.5, draw=None, size=None, mode='bilinear', batch=False,
+                 min_scale=1., # Smallest scale of the zoom-out (fastai's `zoom_mat` below 1 never leaves the frame)
+                 p_scale=0.5, # Probability of zooming out
+                ):
+        fs = [partial(rotate_fit_mat, max_deg=max_deg, p=p, draw=draw, batch=batch)]
+        if min_scale<1: fs.append(partial(zoom_mat, min_zoom=min_scale, max_zoom=1., p=p_scale, batch=batch))
+        super().__init__(aff_fs=fs, size=size, mode=mode, pad_mode=PadMode.Zeros)
+
+class RandomBlur(RandTransform):
+    "Gaussian blur of a random strength per image, as from a lens out of focus or a shaky hand"
+    order,split_idx = 45,0
+    def __init__(self, max_sigma=1., # Largest blur, in pixels of the batch
+                 p=0.3): # Probability of blurring each image
+        store_attr(); super().__init__(p=1.)
+    def encodes(self, x:TensorImage):
+        b,c,h,w = x.shape
+        sig = x.new_empty(b).uniform_(0.3, self.max_sigma)*(torch.rand(b, device=x.device)<self.p)
+        k = int(2*math.ceil(2*self.max_sigma)+1)
+        t = torch.arange(k, device=x.device, dtype=x.dtype) - k//2
+        g = torch.exp(-t[None]**2/(2*sig.clamp_min(1e-3)[:,None]**2))
+        g = g/g.sum(1, keepdim=True) # a sigma near 0 leaves a 1 in the middle: the image is unchanged
+        g = g.repeat_interleave(c, 0)[:,None] # one kernel per channel of each image
+        y = x.reshape(1, b*c, h, w)
+        y = F.conv2d(F.pad(y, (k//2,k//2,0,0), mode='replicate'), g[...,None,:], groups=b*c)
+        y = F.conv2d(F.pad(y, (0,0,k//2,k//2), mode='replicate'), g[...,:,None], groups=b*c)
+        return y.reshape(b, c, h, w)
+
+class RandomNoise(RandTransform):
+    "Gaussian pixel noise of a random strength per image, as from a small sensor in dim light"
+    order,split_idx = 50,0
+    def __init__(self, max_std=0.05, # Largest noise standard deviation (pixels are 0..1)
+                 p=0.5): # Probability of adding noise to each image
+        store_attr(); super().__init__(p=1.)
+    def encodes(self, x:TensorImage):
+        std = x.new_empty(x.size(0)).uniform_(0, self.max_std)*(torch.rand(x.size(0), device=x.device)<self.p)
+        return (x + torch.randn_like(x)*std[:,None,None,None]).clamp(0, 1)
 
 def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is zoomed out to keep it whole)
                max_lighting:float=0.2, # Largest change of brightness and contrast
                p_affine:float=0.75, # Probability of rotating each image
+               min_scale:float=0.75, # Zoom out to as little as this scale, padding with zeros (never crops)
+               max_saturation:float=0.5, # Largest change of colour saturation
+               max_hue:float=0.1, # Largest hue shift (fraction of the colour wheel)
+               max_blur:float=1., # Largest Gaussian blur sigma in pixels of the batch
+               max_noise:float=0.05, # Largest noise standard deviation (pixels are 0..1)
               ) -> list:
-    "Batch augmentations that keep every head in the picture: dihedral flips, fitted rotation, lighting"
+    "Batch augmentations that keep every head in the picture: flips, fitted rotation and zoom-out, lighting and colour, blur, noise"
     tfms = [Dihedral(p=0.5, pad_mode=PadMode.Zeros)] # exact: no interpolation, no padding
-    if max_rotate: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine))
+    if max_rotate or min_scale<1: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine, min_scale=min_scale))
     if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
+    if max_saturation: tfms.append(Saturation(max_lighting=max_saturation))
+    if max_hue: tfms.append(Hue(max_hue=max_hue))
+    if max_blur: tfms.append(RandomBlur(max_blur))
+    if max_noise: tfms.append(RandomNoise(max_noise))
     return setup_aug_tfms(tfms)
 
 def check_method(method):
@@ -186,6 +228,11 @@ def cache_fits(n, # Number of images
     except (ValueError, OSError, AttributeError): return False
     return n*size*size*3 <= share*mem
 
+def _aug_tfms(aug):
+    "`count_tfms` for `aug`: True (the defaults), False or None (none), or a dict of its arguments"
+    if isinstance(aug, dict): return count_tfms(**aug)
+    return count_tfms() if aug else None
+
 def count_block(img_dir, # Folder the image names are relative to
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
@@ -194,7 +241,7 @@ def count_block(img_dir, # Folder the image names are relative to
                 valid_pct=0.2, # Share of images held out for validation (ignored with `valid_col`)
                 seed=42, # Random seed for the split
                 valid_col=None, # Boolean column marking validation rows, instead of a random split
-                aug=True, # Apply `count_tfms` to training batches
+                aug=True, # Apply `count_tfms` to training batches; a dict sets its arguments
                ) -> DataBlock:
     "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
     check_method(method)
@@ -202,7 +249,20 @@ def count_block(img_dir, # Folder the image names are relative to
                      get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
-                     batch_tfms=count_tfms() if aug else None, dl_type=CachedDL)
+                     batch_tfms=_aug_tfms(aug), dl_type=CachedDL)
+
+def _fit_bs(bs, sizes, csv, valid_col) -> int:
+    "`bs`, capped to the training set of `sizes` (train, valid): fastai drops a partial last batch, so a larger `bs` trains on nothing"
+    how = "its is_valid column" if valid_col else "--valid-pct (valid_pct=)"
+    n_train,n_valid = sizes
+    if not n_valid:
+        raise FlowersDataError(f"{csv}: no validation images (set by {how}); a model can't be checked without them. "
+                               f"Use a --valid-pct between 0 and 1, or mark some rows is_valid=true (at least 2 images in all)")
+    if not n_train: raise FlowersDataError(f"{csv}: no training images (set by {how}); mark some rows is_valid=false")
+    if bs > n_train:
+        warnings.warn(f"batch size {bs} is more than the {n_train} training images; using bs={n_train}")
+        bs = n_train
+    return bs
 
 def count_dls(csv, # CSV file with one row per image
               img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
@@ -215,7 +275,7 @@ def count_dls(csv, # CSV file with one row per image
               method='squish', # 'squish' or 'pad'
               drop_bad=False, # Drop bad rows with a warning instead of raising
               verify=True, # Open every image once before building the `DataLoaders`
-              aug=True, # Count-preserving augmentation of training batches
+              aug=True, # Count-preserving augmentation of training batches (`count_tfms`; a dict sets its arguments)
               num_workers=0, # Data-loading processes
               cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory
               **kwargs, # Passed to `DataBlock.dataloaders`
@@ -226,24 +286,32 @@ def count_dls(csv, # CSV file with one row per image
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
                          seed=seed, valid_col=valid_col, aug=aug)
     set_seed(seed) # the shuffling order, too, follows the seed
+    bs = _fit_bs(bs, [len(o) for o in dblock.splitter(df)], df.attrs['csv'], valid_col) # the splitters are seeded: the same split again
+    dsets = dblock.datasets(df)
     cache = cache and cache_fits(len(df), size)
-    dls = dblock.dataloaders(df, bs=bs, num_workers=num_workers, cache=cache, **kwargs)
+    dls = dsets.dataloaders(bs=bs, num_workers=num_workers, cache=cache, after_item=dblock.item_tfms, after_batch=dblock.batch_tfms, **kwargs)
     if cache and num_workers:
         for dl in dls: dl.fill()
     dls.df = df
     return dls
 
 def default_data(n:int=2000, # Number of images to generate if absent
-                 size:int=128, # Their size in pixels
+                 size:int=128, # Their typical size in pixels
                  max_count:int=20, # Largest count
                  seed:int=0, # Generation seed
                  path=None, # Where the data set lives (default `data/flowers`)
                 ) -> Path:
-    "CSV of the embedded default data set, generating it first if absent"
-    from .synth import make_flowers
+    "CSV of the default synthetic data set, generated first if absent or made by another generator version"
+    from .synth import make_flowers, read_stamp, SYNTH_VERSION, STAMP
     path = Path(path or DATA_DIR/'flowers')
     csv = path/'counts.csv'
-    if not csv.is_file():
-        print(f"Default data set not found at {path}: generating {n} synthetic flower fields ({size} px, counts 0..{max_count})")
-        make_flowers(path, n=n, size=size, max_count=max_count, seed=seed)
+    want = dict(version=SYNTH_VERSION, n=n, size=size, max_count=max_count, seed=seed)
+    stamp = read_stamp(path)
+    if csv.is_file() and {k:stamp.get(k) for k in want}==want: return csv
+    if csv.is_file():
+        print(f"Default data set at {path} was made by {'generator version '+str(stamp['version']) if stamp.get('version') else 'an older generator'}"
+              f" or other settings ({STAMP}); regenerating it with version {SYNTH_VERSION}")
+        shutil.rmtree(path/'images', ignore_errors=True) # ours, git-ignored: no stale images may stay behind
+    else: print(f"Default data set not found at {path}: generating {n} synthetic flower fields (about {size} px, counts 0..{max_count})")
+    make_flowers(path, n=n, size=size, max_count=max_count, seed=seed)
     return csv

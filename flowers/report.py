@@ -1,5 +1,5 @@
 """What a training run leaves behind: metrics, predictions, history and plots."""
-import json, sys, numpy as np, pandas as pd
+import json, math, sys, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
@@ -59,6 +59,12 @@ def versions() -> dict:
     return dict(python=sys.version.split()[0], flowers=flowers.__version__, fastai=fastai.__version__,
                 fastcore=fastcore.__version__, torch=torch.__version__, torchvision=torchvision.__version__, pillow=PIL.__version__)
 
+def _json_safe(o):
+    "`o` with NaN and infinities as None: strict JSON parsers reject a bare NaN"
+    if isinstance(o, dict): return {k:_json_safe(v) for k,v in o.items()}
+    if isinstance(o, (list,tuple)): return [_json_safe(v) for v in o]
+    return None if isinstance(o, float) and not math.isfinite(o) else o
+
 def write_report(learn, # The trained `Learner`
                  out, # Run folder
                  info:dict, # Run settings to record (lr, epochs, arch, ...)
@@ -70,7 +76,7 @@ def write_report(learn, # The trained `Learner`
     with atomic_path(out/'predictions.csv') as tmp: preds.to_csv(tmp, index=False)
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
              **info, versions=versions())
-    atomic_text(out/'metrics.json', json.dumps(m, indent=2))
+    atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))
     learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
     plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
     plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png')

@@ -1,5 +1,5 @@
 """Train a counting model: `python -m flowers.train` (see `--help`)."""
-import contextlib, sys, time
+import contextlib, os, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
@@ -66,6 +66,38 @@ def check_lr(lr):
 
 def _is_main(): return rank_distrib()==0
 
+MIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
+
+def check_args(a):
+    "Raise on settings no run can use, before any slow work"
+    get_arch(a.arch), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
+    for k,lo in (('epochs',1), ('bs',1), ('size',MIN_SIZE), ('workers',0), ('freeze_epochs',0)):
+        v = a[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise FlowersError(f"--{k.replace('_','-')} {v!r}: must be a whole number of at least {lo}" +
+                               (f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else ''))
+    if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
+        raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
+
+def check_out(out) -> bool:
+    "Raise unless run folder `out` can be written; returns whether it is new (removed again if the run fails)"
+    if out.exists() and not out.is_dir(): raise FlowersError(f"--out {out}: is a file, not a folder; pick another name")
+    new = not out.exists()
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise FlowersError(f"--out {out}: can't create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK|os.X_OK): raise FlowersError(f"--out {out}: this folder is not writable")
+    return new
+
+class TrainingGuard(Callback):
+    "Stop, with a clear message, a fit whose loss stops being a number; count the optimiser steps taken"
+    order = Recorder.order+2
+    def before_fit(self): self.steps = getattr(self, 'steps', 0)
+    def after_loss(self):
+        if self.training and not torch.isfinite(self.loss).all():
+            raise FlowersError(f"training diverged: the loss became {float(self.loss):g} in epoch {self.epoch+1}; nothing was exported. "
+                               f"Try a lower --lr (e.g. half of {self.opt.hypers[-1]['lr']:.2g}) or check the counts for extreme values")
+    def after_step(self): self.steps += 1
+
 def train(data=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)
           img_dir=None, # Folder the image names are relative to (default: images/ beside the CSV, else its folder)
           fn_col='image', # CSV column with image file names
@@ -87,6 +119,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
           method='squish', # How images are made square: squish or pad
           precision='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
           resume=None, # Run folder of an interrupted run to continue, with its settings and schedule
+          aug=True, # Count-preserving augmentation (`count_tfms`): True, False, or a dict of its arguments
          ) -> Learner:
     "Train a ResNet to count, export it and write reports to `out`; returns the `Learner` (`learn.interrupted` if stopped by a signal)"
     t0 = time.time()
@@ -94,14 +127,23 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     state = _resume_state(resume) if resume else None
     if state: args,out = state['args'],Path(resume)
     a = AttrDict({'precision':'auto', **args}) # runs saved before `precision` existed
-    get_arch(a.arch), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr) # before any slow work
+    check_args(a)
+    out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
+    new = check_out(out) if _is_main() else False
+    try: return _train(a, out, state, resume, args, t0)
+    except BaseException as e:
+        # a run that failed, or was aborted before its first epoch ended, leaves no half-empty folder behind
+        if new and not (isinstance(e, KeyboardInterrupt) and (out/CHECKPOINT).exists()): shutil.rmtree(out, ignore_errors=True)
+        raise
+
+def _train(a, out, state, resume, args, t0):
+    "The body of `train`, once the settings are checked and `out` exists"
     with plain_progress():
         csv = find_csv(a.data)
-        out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
-        if _is_main(): out.mkdir(parents=True, exist_ok=True); remove_stale(out)
+        if _is_main(): remove_stale(out)
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
-                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers)
+                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.get('aug', True))
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
@@ -115,17 +157,20 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
         print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, {precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
+        guard = TrainingGuard()
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
-                cbs=[GracefulStop(flag)] + ([Checkpoint(out, state)] if _is_main() else []))
+                cbs=[GracefulStop(flag), guard] + ([Checkpoint(out, state)] if _is_main() else []))
     learn.interrupted = flag.signal
+    if not guard.steps and not flag and start < a.epochs + (a.freeze_epochs if recipe=='fine_tune' else 0):
+        raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
     to_fp32(learn) # what load_learner users get: reports measure it, and no bf16 callback rides along in export.pkl
     if not _is_main(): return learn
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
                 bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
-                data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
+                aug=a.get('aug', True), data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
     for f in (CHECKPOINT, BEST): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them

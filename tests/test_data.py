@@ -109,6 +109,29 @@ def test_rotation_keeps_whole_image():
         r = np.radians(abs(deg)); f = np.cos(r)+np.sin(r)
         assert abs(y[i,0].sum().item()/64**2 - 1/f**2) < 0.03
 
+def test_zoom_out_keeps_whole_image():
+    "Zooming out shrinks the whole image into the frame, anywhere in it, and never cuts anything off"
+    torch.manual_seed(0)
+    x = TensorImage(torch.ones(16,3,64,64))
+    tfm = RotateFit(max_deg=0, p=0., min_scale=0.5, p_scale=1.)
+    y = tfm(x, split_idx=0)
+    area = y[:,0].sum((1,2))/64**2
+    assert (area > 0.5**2-0.03).all() and (area < 1.01).all() and area.std() > 0.02 # scales from 0.5 to 1, all of it kept
+    cols = (y[:,0]>0.5).any(1).float().argmax(1) # left edge of the shrunk image
+    assert len(set(cols.tolist())) > 3 # placed anywhere, not only in the middle
+
+def test_blur_and_noise_keep_range_and_mean():
+    "Blur and noise change pixels, not what is in the picture: range 0..1, brightness kept"
+    torch.manual_seed(0)
+    x = TensorImage(torch.rand(8,3,32,32)*0.5 + 0.25)
+    b = RandomBlur(max_sigma=1.5, p=1.)(x, split_idx=0)
+    n = RandomNoise(max_std=0.1, p=1.)(x, split_idx=0)
+    for y in (b,n):
+        assert y.shape==x.shape and 0 <= y.min() and y.max() <= 1
+        assert torch.allclose(y.mean((1,2,3)), x.mean((1,2,3)), atol=0.01) and not torch.allclose(y, x)
+    assert b.std() < x.std() # blurring smooths
+    assert torch.equal(RandomBlur(p=1.)(x, split_idx=1), x) # never at validation or prediction
+
 def test_show_batch_titles_counts(flower_data):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt

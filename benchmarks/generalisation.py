@@ -1,0 +1,87 @@
+"""Does counting transfer to flowers and grounds never seen in training? Leave families out, test on them.
+
+For each held-out (head family, background family) pair: train on fields drawn without either, then count fields drawn
+only from them, and empty fields of every background family. Several recipes run side by side on the same data.
+
+    python benchmarks/generalisation.py                        # the default recipe, three held-out pairs
+    python benchmarks/generalisation.py --recipes default,basic --pairs cluster:pebbles
+"""
+import json, sys, time, numpy as np, pandas as pd
+from pathlib import Path
+from fastcore.script import call_parse
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from flowers.synth import make_flowers, HEADS, BACKGROUNDS
+from flowers.train import train
+from flowers.predict import Counter
+from flowers.report import count_metrics
+
+RESULTS = Path(__file__).parent/'results'
+# Recipes compared; each is a set of `train` arguments over the defaults
+RECIPES = dict(
+    default = dict(),
+    basic = dict(aug=dict(max_lighting=.2, min_scale=1., max_saturation=0, max_hue=0, max_blur=0, max_noise=0)), # before this benchmark
+    noaug = dict(aug=False),
+)
+
+def _count(learn, csv):
+    "True and predicted counts for every image of `csv`"
+    df = pd.read_csv(csv)
+    counter = Counter.from_learner(learn, precision='fp32')
+    return df['count'].to_numpy(), counter.predict_batch([csv.parent/'images'/f for f in df['image']])
+
+def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, **kw) -> list:
+    "Train each recipe without `head` and `bg`, and measure it on them and on empty fields of every background"
+    heads,bgs = [h for h in HEADS if h!=head],[b for b in BACKGROUNDS if b!=bg]
+    d = root/f'{head}-{bg}'
+    tr = make_flowers(d/'train', n=n, seed=seed, heads=heads, backgrounds=bgs, show_progress=False)
+    te = make_flowers(d/'test', n=n_test, seed=seed+1, heads=[head], backgrounds=[bg], show_progress=False)
+    empties = {b: make_flowers(d/f'empty-{b}', n=n_empty, max_count=0, seed=seed+2, backgrounds=[b], show_progress=False)
+               for b in BACKGROUNDS}
+    rows = []
+    for name in recipes:
+        t = time.time()
+        learn = train(tr, out=d/f'run-{name}', pretrained='no', seed=seed, **{**kw, **RECIPES[name]})
+        fit_s = time.time()-t
+        valid = json.loads((d/f'run-{name}'/'metrics.json').read_text())
+        y,p = _count(learn, te)
+        train_mean = float(pd.read_csv(tr)['count'].mean())
+        empty = {b: float(_count(learn, c)[1].mean()) for b,c in empties.items()}
+        rows.append(dict(recipe=name, held_out=f'{head}+{bg}', valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
+                         held_out_bias=float((p-y).mean()), constant_mae=float(np.abs(y-train_mean).mean()),
+                         empty_max=max(empty.values()), empty=empty, seconds=round(fit_s, 1)))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+def _table(rows) -> str:
+    "A markdown table of the results, one row per recipe and held-out pair"
+    lines = ['| recipe | held out | valid MAE | held-out MAE | held-out bias | always-the-mean MAE | empty fields, largest mean (background) | train s |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        b = max(r['empty'], key=r['empty'].get)
+        lines.append(f"| {r['recipe']} | {r['held_out']} | {r['valid_mae']:.2f} | {r['held_out_mae']:.2f} | {r['held_out_bias']:+.2f} | "
+                     f"{r['constant_mae']:.2f} | {r['empty_max']:.2f} ({b}) | {r['seconds']:.0f} |")
+    return '\n'.join(lines)
+
+@call_parse
+def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:background pairs, comma-separated
+         recipes:str='default', # Recipes to compare (names in RECIPES), comma-separated
+         root:str='/tmp/flowers-generalisation', # Where data sets and runs go
+         n:int=2000, # Training images per held-out pair (as the default data set)
+         n_test:int=200, # Held-out test images per pair
+         n_empty:int=40, # Empty fields per background family
+         seed:int=0, # Data seed
+         out:str=None, # Results name in benchmarks/results (default: generalisation)
+         epochs:int=None, # Override the recipes' epochs
+         size:int=None, # Override the recipes' input size
+        ):
+    "Leave-family-out training and testing of the training recipes"
+    kw = {k:v for k,v in dict(epochs=epochs, size=size).items() if v is not None}
+    rows = []
+    for pair in pairs.split(','):
+        h,b = pair.split(':')
+        rows += run_pair(h, b, recipes.split(','), Path(root), n, n_test, n_empty, seed, **kw)
+    RESULTS.mkdir(exist_ok=True)
+    name = out or 'generalisation'
+    (RESULTS/f'{name}.json').write_text(json.dumps(rows, indent=2))
+    (RESULTS/f'{name}.md').write_text(_table(rows) + '\n')
+    print(_table(rows))
