@@ -1,5 +1,5 @@
 """Reading a counts CSV, checking it, and turning it into fastai `DataLoaders`."""
-import math, os, shutil, warnings, pandas as pd
+import math, os, re, shutil, warnings, pandas as pd
 from csv import Error as CSVError
 from functools import partial
 from pathlib import Path
@@ -13,6 +13,7 @@ __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 DATA_DIR = Path(__file__).resolve().parents[1]/'data'
+MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
 _TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
 
 def _read_csv(csv):
@@ -24,8 +25,17 @@ def _read_csv(csv):
     try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding='utf-8-sig', skip_blank_lines=True)
     except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
     except (pd.errors.ParserError, UnicodeDecodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
+    cols = [c.strip() for c in head.split(sep)]
+    dup = sorted({c for c in cols if c and cols.count(c) > 1})
+    if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
     df.columns = [str(c).strip() for c in df.columns]
-    return df.map(str.strip)
+    df = df.map(str.strip)
+    df.attrs['sep'] = sep
+    return df
+
+def _short(s, n=80):
+    "`s` for a message: at most `n` characters"
+    return s if len(s) <= n else f"{s[:n-20]}...{s[-10:]} ({len(s):,} characters)"
 
 def _check_cols(df, csv, fn_col, label_col):
     "Raise if `fn_col` or `label_col` is missing from `df`, suggesting near matches"
@@ -44,18 +54,25 @@ def find_img_dir(csv, fnames, img_dir=None):
     sub = root/'images'
     if not sub.is_dir(): return root
     some = list(fnames)[:50]
-    def _hits(d): return sum((d/f).is_file() for f in some if f)
-    return sub if _hits(sub) >= _hits(root) else root
+    def _hits(d): return sum(_is_file(d/f) for f in some if f)
+    return sub.resolve() if _hits(sub) >= _hits(root) else root # resolved: an images/ that is a link still holds its files
+
+def _is_file(p) -> bool:
+    "Is `p` a regular file? False, not an exception, for names no file system accepts"
+    try: return p.is_file()
+    except (OSError, ValueError): return False
 
 def _path_problem(fn, img_dir):
     "Why image name `fn` can't be used under `img_dir`, or None"
-    if not fn: return "no image name"
+    if not fn: return "no image name (blank)"
+    if '\0' in fn: return f"image name '{_short(fn)}' contains a NUL byte"
+    if len(fn) > 4096 or any(len(part.encode()) > 255 for part in Path(fn).parts): return f"image name '{_short(fn)}' is too long for a file name"
     p = Path(fn)
     if p.is_absolute() or fn.startswith(('/','\\')) or (len(fn)>1 and fn[1]==':'):
-        return f"image path '{fn}' is absolute; give it relative to the image folder {img_dir}"
+        return f"image path '{_short(fn)}' is absolute; give it relative to the image folder {img_dir}"
     if not (img_dir/p).resolve().is_relative_to(img_dir):
-        return f"image path '{fn}' points outside the image folder {img_dir}"
-    if not (img_dir/p).is_file(): return f"image file '{fn}' not found in {img_dir}"
+        return f"image path '{_short(fn)}' points outside the image folder {img_dir}"
+    if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}"
 
 def _image_problems(fnames, img_dir, skip=()):
     "`(line, message)` for each image that can't be opened, each opened once with a progress bar"
@@ -70,10 +87,13 @@ def _count_problem(s):
     "Why `s` is not a usable count, or None"
     if s=='': return "no count"
     try: v = float(s)
-    except ValueError: return f"count '{s}' is not a number"
+    except ValueError:
+        hint = "; it has a decimal comma: write 7.5, not 7,5 (or save the CSV with ';' between columns)" if re.fullmatch(r'\d+,\d+', s) else ''
+        return f"count '{_short(s)}' is not a number{hint}"
     if math.isnan(v): return f"count '{s}' is NaN"
     if math.isinf(v): return f"count '{s}' is infinite"
-    if v<0: return f"count {s} is negative"
+    if v<0: return f"count {_short(s)} is negative"
+    if v > MAX_COUNT: return f"count {_short(s)} is absurdly large (more than {MAX_COUNT:,}); check the column"
 
 def _problem_msg(csv, problems, what):
     "One message listing every `(line, message)` in `problems`"
@@ -97,14 +117,16 @@ def read_counts(csv, # CSV file with one row per image
     if not len(df): raise FlowersDataError(f"{csv}: has a header but no rows; add one row per image ({fn_col},{label_col})")
     img_dir = find_img_dir(csv, df[fn_col], img_dir)
     if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
+    if df.attrs.get('sep')==';': # European spreadsheets write 7,5 for 7.5 when columns are separated by ';'
+        df[label_col] = df[label_col].str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True)
     problems = []
     for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
         for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
             if p: problems.append((i+2, p))
     if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems})
     first = {}
-    for i,k in enumerate(str(Path(f)) for f in df[fn_col]):
-        if k in first and k: problems.append((i+2, f"image '{df[fn_col].iloc[i]}' is listed again (first on line {first[k]})"))
+    for i,k in enumerate(str(Path(f)) if f else '' for f in df[fn_col]):
+        if k in first and k: problems.append((i+2, f"image '{_short(df[fn_col].iloc[i])}' is listed again (first on line {first[k]})"))
         first.setdefault(k, i+2)
     if 'is_valid' in df.columns:
         for i,v in enumerate(df['is_valid']):

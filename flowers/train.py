@@ -94,7 +94,7 @@ class TrainingGuard(Callback):
     def before_fit(self): self.steps = getattr(self, 'steps', 0)
     def after_loss(self):
         if self.training and not torch.isfinite(self.loss).all():
-            raise FlowersError(f"training diverged: the loss became {float(self.loss):g} in epoch {self.epoch+1}; nothing was exported. "
+            raise FlowersError(f"training diverged: the loss became {float(self.loss.detach()):g} in epoch {self.epoch+1}; nothing was exported. "
                                f"Try a lower --lr (e.g. half of {self.opt.hypers[-1]['lr']:.2g}) or check the counts for extreme values")
     def after_step(self): self.steps += 1
 
@@ -106,7 +106,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
           arch='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           size=64, # Images are resized to size x size
           bs=64, # Batch size
-          epochs=12, # Epochs (unfrozen epochs when fine-tuning)
+          epochs=10, # Epochs (unfrozen epochs when fine-tuning)
           freeze_epochs=1, # Epochs with the pretrained body frozen, before `epochs`
           lr=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
           valid_pct=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
@@ -232,7 +232,7 @@ def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the sy
          arch:str='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
          size:int=64, # Images are resized to size x size
          bs:int=64, # Batch size
-         epochs:int=12, # Epochs (unfrozen epochs when fine-tuning)
+         epochs:int=10, # Epochs (unfrozen epochs when fine-tuning)
          freeze_epochs:int=1, # Epochs with the pretrained body frozen, before --epochs
          lr:str=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
          valid_pct:float=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
