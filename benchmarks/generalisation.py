@@ -76,12 +76,15 @@ def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:
         ):
     "Leave-family-out training and testing of the training recipes"
     kw = {k:v for k,v in dict(epochs=epochs, size=size).items() if v is not None}
-    rows = []
+    rows,name = [],out or 'generalisation'
+    RESULTS.mkdir(exist_ok=True)
     for pair in pairs.split(','):
         h,b = pair.split(':')
         rows += run_pair(h, b, recipes.split(','), Path(root), n, n_test, n_empty, seed, **kw)
-    RESULTS.mkdir(exist_ok=True)
-    name = out or 'generalisation'
+        write_results(rows, name) # after each pair: a long run stopped early keeps what it measured
+    print(_table(rows))
+
+def write_results(rows, name='generalisation'):
+    "Write `rows` to benchmarks/results/`name`.json and .md"
     (RESULTS/f'{name}.json').write_text(json.dumps(rows, indent=2))
     (RESULTS/f'{name}.md').write_text(_table(rows) + '\n')
-    print(_table(rows))

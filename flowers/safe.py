@@ -23,8 +23,9 @@ def input_spec(learn) -> dict:
 def safe_meta(learn, arch, **extra) -> dict:
     "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
     y_range = learn.model[-1][-1]
+    drops = [m.p for m in learn.model[-1].modules() if isinstance(m, nn.Dropout)]
     return dict(format=FORMAT, arch=arch, n_out=learn.n_out, y_range=[float(y_range.low), float(y_range.high)],
-                **input_spec(learn), **extra)
+                ps=drops[-1] if drops else 0., **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
 
 def save_safe(learn, # A trained count `Learner`
               path, # Folder to write `model.safetensors` and `model.json` to
@@ -54,7 +55,8 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
         raise FlowersError(f"{weights}: its sha256 does not match {jfile.name}; the file is truncated, corrupt or from another model")
     try: sd = load_file(weights)
     except Exception as e: raise FlowersError(f"{weights}: not a readable safetensors file ({e})")
-    model = create_vision_model(get_arch(meta['arch']), meta['n_out'], pretrained=False, y_range=tuple(meta['y_range']))
+    model = create_vision_model(get_arch(meta['arch']), meta['n_out'], pretrained=False, y_range=tuple(meta['y_range']),
+                                ps=meta.get('ps', 0.5)) # models saved before `ps` was recorded had fastai's default
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
     return model.eval(),meta

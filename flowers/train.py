@@ -125,7 +125,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     t0 = time.time()
     args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
     state = _resume_state(resume) if resume else None
-    if state: args,out = state['args'],Path(resume)
+    if state: args,out = {**args, **state['args']},Path(resume) # this call's settings fill what an older state lacks
     a = AttrDict({'precision':'auto', **args}) # runs saved before `precision` existed
     check_args(a)
     out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))

@@ -132,3 +132,15 @@ def test_images_folder_may_be_a_link(flower_data, tmp_path):
     (tmp_path/'images').symlink_to(flower_data[0]/'images')
     shutil.copy(flower_data[1], tmp_path/'counts.csv')
     assert len(read_counts(tmp_path/'counts.csv'))==48
+
+@pytest.mark.parametrize('state,msg', [
+    ('{not json', 'not a readable run state'),
+    ('["a list"]', 'not a readable run state (wrong contents)'),
+    ('{"args": {"epochs": "many"}, "lr": 0.001}', "--epochs 'many': must be a whole number"),
+])
+def test_corrupt_resume_state_exits_2(tmp_path, state, msg):
+    run = tmp_path/'run'; run.mkdir()
+    (run/'state.json').write_text(state); (run/'checkpoint.pth').write_bytes(b'')
+    r = run_cli('--resume', run)
+    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert run.is_dir() # the user's folder stays
