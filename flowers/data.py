@@ -7,6 +7,7 @@ from fastai.vision.all import *
 from .errors import FlowersDataError
 from .images import open_image
 from .progress import progress
+from .augment import * # also where export.pkl files from before the split find RotateFit
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
            'count_tfms', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
@@ -144,76 +145,6 @@ def read_counts(csv, # CSV file with one row per image
     if 'is_valid' in df.columns: df['is_valid'] = df['is_valid'].str.lower().isin(_TRUE)
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df
-
-def rotate_fit_mat(x:Tensor, # Batch the matrices are for
-                   max_deg:float=10, # Largest rotation in degrees
-                   p:float=0.5, # Probability of rotating each image
-                   draw=None, # Fixed angles instead of random ones
-                   batch:bool=False, # One angle for the whole batch
-                  ):
-    "Rotation matrices scaled down so the whole rotated image stays in frame: no head is cut off at a corner"
-    m = rotate_mat(x, max_deg=max_deg, p=p, draw=draw, batch=batch)
-    # sampling coordinates spread by |cos|+|sin| zooms out exactly enough to keep the rotated corners in frame
-    m[:,:2,:2] *= (m[:,0,0].abs() + m[:,0,1].abs())[:,None,None]
-    return m
-
-class RotateFit(AffineCoordTfm):
-    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame, and zoom out to `min_scale`; pads with zeros"
-    def __init__(self, max_deg=10, p=0.5, draw=None, size=None, mode='bilinear', batch=False,
-                 min_scale=1., # Smallest scale of the zoom-out (fastai's `zoom_mat` below 1 never leaves the frame)
-                 p_scale=0.5, # Probability of zooming out
-                ):
-        fs = [partial(rotate_fit_mat, max_deg=max_deg, p=p, draw=draw, batch=batch)]
-        if min_scale<1: fs.append(partial(zoom_mat, min_zoom=min_scale, max_zoom=1., p=p_scale, batch=batch))
-        super().__init__(aff_fs=fs, size=size, mode=mode, pad_mode=PadMode.Zeros)
-
-class RandomBlur(RandTransform):
-    "Gaussian blur of a random strength per image, as from a lens out of focus or a shaky hand"
-    order,split_idx = 45,0
-    def __init__(self, max_sigma=1., # Largest blur, in pixels of the batch
-                 p=0.3): # Probability of blurring each image
-        store_attr(); super().__init__(p=1.)
-    def encodes(self, x:TensorImage):
-        b,c,h,w = x.shape
-        sig = x.new_empty(b).uniform_(0.3, self.max_sigma)*(torch.rand(b, device=x.device)<self.p)
-        k = int(2*math.ceil(2*self.max_sigma)+1)
-        t = torch.arange(k, device=x.device, dtype=x.dtype) - k//2
-        g = torch.exp(-t[None]**2/(2*sig.clamp_min(1e-3)[:,None]**2))
-        g = g/g.sum(1, keepdim=True) # a sigma near 0 leaves a 1 in the middle: the image is unchanged
-        g = g.repeat_interleave(c, 0)[:,None] # one kernel per channel of each image
-        y = x.reshape(1, b*c, h, w)
-        y = F.conv2d(F.pad(y, (k//2,k//2,0,0), mode='replicate'), g[...,None,:], groups=b*c)
-        y = F.conv2d(F.pad(y, (0,0,k//2,k//2), mode='replicate'), g[...,:,None], groups=b*c)
-        return y.reshape(b, c, h, w)
-
-class RandomNoise(RandTransform):
-    "Gaussian pixel noise of a random strength per image, as from a small sensor in dim light"
-    order,split_idx = 50,0
-    def __init__(self, max_std=0.05, # Largest noise standard deviation (pixels are 0..1)
-                 p=0.5): # Probability of adding noise to each image
-        store_attr(); super().__init__(p=1.)
-    def encodes(self, x:TensorImage):
-        std = x.new_empty(x.size(0)).uniform_(0, self.max_std)*(torch.rand(x.size(0), device=x.device)<self.p)
-        return (x + torch.randn_like(x)*std[:,None,None,None]).clamp(0, 1)
-
-def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is zoomed out to keep it whole)
-               max_lighting:float=0.2, # Largest change of brightness and contrast
-               p_affine:float=0.75, # Probability of rotating each image
-               min_scale:float=0.75, # Zoom out to as little as this scale, padding with zeros (never crops)
-               max_saturation:float=0.5, # Largest change of colour saturation
-               max_hue:float=0.1, # Largest hue shift (fraction of the colour wheel)
-               max_blur:float=1., # Largest Gaussian blur sigma in pixels of the batch
-               max_noise:float=0.05, # Largest noise standard deviation (pixels are 0..1)
-              ) -> list:
-    "Batch augmentations that keep every head in the picture: flips, fitted rotation and zoom-out, lighting and colour, blur, noise"
-    tfms = [Dihedral(p=0.5, pad_mode=PadMode.Zeros)] # exact: no interpolation, no padding
-    if max_rotate or min_scale<1: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine, min_scale=min_scale))
-    if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
-    if max_saturation: tfms.append(Saturation(max_lighting=max_saturation))
-    if max_hue: tfms.append(Hue(max_hue=max_hue))
-    if max_blur: tfms.append(RandomBlur(max_blur))
-    if max_noise: tfms.append(RandomNoise(max_noise))
-    return setup_aug_tfms(tfms)
 
 def check_method(method):
     "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"

@@ -9,7 +9,7 @@ from fastcore.script import call_parse
 from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline
 from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, earth_colour, jitters, leaf_poly
 from .progress import interactive
-from .errors import FlowersError
+from .errors import FlowersError, user_errors
 
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'check_families', 'render_field', 'flower_field',
            'make_flowers', 'read_stamp']
@@ -194,7 +194,6 @@ def main(out:str, # Folder to write `images/`, `counts.csv`, `points.csv` and `s
          square:bool=False, # Square images of exactly --size, instead of varied sizes and aspect ratios
         ):
     "Generate a synthetic flower-field counting data set"
-    from .errors import user_errors
     with user_errors():
         csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, heads=heads, backgrounds=backgrounds, vary_size=not square)
     print(f'Wrote {n} images, {csv} and {csv.with_name("points.csv")}')
