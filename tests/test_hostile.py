@@ -1,6 +1,8 @@
 "Careless and hostile inputs to training: never a silent untrained model, one message and exit 2, no folder left behind"
-import json, math, shutil, pandas as pd, pytest
+import json, math, re, shutil, pandas as pd, pytest
 from test_train import run_cli
+from flowers import FlowersError
+from flowers.train import train
 
 BASE = ['--pretrained', 'no', '--size', '32', '--epochs', '1']
 
@@ -31,11 +33,19 @@ def test_small_data_caps_batch_size_and_trains(flower_data, tmp_path):
     (['--valid-pct', '0'], '--valid-pct 0.0: must be between 0 and 1'),
     (['--valid-pct', '1.5'], '--valid-pct 1.5: must be between 0 and 1'),
 ])
-def test_bad_numbers_exit_2_and_leave_no_folder(flower_data, tmp_path, args, msg):
+def test_bad_numbers_are_refused_and_leave_no_folder(flower_data, tmp_path, args, msg):
+    "Checked in-process, each one (the CLI's exit code is checked once below)"
     out = tmp_path/'run'
-    r = run_cli('--data', flower_data[0], '--out', out, *BASE, *args)
-    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    kw = dict(zip([a.lstrip('-').replace('-','_') for a in (BASE+args)[::2]], (BASE+args)[1::2]))
+    kw = {k:(v if k=='pretrained' else float(v) if k=='valid_pct' else int(v)) for k,v in kw.items()}
+    with pytest.raises(FlowersError) as e: train(flower_data[1], out=out, **kw)
+    assert msg in str(e.value)
     assert not out.exists()
+
+def test_bad_number_on_the_command_line_exits_2(flower_data, tmp_path):
+    r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', *BASE, '--epochs', '0')
+    assert r.returncode==2 and '--epochs 0: must be a whole number of at least 1' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'run').exists()
 
 def _csv(tmp_path, flower_data, rows=None, is_valid=None):
     df = pd.read_csv(flower_data[1])[['image','count']]
@@ -49,11 +59,10 @@ def _csv(tmp_path, flower_data, rows=None, is_valid=None):
     (None, 'true', 'no training images (set by its is_valid column)'),
     (1, None, 'no validation images (set by --valid-pct'),
 ])
-def test_no_validation_or_training_rows_exit_2(flower_data, tmp_path, rows, is_valid, msg):
+def test_no_validation_or_training_rows_are_refused(flower_data, tmp_path, rows, is_valid, msg):
     csv = _csv(tmp_path, flower_data, rows, is_valid)
     out = tmp_path/'run'
-    r = run_cli('--data', csv, '--img-dir', flower_data[0]/'images', '--out', out, *BASE)
-    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    with pytest.raises(FlowersError, match=re.escape(msg)): train(csv, img_dir=flower_data[0]/'images', out=out, size=32, epochs=1, pretrained='no')
     assert not out.exists()
 
 def test_out_that_is_a_file_exits_2(flower_data, tmp_path):
