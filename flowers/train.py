@@ -126,7 +126,7 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
     state = _resume_state(resume) if resume else None
     if state: args,out = {**args, **state['args']},Path(resume) # this call's settings fill what an older state lacks
-    a = AttrDict({'precision':'auto', **args}) # runs saved before `precision` existed
+    a = AttrDict(args)
     check_args(a)
     out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
     new = check_out(out) if _is_main() else False
@@ -143,7 +143,7 @@ def _train(a, out, state, resume, args, t0):
         if _is_main(): remove_stale(out)
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
-                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.get('aug', True))
+                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug)
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
@@ -170,7 +170,7 @@ def _train(a, out, state, resume, args, t0):
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
                 bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
-                aug=a.get('aug', True), data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
+                aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
     for f in (CHECKPOINT, BEST): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
