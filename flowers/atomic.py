@@ -4,6 +4,10 @@ from pathlib import Path
 
 __all__ = ['atomic_path', 'atomic_text', 'remove_stale']
 
+def _umask():
+    m = os.umask(0o022); os.umask(m) # the only way to read it
+    return m
+
 @contextlib.contextmanager
 def atomic_path(fname):
     "Yield a temporary path beside `fname` to write to; it replaces `fname` only once the block ends without error"
@@ -11,6 +15,7 @@ def atomic_path(fname):
     tmp = fname.with_name(f'.{fname.stem}.tmp{os.getpid()}{fname.suffix}') # same suffix: savers pick formats by it
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask()) # as `open` would make it: some writers (safetensors) make 0600 files others can't load
         os.replace(tmp, fname) # atomic on POSIX and Windows, within one folder
     finally: tmp.unlink(missing_ok=True)
 

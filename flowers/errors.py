@@ -2,7 +2,7 @@
 import sys, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'user_errors']
+__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'user_errors']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -10,6 +10,16 @@ class FlowersError(Exception):
 class FlowersDataError(FlowersError, ValueError):
     "A problem with the user's data; `problems` lists `(line, message)` pairs"
     def __init__(self, msg, problems=()): super().__init__(msg); self.problems = list(problems)
+
+def check_int(name, # The flag, e.g. '--bs'
+              v, # Its value
+              lo=1, # Smallest allowed
+              hint='', # Said after the rule
+             ) -> int:
+    "`v` if it is a whole number of at least `lo`, else a `FlowersError` naming the flag"
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise FlowersError(f"{name} {v!r}: must be a whole number of at least {lo}{hint}")
+    return v
 
 def _one_line(message, category, filename, lineno, line=None): return f'warning: {message}\n'
 

@@ -1,11 +1,11 @@
 """One robust image opener for training, prediction and the web service."""
-import io, warnings, numpy as np
+import io, warnings, numpy as np, torch
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import PILImage
 from .errors import FlowersDataError
 
-__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'to_rgb8']
+__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'to_rgb8', 'image_pixels']
 
 FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
 MIN_SIZE = 8 # pixels per side; smaller images can't show anything countable
@@ -17,6 +17,10 @@ def _name(src):
 
 def _scale16(a):
     "16-bit (or wider) integer or float pixel values scaled to 0..255, not clipped"
+    if a.dtype.kind=='b': return a.astype(np.uint8)*255
+    if a.dtype.kind not in 'uif': raise ValueError(f"pixels of type {a.dtype} are not numbers")
+    # a NaN or inf would scale every other pixel to black, and the count of a black image would come back silently
+    if a.dtype.kind=='f' and not np.isfinite(a).all(): raise ValueError("it has NaN or infinite pixel values")
     if a.dtype.kind=='f': hi = 1. if a.max()<=1. else float(a.max())
     else: hi = 65535. if a.max()>255 else 255.
     return np.clip(a.astype(np.float64)*255./hi + 0.5, 0, 255).astype(np.uint8)
@@ -32,15 +36,19 @@ def to_rgb8(img:Image.Image) -> Image.Image:
         img = Image.alpha_composite(bg, img)
     return img.convert('RGB') if img.mode!='RGB' else img
 
+KINDS = 'a path, bytes, a file object, a PIL image or an HxWxC numpy array'
+
 def _open(src, name):
     "A decoded PIL image from a path, bytes or file object; refuses non-raster formats"
     if isinstance(src, (str, Path)):
         p = Path(src)
-        if not p.is_file(): raise FlowersDataError(f"{name}: image file not found")
+        if not p.exists(): raise FlowersDataError(f"{name}: image file not found")
+        if not p.is_file(): raise FlowersDataError(f"{name}: not a regular file (a folder, pipe or device); give an image file")
         if p.stat().st_size==0: raise FlowersDataError(f"{name}: empty file (0 bytes)")
-    elif isinstance(src, (bytes, bytearray)):
-        if not src: raise FlowersDataError(f"{name}: empty image data (0 bytes)")
-        src = io.BytesIO(src)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        if not len(src): raise FlowersDataError(f"{name}: empty image data (0 bytes)")
+        src = io.BytesIO(bytes(src))
+    elif not callable(getattr(src, 'read', None)): raise FlowersDataError(f"{name}: can't read an image from {type(src).__name__}; give {KINDS}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
@@ -50,21 +58,40 @@ def _open(src, name):
         raise FlowersDataError(f"{name}: image is too large to open safely ({e}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
         raise FlowersDataError(f"{name}: not a supported image (use {', '.join(FORMATS)}; the file's contents decide, not its extension)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise FlowersDataError(f"{name}: broken image file ({e}); re-export or replace it") from None
+    except Exception as e: # decoders raise anything on crafted headers (TypeError, struct.error, ...): all mean a broken file
+        raise FlowersDataError(f"{name}: broken image file ({type(e).__name__}: {str(e)[:200]}); re-export or replace it") from None
     return img
 
-def open_image(src:Path|str|bytes|np.ndarray|Image.Image|io.IOBase, # Path, bytes, file object, `PIL.Image`, or HxWxC array
+def _array(a, name):
+    "A PIL image from an HxW, HxWx1, HxWx3 or HxWx4 array (a CxHxW tensor is moved to channels last)"
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu()
+        if a.ndim==3 and a.shape[0] in (1,3,4) and a.shape[-1] not in (1,3,4): a = a.permute(1,2,0) # fastai's TensorImage
+        a = a.numpy()
+    if a.ndim==3 and a.shape[-1]==1: a = a[...,0]
+    if a.ndim not in (2,3) or (a.ndim==3 and a.shape[-1] not in (3,4)):
+        raise FlowersDataError(f"{name}: an array of shape {tuple(a.shape)} is not an image; give HxW, HxWx3 or HxWx4")
+    try: return Image.fromarray(a if a.dtype==np.uint8 else _scale16(a))
+    except (TypeError, ValueError) as e: raise FlowersDataError(f"{name}: not an image array ({e})") from None
+
+def open_image(src:Path|str|bytes|np.ndarray|Image.Image|io.IOBase, # Path, bytes, file object, `PIL.Image`, HxWxC array or CxHxW tensor
                name=None, # How to name it in error messages (default: the path)
               ) -> PILImage:
     "An 8-bit RGB `PILImage` from any image a user may have, or one `FlowersDataError` naming it"
     name = name or _name(src)
-    if isinstance(src, np.ndarray):
-        try: img = Image.fromarray(src if src.dtype==np.uint8 else _scale16(src))
-        except (TypeError, ValueError) as e: raise FlowersDataError(f"{name}: not an image array ({e})") from None
+    if isinstance(src, (np.ndarray, torch.Tensor)): img = _array(src, name)
     elif isinstance(src, Image.Image): img = src
     else: img = _open(src, name)
     try: img = to_rgb8(img)
-    except (OSError, ValueError) as e: raise FlowersDataError(f"{name}: can't convert image to RGB ({e})") from None
+    except Exception as e: # a float TIFF with NaN, bad EXIF, an odd mode: the same one message
+        raise FlowersDataError(f"{name}: can't convert image to RGB ({str(e)[:200]})") from None
     if min(img.size) < MIN_SIZE: raise FlowersDataError(f"{name}: image is only {img.size[0]}x{img.size[1]} pixels; too small to count anything in")
     return PILImage(img)
+
+def image_pixels(data:bytes) -> int:
+    "Width x height from the header of encoded image `data`, without decoding it; 0 if unreadable (`open_image` will say why)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.size[0]*img.size[1]
+    except Exception: return 0

@@ -1,9 +1,9 @@
 """Counting with a trained model: `load_counter`, batch predictions, and `python -m flowers.predict`."""
-import pickle, sys, types, warnings, numpy as np, pandas as pd
+import os, pickle, sys, types, warnings, numpy as np, pandas as pd
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
-from .errors import FlowersError, user_errors
+from .errors import FlowersError, check_int, user_errors
 from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
 from .images import open_image
@@ -67,6 +67,9 @@ class Counter:
                       bs=64, # Batch size
                      ) -> np.ndarray:
         "Counts for many images, `bs` at a time; raises naming the first unreadable image"
+        if isinstance(items, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(items, np.ndarray) and items.ndim!=4):
+            # a path is iterable too: its characters would each be "counted"
+            raise FlowersError(f"predict_batch takes a list of images, not one {type(items).__name__}; use predict(img) or predict_batch([img])")
         df = predict_table(self, list(items), bs=bs, show_progress=False)
         bad = df['error'][df['error']!='']
         if len(bad): raise FlowersError(bad.iloc[0])
@@ -115,6 +118,14 @@ def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `
         return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device)
     return Counter.from_learner(load_pkl(path), precision=precision, device=device)
 
+def check_csv_out(out) -> Path:
+    "Raise unless a CSV can be written to `out`: checked before counting, so no result is lost at the end"
+    out = Path(out)
+    if out.is_dir(): raise FlowersError(f"--out {out}: is a folder; give a file name such as {out/'counts.csv'}")
+    if not out.parent.is_dir(): raise FlowersError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)): raise FlowersError(f"--out {out}: not writable")
+    return out
+
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
     items,errors = [],[]
@@ -125,7 +136,7 @@ def find_images(inputs) -> tuple:
             col = 'image' if 'image' in df.columns else df.columns[0]
             root = find_img_dir(inp, df[col])
             items += [root/f for f in df[col]]
-        elif inp.is_file(): items.append(inp)
+        elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
     return items,errors
 
@@ -136,6 +147,7 @@ def predict_table(counter, # A `Counter`
                   show_progress=True, # Progress bar for more than one batch
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count, and the error for images that couldn't be read (the rest are still counted)"
+    check_int('--bs', bs)
     names = [str(o) for o in (names or items)]
     counts,errors = np.full(len(items), np.nan),['']*len(items)
     for i in progress(range(0, len(items), bs), show=show_progress and len(items)>bs):
@@ -156,6 +168,8 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
     "Count things in images with a trained model"
     with user_errors():
         if not inputs: raise FlowersError("give at least one image, folder or CSV to count")
+        check_int('--bs', bs)
+        if out: check_csv_out(out)
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")

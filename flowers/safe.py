@@ -1,17 +1,47 @@
 """The safe model format: `model.safetensors` (weights) and `model.json` (how to rebuild and feed the network)."""
-import hashlib, json
+import hashlib, json, math
 from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
-from .learner import get_arch
+from .learner import ARCHS, get_arch
 from .atomic import atomic_path, atomic_text
 
-__all__ = ['FORMAT', 'input_spec', 'safe_meta', 'save_safe', 'load_safe']
+__all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_safe', 'load_safe']
 
 FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
+
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize') # what builds and feeds the network: hashed with the weights
+MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
+
+def _net_sha256(weights, meta):
+    "sha256 of the weights and of the `NET_KEYS` of `meta`: an edit to either is caught"
+    h = hashlib.sha256(Path(weights).read_bytes())
+    h.update(json.dumps({k:meta.get(k) for k in NET_KEYS}, sort_keys=True).encode())
+    return h.hexdigest()
+
+def _num(v): return isinstance(v, (int,float)) and not isinstance(v, bool) and math.isfinite(v)
+def _nums(v, n): return isinstance(v, list) and len(v)==n and all(map(_num, v))
+
+def check_meta(meta:dict, # `model.json` as read
+               jfile, # Its name, for messages
+              ) -> dict:
+    "`meta` if every field `load_safe` uses is present and sane, else one `FlowersError` naming the field"
+    def bad(k, want): raise FlowersError(f"{jfile}: field {k!r} is {meta.get(k, 'missing')!r}; it must be {want}. Re-export the model rather than editing this file")
+    if meta.get('arch') not in ARCHS: bad('arch', f"one of {', '.join(ARCHS)}")
+    if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
+    y = meta.get('y_range')
+    if not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
+    if not (_num(meta.get('ps', 0.5)) and 0 <= meta.get('ps', 0.5) < 1): bad('ps', 'a dropout probability in [0, 1)')
+    size = meta.get('size')
+    if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= MAX_SIZE): bad('size', f'a whole number of pixels from 8 to {MAX_SIZE}')
+    if meta.get('method') not in ('squish','pad'): bad('method', "'squish' or 'pad'")
+    norm = meta.get('normalize')
+    if norm is not None and not (isinstance(norm, dict) and _nums(norm.get('mean'), 3) and _nums(norm.get('std'), 3) and min(norm['std']) > 0):
+        bad('normalize', 'null or {"mean": [3 numbers], "std": [3 numbers above 0]}')
+    return meta
 
 def input_spec(learn) -> dict:
     "How `learn` feeds images to its network: resize `size` and `method`, and `normalize` stats (or None)"
@@ -38,6 +68,7 @@ def save_safe(learn, # A trained count `Learner`
     with atomic_path(path/'model.safetensors') as tmp:
         save_file(sd, tmp)
         meta = safe_meta(learn, arch, **extra, sha256=_sha256(tmp))
+        meta['net_sha256'] = _net_sha256(tmp, meta)
     atomic_text(path/'model.json', json.dumps(meta, indent=2))
     return path/'model.safetensors'
 
@@ -53,6 +84,9 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     if not isinstance(meta, dict) or meta.get('format')!=FORMAT: raise FlowersError(f"{jfile}: not a flowers model description (format {FORMAT})")
     if meta.get('sha256') and _sha256(weights)!=meta['sha256']:
         raise FlowersError(f"{weights}: its sha256 does not match {jfile.name}; the file is truncated, corrupt or from another model")
+    if meta.get('net_sha256') and _net_sha256(weights, meta)!=meta['net_sha256']:
+        raise FlowersError(f"{jfile}: its settings ({', '.join(NET_KEYS)}) were changed after export (net_sha256 does not match); re-export the model")
+    check_meta(meta, jfile)
     try: sd = load_file(weights)
     except Exception as e: raise FlowersError(f"{weights}: not a readable safetensors file ({e})")
     model = create_vision_model(get_arch(meta['arch']), meta['n_out'], pretrained=False, y_range=tuple(meta['y_range']),

@@ -3,7 +3,7 @@ import contextlib, os, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
-from .errors import FlowersError, user_errors
+from .errors import FlowersError, check_int, user_errors
 from .data import count_dls, default_data, check_method
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss
 from .report import write_report, versions, save_fig
@@ -72,10 +72,7 @@ def check_args(a):
     "Raise on settings no run can use, before any slow work"
     get_arch(a.arch), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_SIZE), ('workers',0), ('freeze_epochs',0)):
-        v = a[k]
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise FlowersError(f"--{k.replace('_','-')} {v!r}: must be a whole number of at least {lo}" +
-                               (f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else ''))
+        check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
         raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
 

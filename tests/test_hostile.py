@@ -153,3 +153,9 @@ def test_corrupt_resume_state_exits_2(tmp_path, state, msg):
     r = run_cli('--resume', run)
     assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert run.is_dir() # the user's folder stays
+
+def test_out_that_cannot_be_created(flower_data, tmp_path):
+    "Root may write anywhere, so an unwritable --out is one under a file: the folder can't be created"
+    (tmp_path/'taken').write_text('keep me')
+    with pytest.raises(FlowersError, match="can't create the folder"): train(flower_data[1], out=tmp_path/'taken'/'run', size=32, epochs=1, pretrained='no')
+    assert (tmp_path/'taken').read_text()=='keep me'

@@ -1,0 +1,202 @@
+"Careless and hostile inputs to prediction, model files and the server: one clear message, nothing computed lost"
+import io, json, os, shutil, stat, struct, subprocess, sys, numpy as np, pandas as pd, pytest, torch
+from PIL import Image
+from flowers import FlowersError
+from flowers.images import open_image
+from flowers.predict import load_counter, predict_table
+from test_predict import run_predict
+
+def _tiff_bad_strip_offsets():
+    "A 16x16 TIFF whose StripOffsets tag claims to be a fraction: Pillow raises TypeError (IFDRational) decoding it"
+    b = io.BytesIO(); Image.fromarray(np.zeros((16,16,3), np.uint8)).save(b, 'TIFF'); d = bytearray(b.getvalue())
+    off = struct.unpack('<I', d[4:8])[0]
+    for i in range(struct.unpack('<H', d[off:off+2])[0]):
+        e = off+2+12*i
+        if struct.unpack('<H', d[e:e+2])[0]==273: d[e+2:e+4] = struct.pack('<H', 5); d[e+8:e+12] = struct.pack('<I', 8)
+    return bytes(d)
+
+@pytest.fixture(scope='module')
+def counter(trained): return load_counter(trained, precision='fp32')
+
+def test_decoder_exception_is_a_data_error(tmp_path):
+    (tmp_path/'bad.tif').write_bytes(_tiff_bad_strip_offsets())
+    with pytest.raises(FlowersError, match=r'bad.tif: broken image file \(TypeError'): open_image(tmp_path/'bad.tif')
+
+def test_decoder_exception_keeps_the_other_rows(trained, flower_data, tmp_path):
+    "predict writes its CSV with the good images counted and the bad one named"
+    shutil.copy(sorted((flower_data[0]/'images').glob('*.jpg'))[0], tmp_path/'good.jpg')
+    (tmp_path/'bad.tif').write_bytes(_tiff_bad_strip_offsets())
+    r = run_predict(trained, tmp_path, '--out', tmp_path/'out.csv')
+    assert r.returncode==1 and 'Traceback' not in r.stderr
+    df = pd.read_csv(tmp_path/'out.csv', keep_default_na=False).set_index('image')
+    assert 'broken image file' in df.loc[str(tmp_path/'bad.tif'), 'error'] and df.loc[str(tmp_path/'good.jpg'), 'error']==''
+
+@pytest.mark.parametrize('arr,msg', [
+    (np.full((16,16,3), np.nan, np.float32), 'NaN or infinite'),
+    (np.where(np.eye(16)[...,None]>0, np.inf, 0.5).repeat(3, 2), 'NaN or infinite'),
+    (np.zeros((16,16,2), np.uint8), 'shape (16, 16, 2) is not an image'),
+    (np.zeros((2,16,16,3), np.uint8), 'shape (2, 16, 16, 3) is not an image'),
+    (np.zeros((16,16,3), complex), 'not numbers'),
+])
+def test_bad_arrays(counter, arr, msg):
+    with pytest.raises(FlowersError, match=msg.replace('(','\\(').replace(')','\\)')): counter.predict(arr)
+
+def test_float_tiff_with_nan_is_refused(tmp_path):
+    a = np.random.default_rng(0).random((16,16)).astype(np.float32); a[3,3] = np.nan
+    Image.fromarray(a, 'F').save(tmp_path/'nan.tif')
+    with pytest.raises(FlowersError, match='nan.tif: .*NaN or infinite'): open_image(tmp_path/'nan.tif')
+
+def test_bool_and_single_channel_arrays_count(counter):
+    a = np.random.default_rng(0).random((48,48)) > 0.5
+    grey = (a*255).astype(np.uint8)
+    assert counter.predict(a)==pytest.approx(counter.predict(grey), abs=1e-4)
+    assert counter.predict(grey[...,None])==pytest.approx(counter.predict(grey), abs=1e-4)
+
+def test_tensors_and_memoryviews(counter, flower_data):
+    f = sorted((flower_data[0]/'images').glob('*.jpg'))[0]
+    want = counter.predict(f)
+    assert counter.predict(memoryview(f.read_bytes()))==pytest.approx(want, abs=1e-4)
+    hwc = np.array(Image.open(f).convert('RGB'))
+    assert counter.predict(torch.from_numpy(hwc).permute(2,0,1))==pytest.approx(want, abs=1e-4) # fastai's CxHxW
+    assert counter.predict(torch.from_numpy(hwc))==pytest.approx(want, abs=1e-4)
+
+@pytest.mark.parametrize('x', [None, 3, [1,2,3], 2.5, {'a':1}])
+def test_things_that_are_not_images(counter, x):
+    with pytest.raises(FlowersError, match=f"can't read an image from {type(x).__name__}; give a path, bytes"): counter.predict(x)
+
+@pytest.mark.parametrize('x', ['x.jpg', b'\xff\xd8', np.zeros((16,16,3), np.uint8)])
+def test_predict_batch_wants_a_list(counter, x):
+    with pytest.raises(FlowersError, match='predict_batch takes a list of images'): counter.predict_batch(x)
+
+def test_folder_and_fifo_named_like_images(counter, trained, tmp_path):
+    (tmp_path/'dir.jpg').mkdir()
+    with pytest.raises(FlowersError, match='dir.jpg: not a regular file'): counter.predict(tmp_path/'dir.jpg')
+    os.mkfifo(tmp_path/'pipe.jpg')
+    with pytest.raises(FlowersError, match='pipe.jpg: not a regular file'): counter.predict(tmp_path/'pipe.jpg')
+    r = run_predict(trained, tmp_path/'pipe.jpg', '--out', tmp_path/'o.csv') # must not block reading the pipe
+    assert r.returncode==1 and 'not a regular file' in pd.read_csv(tmp_path/'o.csv')['error'][0]
+
+# Model files
+def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
+    for f in ('model.safetensors','model.json'): shutil.copy(trained/f, tmp_path/f)
+    m = json.loads((tmp_path/'model.json').read_text())
+    if drop_hash: m.pop('net_sha256')
+    if edit: edit(m)
+    (tmp_path/'model.json').write_text(json.dumps(m))
+    return tmp_path/'model.safetensors'
+
+DROP = object()
+
+def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
+    f = _copy_model(trained, tmp_path, lambda m: m.update(size=100000), drop_hash=False)
+    with pytest.raises(FlowersError, match='were changed after export'): load_counter(f)
+
+@pytest.mark.parametrize('key,value,msg', [
+    ('size', 100000, "'size' is 100000"), ('size', 'big', "'size' is 'big'"),
+    ('arch', 'vgg', "'arch' is 'vgg'"), ('n_out', 3, "'n_out' is 3"),
+    ('y_range', [5, 1], "'y_range'"), ('y_range', [0, float('inf')], "'y_range'"), ('y_range', None, "'y_range'"),
+    ('method', 'crop', "'method'"), ('normalize', {'mean':[0,0,0], 'std':[1,0,1]}, "'normalize'"),
+    ('ps', 2, "'ps'"), ('arch', DROP, "'arch' is 'missing'"), ('method', DROP, "'method' is 'missing'"),
+])
+def test_model_json_fields_are_validated(trained, tmp_path, key, value, msg):
+    "Without the hash (older files, or one removed by hand) every field is still checked"
+    f = _copy_model(trained, tmp_path, (lambda m: m.pop(key)) if value is DROP else (lambda m: m.update({key:value})))
+    with pytest.raises(FlowersError, match=msg.replace('[','\\[')): load_counter(f)
+
+def test_model_files_are_readable_by_others(trained):
+    "Written as `open` would: model.safetensors is not the 0600 of safetensors' temporary file"
+    modes = {f: stat.S_IMODE((trained/f).stat().st_mode) for f in ('model.safetensors','model.json','export.pkl')}
+    assert len(set(modes.values()))==1 and modes['model.safetensors'] & stat.S_IROTH, modes
+
+# Predict CLI
+@pytest.mark.parametrize('bs', ['0', '-1'])
+def test_predict_bad_bs(trained, flower_data, bs):
+    r = run_predict(trained, flower_data[1], '--bs', bs)
+    assert r.returncode==2 and f'--bs {bs}: must be a whole number of at least 1' in r.stderr and 'Traceback' not in r.stderr
+
+def test_predict_batch_bad_bs(counter, flower_data):
+    with pytest.raises(FlowersError, match='--bs -1'): counter.predict_batch([flower_data[0]/'images'/'00000.jpg'], bs=-1)
+
+@pytest.mark.parametrize('where,msg', [(lambda d: d, 'is a folder'), (lambda d: d/'missing'/'out.csv', 'does not exist')])
+def test_predict_out_checked_before_counting(trained, flower_data, tmp_path, where, msg):
+    r = run_predict(trained, flower_data[1], '--out', where(tmp_path))
+    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr
+
+# Server: limits applied while a request streams in, by bytes and by pixels
+import asyncio
+from flowers.serve import create_app, MB
+
+def _asgi_post(app, chunks, content_type, length=None):
+    "POST `chunks` to /api/count of `app` in-process; the status, the JSON answer, and how many body bytes the app read"
+    chunks,read,sent = iter(chunks),[0],[]
+    async def receive():
+        c = next(chunks, None)
+        if c is None: return {'type':'http.request', 'body':b'', 'more_body':False}
+        read[0] += len(c)
+        return {'type':'http.request', 'body':c, 'more_body':True}
+    async def send(msg): sent.append(msg)
+    headers = [(b'content-type', content_type.encode())] + ([(b'content-length', str(length).encode())] if length else [])
+    scope = dict(type='http', method='POST', path='/api/count', raw_path=b'/api/count', query_string=b'', headers=headers,
+                 http_version='1.1', scheme='http', server=('test', 80), client=('test', 1), root_path='')
+    asyncio.run(app(scope, receive, send))
+    return sent[0]['status'], json.loads(b''.join(m.get('body', b'') for m in sent[1:])), read[0]
+
+BOUNDARY = 'xyzzy'
+def _part(name, data, filename=None, chunk=64*1024):
+    "One multipart part, its data yielded in chunks as a slow client would send it"
+    fn = f'; filename="{filename}"' if filename else ''
+    yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"{fn}\r\n\r\n'.encode()
+    for i in range(0, len(data), chunk): yield bytes(data[i:i+chunk])
+    yield b'\r\n'
+
+def _body(*parts):
+    for p in parts: yield from p
+    yield f'--{BOUNDARY}--\r\n'.encode()
+
+CT = f'multipart/form-data; boundary={BOUNDARY}'
+
+@pytest.fixture(scope='module')
+def app(counter): return create_app(counter, max_upload_mb=1, max_request_mb=3, max_megapixels=2, max_request_megapixels=2.2)
+
+def _png(w, h):
+    b = io.BytesIO(); Image.new('RGB', (w, h), (90, 120, 60)).save(b, 'PNG'); return b.getvalue()
+
+def test_big_file_is_stopped_as_it_streams(app):
+    "A 300 MB upload: 413 after about the 1 MB limit is read, not after all of it"
+    huge = memoryview(bytearray(300*MB))
+    status,ans,read = _asgi_post(app, _body(_part('files', huge, 'huge.jpg')), CT)
+    assert status==413 and 'at most 1 MB' in ans['error'] and read < 2*MB
+
+def test_chunked_request_over_the_limit(app):
+    "No Content-Length (chunked): five files under the per-file limit, over the 3 MB request limit"
+    parts = [_part('files', os.urandom(int(0.9*MB)), f'{i}.jpg') for i in range(5)]
+    status,ans,read = _asgi_post(app, _body(*parts), CT)
+    assert status==413 and 'the limit is 3 MB' in ans['error'] and read < 3*MB + 128*1024
+
+def test_oversized_field_is_413(app):
+    status,ans,_ = _asgi_post(app, _body(_part('note', b'x'*(2*MB))), CT)
+    assert status==413
+
+def test_declared_length_over_the_limit_reads_nothing(app):
+    status,ans,read = _asgi_post(app, _body(_part('files', b'x'*10, 'a.jpg')), CT, length=50*MB)
+    assert status==413 and read==0
+
+def test_not_multipart_is_400(app):
+    status,ans,_ = _asgi_post(app, [b'{"files": []}'], 'application/json')
+    assert status==400 and 'multipart form' in ans['error']
+
+def test_pixel_budget(app, counter, flower_data):
+    "A tiny PNG of many pixels is refused from its header; the request's good images are still counted"
+    good = (flower_data[0]/'images'/'00000.jpg').read_bytes()
+    big,mid = _png(2000, 1500), _png(1200, 1000) # 3 MP: over 2 per image; 1.2 MP twice: over 2.2 per request
+    assert len(big) < 50_000
+    status,rows,_ = _asgi_post(app, _body(_part('files', good, 'good.jpg'), _part('files', big, 'big.png'),
+                                          _part('files', mid, 'm1.png'), _part('files', mid, 'm2.png')), CT)
+    assert status==200 and [r['image'] for r in rows]==['good.jpg','big.png','m1.png','m2.png']
+    assert rows[0]['count']==pytest.approx(counter.predict(good), abs=1e-4) # the app counts with this same counter
+    assert 'big.png: 3 megapixels; the limit is 2 per image' in rows[1]['error']
+    assert 'count' in rows[2] and "over this request's budget of 2.2 megapixels" in rows[3]['error']
+
+def test_port_out_of_range(trained):
+    r = subprocess.run([sys.executable, '-m', 'flowers.serve', str(trained), '--port', '70000'], capture_output=True, text=True, timeout=120)
+    assert r.returncode==2 and '--port 70000: must be at most 65535' in r.stderr and 'Traceback' not in r.stderr
