@@ -7,43 +7,87 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
-from starlette.formparsers import MultiPartException
-from .errors import user_errors
+from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
+from .errors import FlowersError, check_int, user_errors
+from .images import image_pixels
 from .predict import load_counter, predict_table
 
-__all__ = ['MB', 'create_app', 'serve']
+__all__ = ['MB', 'MP', 'create_app', 'serve']
 
-MB = 1024*1024
+MB,MP = 1024*1024,1_000_000
 PAGE = (Path(__file__).parent/'page.html').read_text()
 
 def _error(status, msg): return JSONResponse({'error': msg}, status_code=status)
+
+class _TooLarge(MultiPartException):
+    "A request, or one file in it, over its limit: found while it streams in"
+
+class _LimitedParser(MultiPartParser):
+    "Starlette's multipart parser, stopping a file at `max_file` bytes as it arrives (Starlette's own limit skips files)"
+    def __init__(self, *args, max_file, **kwargs): super().__init__(*args, **kwargs); self.max_file = max_file
+    def on_part_begin(self): super().on_part_begin(); self._size = 0
+    def on_part_data(self, data, start, end):
+        self._size += end-start
+        if self._size > self.max_file: raise _TooLarge(f'each image may be at most {self.max_file/MB:g} MB')
+        super().on_part_data(data, start, end)
+
+async def _limited(stream, limit):
+    "`stream`'s chunks until more than `limit` bytes came: a chunked request has no Content-Length to check first"
+    n = 0
+    async for chunk in stream:
+        n += len(chunk)
+        if n > limit: raise _TooLarge(f'request is over {limit/MB:g} MB; the limit is {limit/MB:g} MB')
+        yield chunk
+
+def _pixel_budget(blobs, max_mp, request_mp) -> dict:
+    "Error messages for the images over `max_mp` megapixels each, or past `request_mp` for the request, read from headers only"
+    errors,total = {},0
+    for i,(name,b) in enumerate(blobs):
+        px = image_pixels(b)
+        if px > max_mp*MP: errors[i] = f'{name}: {px/MP:.0f} megapixels; the limit is {max_mp:g} per image, resize it'
+        elif total+px > request_mp*MP: errors[i] = f'{name}: over this request\'s budget of {request_mp:g} megapixels; send it in another request'
+        else: total += px
+    return errors
 
 def create_app(counter, # A `Counter`, loaded once
                max_upload_mb=20., # Largest single image
                max_request_mb=100., # Largest request (all its images)
                max_files=64, # Most images in one request
+               max_megapixels=64., # Largest single image in pixels: decoding costs memory and time by pixels, not bytes
+               max_request_megapixels=256., # Most pixels in one request
               ) -> Starlette:
     "The Starlette app: the page at /, `POST /api/count`, `GET /health`"
     lock = threading.Lock() # one batch at a time: the model already uses every core
 
     def _count(blobs):
-        with lock: df = predict_table(counter, [b for _,b in blobs], names=[n for n,_ in blobs], show_progress=False)
-        return [dict(image=r.image, error=r.error) if r.error else dict(image=r.image, count=float(r.count)) for r in df.itertuples()]
+        refused = _pixel_budget(blobs, max_megapixels, max_request_megapixels)
+        ok = [i for i in range(len(blobs)) if i not in refused]
+        with lock: df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False)
+        rows = {i:(dict(image=r.image, error=r.error) if r.error else dict(image=r.image, count=float(r.count))) for i,r in zip(ok, df.itertuples())}
+        rows.update({i:dict(image=blobs[i][0], error=e) for i,e in refused.items()})
+        return [rows[i] for i in range(len(blobs))]
+
+    async def _form(request):
+        "The multipart form, read with every limit applied as it streams in"
+        try: size = int(request.headers.get('content-length') or 0)
+        except ValueError: size = 0
+        if size > max_request_mb*MB: raise _TooLarge(f'request is {size/MB:.1f} MB; the limit is {max_request_mb:g} MB')
+        ctype,_ = parse_options_header(request.headers.get('content-type') or '')
+        if ctype!=b'multipart/form-data': raise MultiPartException('expected a multipart form with image files in the field "files"')
+        parser = _LimitedParser(request.headers, _limited(request.stream(), int(max_request_mb*MB)), max_files=max_files,
+                                max_file=int(max_upload_mb*MB), max_part_size=MB)
+        return await parser.parse()
 
     async def count(request:Request):
-        size = int(request.headers.get('content-length') or 0)
-        if size > max_request_mb*MB: return _error(413, f'request is {size/MB:.1f} MB; the limit is {max_request_mb:g} MB')
-        try: form = await request.form(max_files=max_files, max_part_size=int(max_upload_mb*MB))
-        except MultiPartException as e:
-            msg = str(e.message if hasattr(e, 'message') else e)
-            big = 'size' in msg.lower() or 'exceed' in msg.lower()
-            return _error(413 if big else 400, f'{msg}; each image may be at most {max_upload_mb:g} MB' if big else msg)
-        except Exception as e: return _error(400, f'expected a multipart form with image files in the field "files" ({e})')
+        try: form = await _form(request)
+        except _TooLarge as e: return _error(413, e.message)
+        except MultiPartException as e: return _error(400, e.message)
         files = [f for f in form.getlist('files') if hasattr(f, 'read')]
-        if not files: return _error(400, 'no files: send images as multipart form field "files"')
+        if not files:
+            await form.close()
+            return _error(400, 'no files: send images as multipart form field "files"')
         blobs = [(f.filename or f'file{i}', await f.read()) for i,f in enumerate(files)]
         await form.close()
-        if any(len(b) > max_upload_mb*MB for _,b in blobs): return _error(413, f'each image may be at most {max_upload_mb:g} MB')
         rows = await run_in_threadpool(_count, blobs)
         if all('error' in r for r in rows):
             return JSONResponse({'error': 'no readable image: ' + '; '.join(r['error'] for r in rows), 'results': rows}, status_code=415)
@@ -58,12 +102,19 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
           port=8000, # Port
           max_upload_mb=20., # Largest single image in MB
           max_request_mb=100., # Largest request in MB
+          max_megapixels=64., # Largest single image in megapixels
+          max_request_megapixels=256., # Most megapixels in one request
          ):
     "Load `model` once and serve the page and API until stopped"
     import uvicorn
+    if check_int('--port', port, 0) > 65535: raise FlowersError(f"--port {port}: must be at most 65535")
+    for k,v in dict(max_upload_mb=max_upload_mb, max_request_mb=max_request_mb, max_megapixels=max_megapixels,
+                    max_request_megapixels=max_request_megapixels).items():
+        if not v > 0: raise FlowersError(f"--{k.replace('_','-')} {v}: must be above 0")
     counter = load_counter(model)
     print(f'Counting with {counter}; open http://{host}:{port}/', flush=True)
-    uvicorn.run(create_app(counter, max_upload_mb, max_request_mb), host=host, port=port, log_level='warning')
+    uvicorn.run(create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels),
+                host=host, port=port, log_level='warning')
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
@@ -71,6 +122,8 @@ def main(model:str, # Run folder, model.safetensors or export.pkl (the safe form
          port:int=8000, # Port
          max_upload_mb:float=20., # Largest single image in MB
          max_request_mb:float=100., # Largest request in MB
+         max_megapixels:float=64., # Largest single image in megapixels (decoding costs memory by pixels, not bytes)
+         max_request_megapixels:float=256., # Most megapixels in one request
         ):
     "Serve a page where photos are dropped and counted, and a JSON API"
-    with user_errors(): serve(model, host, port, max_upload_mb, max_request_mb)
+    with user_errors(): serve(model, host, port, max_upload_mb, max_request_mb, max_megapixels, max_request_megapixels)
