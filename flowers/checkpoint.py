@@ -4,6 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .errors import FlowersError
+from .distributed import any_rank
 
 __all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
 
@@ -28,13 +29,13 @@ def stop_on_signals(flag:StopFlag, sigs=(signal.SIGINT, signal.SIGTERM)):
         for s,h in old.items(): signal.signal(s, h)
 
 class GracefulStop(Callback):
-    "End the fit after the current batch once `flag` is set"
+    "End the fit after the current batch once `flag` is set, in every process at the same batch when data-parallel"
     order = 0
     def __init__(self, flag:StopFlag): self.flag = flag
     def after_batch(self):
-        if self.flag: raise CancelFitException
+        if any_rank(self.flag): raise CancelFitException
     def before_epoch(self):
-        if self.flag: raise CancelFitException
+        if any_rank(self.flag): raise CancelFitException
 
 def read_state(run) -> dict:
     "The resumable state of run folder `run`, or {}"
@@ -64,7 +65,7 @@ class Checkpoint(Callback):
         with atomic_path(self.path/HISTORY) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
         loss,best = float(vals.get('valid_loss', np.inf)),self.state.get('best')
         if best is None or loss < best['valid_loss']:
-            with atomic_path(self.path/BEST) as tmp: torch.save(self.learn.model.state_dict(), tmp)
+            with atomic_path(self.path/BEST) as tmp: torch.save(get_model(self.learn.model).state_dict(), tmp) # not DDP's wrapper
             self.state['best'] = dict(epoch=len(self.rows)-1, valid_loss=loss, mae=float(vals.get('mae', np.nan)))
         with atomic_path(self.path/CHECKPOINT) as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         self.state['epochs_done'] = len(self.rows)

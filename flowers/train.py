@@ -1,5 +1,5 @@
 """Train a counting model: `python -m flowers.train` (see `--help`)."""
-import contextlib, os, shutil, sys, time
+import os, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
@@ -12,6 +12,7 @@ from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import set_precision, check_precision, to_fp32
+from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_csv', 'find_lr', 'pick_lr', 'check_lr', 'fit', 'train']
 
@@ -95,27 +96,27 @@ class TrainingGuard(Callback):
                                f"Try a lower --lr (e.g. half of {self.opt.hypers[-1]['lr']:.2g}) or check the counts for extreme values")
     def after_step(self): self.steps += 1
 
-def train(data=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)
-          img_dir=None, # Folder the image names are relative to (default: images/ beside the CSV, else its folder)
-          fn_col='image', # CSV column with image file names
-          label_col='count', # CSV column with counts
-          out=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
-          arch='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
-          size=64, # Images are resized to size x size
-          bs=64, # Batch size
-          epochs=10, # Epochs (unfrozen epochs when fine-tuning)
-          freeze_epochs=1, # Epochs with the pretrained body frozen, before `epochs`
-          lr=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
-          valid_pct=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
-          seed=42, # Random seed: the same seed gives the same split and metrics
-          pretrained='auto', # ImageNet weights: auto (if available), yes (required) or no
-          weights=None, # A local torchvision state dict for the body, instead of ImageNet weights
-          loss='mse', # Loss: mse, l1 or huber
-          workers=0, # Data-loading processes
-          drop_bad=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
-          method='squish', # How images are made square: squish or pad
-          precision='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
-          resume=None, # Run folder of an interrupted run to continue, with its settings and schedule
+def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)
+          img_dir:str=None, # Folder the image names are relative to (default: images/ beside the CSV, else its folder)
+          fn_col:str='image', # CSV column with image file names
+          label_col:str='count', # CSV column with counts
+          out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
+          arch:str='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
+          size:int=64, # Images are resized to size x size
+          bs:int=64, # Batch size (per process when data-parallel)
+          epochs:int=10, # Epochs (unfrozen epochs when fine-tuning)
+          freeze_epochs:int=1, # Epochs with the pretrained body frozen, before `epochs`
+          lr:str=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
+          valid_pct:float=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
+          seed:int=42, # Random seed: the same seed gives the same split and metrics
+          pretrained:str='auto', # ImageNet weights: auto (if available), yes (required) or no
+          weights:str=None, # A local torchvision state dict for the body, instead of ImageNet weights
+          loss:str='mse', # Loss: mse, l1 or huber
+          workers:int=0, # Data-loading processes
+          drop_bad:bool=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
+          method:str='squish', # How images are made square: squish or pad
+          precision:str='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
+          resume:str=None, # Run folder of an interrupted run to continue, with its settings and schedule
           aug=True, # Count-preserving augmentation (`count_tfms`): True, False, or a dict of its arguments
          ) -> Learner:
     "Train a ResNet to count, export it and write reports to `out`; returns the `Learner` (`learn.interrupted` if stopped by a signal)"
@@ -125,18 +126,21 @@ def train(data=None, # Folder with counts.csv, or a CSV file (default: the synth
     if state: args,out = {**args, **state['args']},Path(resume) # this call's settings fill what an older state lacks
     a = AttrDict(args)
     check_args(a)
-    out = Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))
+    setup_ddp()
+    out = broadcast_obj(Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))) # rank 0's clock names the folder
     new = check_out(out) if _is_main() else False
     try: return _train(a, out, state, resume, args, t0)
     except BaseException as e:
         # a run that failed, or was aborted before its first epoch ended, leaves no half-empty folder behind
         if new and not (isinstance(e, KeyboardInterrupt) and (out/CHECKPOINT).exists()): shutil.rmtree(out, ignore_errors=True)
         raise
+    finally: teardown_ddp()
 
 def _train(a, out, state, resume, args, t0):
     "The body of `train`, once the settings are checked and `out` exists"
     with plain_progress():
-        csv = find_csv(a.data)
+        csv = find_csv(a.data) if _is_main() else None # rank 0 alone generates the default data set
+        csv = broadcast_obj(csv)
         if _is_main(): remove_stale(out)
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
@@ -148,7 +152,9 @@ def _train(a, out, state, resume, args, t0):
         precision = set_precision(learn, a.precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
-            lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png' if _is_main() else None)
+            if _is_main():
+                with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png') # once, for all processes
+            lr = broadcast_obj(lr if _is_main() else None)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
@@ -163,6 +169,10 @@ def _train(a, out, state, resume, args, t0):
         raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
     to_fp32(learn) # what load_learner users get: reports measure it, and no bf16 callback rides along in export.pkl
     if not _is_main(): return learn
+    with alone(): return _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resume, t0)
+
+def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resume, t0):
+    "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
@@ -170,7 +180,7 @@ def _train(a, out, state, resume, args, t0):
                 aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
-    for f in (CHECKPOINT, BEST): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
+    for f in (CHECKPOINT, BEST, STATE): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
     return learn
@@ -208,9 +218,8 @@ def fit(learn, # The `Learner` to train
         start=0, # Epochs already done, counting frozen ones (a resumed run)
         cbs=None, # Callbacks for every fit
        ):
-    "Run `recipe`, inside `distrib_ctx` when launched on several processes"
-    if num_distrib(): pass # patches in `distrib_ctx`; needs `accelerate`, present under `accelerate launch`
-    with learn.distrib_ctx() if num_distrib() else contextlib.nullcontext():
+    "Run `recipe`, data-parallel when launched on several processes"
+    with ddp_ctx(learn):
         if recipe=='fit_one_cycle': return learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
         # fastai's `fine_tune`, split at its phase boundary so that a resumed run can start inside either phase
         if start < freeze_epochs:
@@ -220,31 +229,13 @@ def fit(learn, # The `Learner` to train
         learn.unfreeze()
         learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, start_epoch=max(0, start-freeze_epochs), cbs=cbs)
 
+if __name__=='__main__': sys.argv[0] = 'python -m flowers.train' # the usage line argparse prints
+
 @call_parse
-def main(data:str=None, # Folder with counts.csv, or a CSV file (default: the synthetic data set, generated if absent)
-         img_dir:str=None, # Folder the image names are relative to (default: images/ beside the CSV, else its folder)
-         fn_col:str='image', # CSV column with image file names
-         label_col:str='count', # CSV column with counts
-         out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
-         arch:str='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
-         size:int=64, # Images are resized to size x size
-         bs:int=64, # Batch size
-         epochs:int=10, # Epochs (unfrozen epochs when fine-tuning)
-         freeze_epochs:int=1, # Epochs with the pretrained body frozen, before --epochs
-         lr:str=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning, 3e-3 from random init)
-         valid_pct:float=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)
-         seed:int=42, # Random seed: the same seed gives the same split and metrics
-         pretrained:str='auto', # ImageNet weights: auto (if available), yes (required) or no
-         weights:str=None, # A local torchvision state dict for the body, instead of ImageNet weights
-         loss:str='mse', # Loss: mse, l1 or huber
-         workers:int=0, # Data-loading processes
-         drop_bad:bool=False, # Skip bad CSV rows and images (listed in metrics.json) instead of stopping
-         method:str='squish', # How images are made square: squish or pad
-         precision:str='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
-         resume:str=None, # Run folder of an interrupted run to continue, with its settings and schedule
-        ):
+@delegates(train, but=['aug'])
+def main(**kwargs):
     "Train a ResNet to count things in images, from a CSV of image,count rows"
     with user_errors():
-        try: learn = train(**locals())
+        try: learn = train(**kwargs)
         except KeyboardInterrupt: print('Interrupted', file=sys.stderr); sys.exit(130)
     if learn.interrupted: sys.exit(130)

@@ -1,0 +1,76 @@
+"Data-parallel training with torchrun: 2 processes on the CPU (gloo), as on several GPUs (nccl)"
+import json, re, subprocess, sys, pandas as pd, pytest
+from flowers.data import count_dls
+from flowers.predict import find_images, take_shard
+from flowers import FlowersError
+from test_predict import run_predict
+
+@pytest.fixture(scope='module')
+def ddp_run(flower_data, tmp_path_factory):
+    "The `trained` fixture's settings, launched as 2 processes by torchrun"
+    out = tmp_path_factory.mktemp('ddp')/'run'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
+                        '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--epochs', '2',
+                        '--pretrained', 'no', '--lr', 'find'], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r.stdout + r.stderr
+
+def test_both_ranks_train_half_the_batches(ddp_run, flower_data):
+    _,log = ddp_run
+    seen = dict(re.findall(r'rank (\d) of 2: (\d+) training batches an epoch', log))
+    one = len(count_dls(flower_data[1], size=32, bs=8, seed=42, valid_pct=0.2).train) # a single process's batches
+    assert set(seen)=={'0','1'} and all(int(v)==(one+1)//2 for v in seen.values()), (seen, one)
+
+def test_lr_find_runs_once_and_is_shared(ddp_run):
+    out,log = ddp_run
+    lrs = re.findall(r'with fit_one_cycle: 2 epochs, lr=([\d.e-]+)', log)
+    assert len(lrs)==2 and lrs[0]==lrs[1] and (out/'lr_find.png').is_file()
+
+def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
+    out,_ = ddp_run
+    assert {p.name for p in trained.iterdir() if not p.name.startswith('.')} <= {p.name for p in out.iterdir()}
+    assert not any(p.name.startswith('.') for p in out.iterdir()) # no temporary files from two writers
+    assert not (out/'state.json').exists() and not (out/'checkpoint.pth').exists()
+    img = sorted((flower_data[0]/'images').glob('*.jpg'))[0]
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    assert 0 <= float(r.stdout.strip().splitlines()[-1]) <= 20
+
+def test_validation_covers_everything_and_mae_in_range(ddp_run, trained):
+    "Metrics come from the whole validation set gathered from both processes, and land where one process's do"
+    out,_ = ddp_run
+    m2,m1 = json.loads((out/'metrics.json').read_text()),json.loads((trained/'metrics.json').read_text())
+    assert len(pd.read_csv(out/'predictions.csv'))==len(pd.read_csv(trained/'predictions.csv'))
+    hist = pd.read_csv(out/'history.csv')
+    # the epoch's MAE was gathered from both processes: near the report's, on every validation image in one process
+    # (not equal: fastai pads the shards to equal length, and averages per-batch means)
+    assert len(hist)==2 and abs(hist['mae'].iloc[-1] - m2['mae']) < 0.1*m2['mae'], (hist['mae'].iloc[-1], m2['mae'])
+    assert 0.5*m1['mae']-0.5 <= m2['mae'] <= 1.5*m1['mae']+0.5, (m1['mae'], m2['mae'])
+
+def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
+    whole = run_predict(trained, flower_data[0]/'images', '--out', tmp_path/'all.csv')
+    assert whole.returncode==0, whole.stderr
+    parts = []
+    for k in range(3):
+        r = run_predict(trained, flower_data[0]/'images', '--shard', f'{k}/3', '--out', tmp_path/f'part-{k}.csv')
+        assert r.returncode==0, r.stderr
+        parts.append(pd.read_csv(tmp_path/f'part-{k}.csv', keep_default_na=False))
+    assert [len(p) for p in parts]==[16,16,16]
+    both = pd.concat(parts).sort_values('image').reset_index(drop=True)
+    pd.testing.assert_frame_equal(both, pd.read_csv(tmp_path/'all.csv', keep_default_na=False).sort_values('image').reset_index(drop=True))
+
+@pytest.mark.parametrize('shard', ['3/3', '5/2', 'a/b', '2', '1/0'])
+def test_bad_shard(trained, flower_data, shard):
+    r = run_predict(trained, flower_data[0]/'images', '--shard', shard)
+    assert r.returncode==2 and 'must be K/N with 0 <= K < N' in r.stderr and 'Traceback' not in r.stderr
+
+def test_more_shards_than_images(flower_data):
+    items,_ = find_images([flower_data[0]/'images'])
+    assert take_shard(items, '60/100')==[] and sum(len(take_shard(items, f'{k}/100')) for k in range(100))==len(items)
+
+@pytest.mark.parametrize('mod', ['train', 'predict', 'serve', 'synth'])
+def test_help_names_the_module_without_warnings(mod):
+    r = subprocess.run([sys.executable, '-W', 'error::RuntimeWarning', '-m', f'flowers.{mod}', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode==0 and r.stdout.startswith(f'usage: python -m flowers.{mod}'), r.stdout[:200] + r.stderr
+    assert 'RuntimeWarning' not in r.stderr
