@@ -8,5 +8,10 @@ __all__ = ['FlowersError', 'FlowersDataError', 'read_counts', 'count_block', 'co
 from .errors import FlowersError
 from .images import open_image
 from .data import FlowersDataError, read_counts, count_block, count_dls, count_tfms, default_data
-from .synth import flower_field, make_flowers
-from .predict import Counter, load_counter
+
+_LAZY = dict(flower_field='synth', make_flowers='synth', Counter='predict', load_counter='predict')
+def __getattr__(name):
+    "Modules that are also CLIs load on first use: imported here eagerly, `python -m flowers.predict` would warn (runpy)"
+    if name not in _LAZY: raise AttributeError(f"module 'flowers' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)

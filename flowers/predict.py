@@ -10,7 +10,7 @@ from .images import open_image
 from .progress import progress
 from .precision import auto_precision, check_precision
 
-__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'predict_table']
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'take_shard', 'predict_table']
 
 class Counter:
     "Counts with a trained network: `predict` one image, `predict_batch` many, in real batches"
@@ -126,6 +126,15 @@ def check_csv_out(out) -> Path:
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)): raise FlowersError(f"--out {out}: not writable")
     return out
 
+def take_shard(items:list, # Images in a stable order (as `find_images` gives them)
+               shard:str, # 'K/N': the K-th of N parts, K counted from 0 (as Slurm array and Kubernetes job indexes are)
+              ) -> list:
+    "Every N-th item from the K-th on: N jobs given K = 0..N-1 count every item exactly once"
+    try: k,n = map(int, str(shard).split('/'))
+    except ValueError: k = n = None
+    if n is None or not 0 <= k < n: raise FlowersError(f"--shard {shard}: must be K/N with 0 <= K < N, e.g. 0/4 .. 3/4 for four jobs")
+    return items[k::n]
+
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
     items,errors = [],[]
@@ -158,21 +167,26 @@ def predict_table(counter, # A `Counter`
         if xs: counts[idx] = counter._forward(xs)
     return pd.DataFrame({'image': names, 'count': counts, 'error': errors})
 
+if __name__=='__main__': sys.argv[0] = 'python -m flowers.predict' # the usage line argparse prints
+
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl
          *inputs:str, # Image files, folders (searched recursively) or CSVs with an image column
          out:str=None, # Write the table to this CSV instead of printing it
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
+         shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
         ):
     "Count things in images with a trained model"
     with user_errors():
         if not inputs: raise FlowersError("give at least one image, folder or CSV to count")
         check_int('--bs', bs)
         if out: check_csv_out(out)
+        if shard: take_shard([], shard)
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
+        if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
         df = predict_table(counter, items, bs=bs)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')

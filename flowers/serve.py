@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import threading
+import sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -115,6 +115,8 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
     print(f'Counting with {counter}; open http://{host}:{port}/', flush=True)
     uvicorn.run(create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels),
                 host=host, port=port, log_level='warning')
+
+if __name__=='__main__': sys.argv[0] = 'python -m flowers.serve' # the usage line argparse prints
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl (the safe format is preferred)

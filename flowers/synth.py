@@ -1,5 +1,5 @@
 """Synthetic flower fields: many kinds of heads on many kinds of ground, with a known count and head positions."""
-import json, math, os, numpy as np, pandas as pd
+import json, math, os, sys, numpy as np, pandas as pd
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -182,6 +182,8 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
                  backgrounds=backgrounds, vary_size=vary_size)
     (out/STAMP).write_text(json.dumps(stamp, indent=2))
     return out/'counts.csv'
+
+if __name__=='__main__': sys.argv[0] = 'python -m flowers.synth' # the usage line argparse prints
 
 @call_parse
 def main(out:str, # Folder to write `images/`, `counts.csv`, `points.csv` and `synth.json` into
