@@ -3,7 +3,7 @@ import io, json, os, shutil, stat, struct, subprocess, sys, numpy as np, pandas 
 from PIL import Image
 from flowers import FlowersError
 from flowers.images import open_image
-from flowers.predict import load_counter, predict_table
+from flowers.predict import load_counter, predict_table, find_images, check_csv_out
 from test_predict import run_predict
 
 def _tiff_bad_strip_offsets():
@@ -73,8 +73,8 @@ def test_folder_and_fifo_named_like_images(counter, trained, tmp_path):
     with pytest.raises(FlowersError, match='dir.jpg: not a regular file'): counter.predict(tmp_path/'dir.jpg')
     os.mkfifo(tmp_path/'pipe.jpg')
     with pytest.raises(FlowersError, match='pipe.jpg: not a regular file'): counter.predict(tmp_path/'pipe.jpg')
-    r = run_predict(trained, tmp_path/'pipe.jpg', '--out', tmp_path/'o.csv') # must not block reading the pipe
-    assert r.returncode==1 and 'not a regular file' in pd.read_csv(tmp_path/'o.csv')['error'][0]
+    items,_ = find_images([tmp_path/'pipe.jpg']) # the CLI's path: must not block reading the pipe
+    assert 'not a regular file' in predict_table(counter, items, show_progress=False)['error'][0]
 
 # Model files
 def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
@@ -109,22 +109,23 @@ def test_model_files_are_readable_by_others(trained):
     assert len(set(modes.values()))==1 and modes['model.safetensors'] & stat.S_IROTH, modes
 
 # Predict CLI
-@pytest.mark.parametrize('bs', ['0', '-1'])
-def test_predict_bad_bs(trained, flower_data, bs):
-    r = run_predict(trained, flower_data[1], '--bs', bs)
-    assert r.returncode==2 and f'--bs {bs}: must be a whole number of at least 1' in r.stderr and 'Traceback' not in r.stderr
+def test_predict_bad_bs_exits_2(trained, flower_data):
+    r = run_predict(trained, flower_data[1], '--bs', '-1')
+    assert r.returncode==2 and '--bs -1: must be a whole number of at least 1' in r.stderr and 'Traceback' not in r.stderr
 
-def test_predict_batch_bad_bs(counter, flower_data):
-    with pytest.raises(FlowersError, match='--bs -1'): counter.predict_batch([flower_data[0]/'images'/'00000.jpg'], bs=-1)
+@pytest.mark.parametrize('bs', [0, -1])
+def test_predict_batch_bad_bs(counter, flower_data, bs):
+    with pytest.raises(FlowersError, match=f'--bs {bs}: must be a whole number'): counter.predict_batch([flower_data[0]/'images'/'00000.jpg'], bs=bs)
 
-@pytest.mark.parametrize('where,msg', [(lambda d: d, 'is a folder'), (lambda d: d/'missing'/'out.csv', 'does not exist')])
-def test_predict_out_checked_before_counting(trained, flower_data, tmp_path, where, msg):
-    r = run_predict(trained, flower_data[1], '--out', where(tmp_path))
-    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr
+def test_predict_out_checked_before_counting(trained, flower_data, tmp_path):
+    "A folder given as --out is refused before any image is counted (and a missing folder, in-process)"
+    r = run_predict(trained, flower_data[1], '--out', tmp_path)
+    assert r.returncode==2 and 'is a folder' in r.stderr and 'Traceback' not in r.stderr and 'Wrote' not in r.stdout
+    with pytest.raises(FlowersError, match='does not exist; create it first'): check_csv_out(tmp_path/'missing'/'out.csv')
 
 # Server: limits applied while a request streams in, by bytes and by pixels
 import asyncio
-from flowers.serve import create_app, MB
+from flowers.serve import create_app, serve, MB
 
 def _asgi_post(app, chunks, content_type, length=None):
     "POST `chunks` to /api/count of `app` in-process; the status, the JSON answer, and how many body bytes the app read"
@@ -197,6 +198,7 @@ def test_pixel_budget(app, counter, flower_data):
     assert 'big.png: 3 megapixels; the limit is 2 per image' in rows[1]['error']
     assert 'count' in rows[2] and "over this request's budget of 2.2 megapixels" in rows[3]['error']
 
-def test_port_out_of_range(trained):
-    r = subprocess.run([sys.executable, '-m', 'flowers.serve', str(trained), '--port', '70000'], capture_output=True, text=True, timeout=120)
-    assert r.returncode==2 and '--port 70000: must be at most 65535' in r.stderr and 'Traceback' not in r.stderr
+@pytest.mark.parametrize('port,msg', [(70000, '--port 70000: must be at most 65535'), (-1, '--port -1: must be a whole number of at least 0')])
+def test_port_out_of_range(trained, port, msg):
+    "Checked before the model loads, in-process (the CLI's `user_errors` turns it into exit 2 like every FlowersError)"
+    with pytest.raises(FlowersError, match=msg): serve(trained, port=port)
