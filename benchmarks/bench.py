@@ -122,6 +122,81 @@ def time_to_mae(target=1.0):
             f'epochs until MAE <= {target}': int(hit[0])+1 if len(hit) else None,
             f'fit seconds until MAE <= {target}': int(secs[hit[0]]) if len(hit) else None}
 
+def _photo(f, src, d, w, h, quality):
+    "One synthetic field as a camera photo: upscaled, sensor-like noise (one tile, added in C), and a 256 px copy"
+    import numpy as np
+    from PIL import Image, ImageChops
+    noise = Image.fromarray(np.clip(np.random.default_rng(0).normal(128, 3, (512, 512, 3)), 0, 255).astype(np.uint8))
+    tiles = Image.new('RGB', (w, h))
+    for x in range(0, w, 512):
+        for y in range(0, h, 512): tiles.paste(noise, (x, y))
+    big = ImageChops.add(Image.open(src/'images'/f).convert('RGB').resize((w, h), Image.BICUBIC), tiles, offset=-128)
+    big.save(d/'images'/f, quality=quality)
+    big.resize((256, 192), Image.BILINEAR).save(d/'small'/f, quality=quality)
+
+def _camera(n, w=4032, h=3024, quality=85):
+    "`n` synthetic fields as 12 MP camera JPEGs, and the same at 256 px; made once"
+    import pandas as pd
+    from fastcore.parallel import parallel
+    d = Path(tempfile.gettempdir())/f'flowers-camera-{n}'
+    if not (d/'counts.csv').exists():
+        src = _data(n, size=384)
+        (d/'images').mkdir(parents=True, exist_ok=True); (d/'small').mkdir(exist_ok=True)
+        df = pd.read_csv(src/'counts.csv')
+        parallel(partial(_photo, src=src, d=d, w=w, h=h, quality=quality), df['image'], n_workers=2, progress=False)
+        df.to_csv(d/'counts.csv', index=False)
+    return d
+
+def _counter(model=None, size=64):
+    "A fp32 `Counter` of `model`, or of a small model trained here for 2 epochs: decoding agreement needs weights that react to the image"
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.predict import Counter, load_counter
+    if model: return load_counter(model, precision='fp32')
+    learn = count_learner(count_dls(_data(640)/'counts.csv', size=size, bs=64, verify=False), pretrained=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 3e-3)
+    return Counter.from_learner(learn, precision='fp32')
+
+def camera(n=16, bs=16, model=None):
+    "12 MP JPEGs through `Counter.predict_batch`: images/s, against the same images at 256 px and against full decoding"
+    warnings.filterwarnings('ignore')
+    import numpy as np
+    from PIL import Image
+    from fastai.vision.all import PILImage, image2tensor
+    from flowers.images import to_rgb8
+    d = _camera(n)
+    c = _counter(model)
+    big,small = sorted((d/'images').glob('*.jpg')),sorted((d/'small').glob('*.jpg'))
+    def full(paths): # decode every pixel, then resize: what predict_batch did before decoding at the size needed
+        return c._forward([image2tensor(c.resize(PILImage(to_rgb8(Image.open(p))), split_idx=1)) for p in paths])
+    secs = _times({'12 MP': lambda: c.predict_batch(big, bs=bs), '256 px': lambda: c.predict_batch(small, bs=bs),
+                   '12 MP, full decode': lambda: full(big)}, rounds=5)
+    r = {f'predict_batch, {k} (images/s)': round(n/min(t), 1) for k,t in secs.items()}
+    r['12 MP / 256 px (speed)'] = _ratio(secs, '256 px', '12 MP')
+    r['decode at size / full decode (speed)'] = _ratio(secs, '12 MP, full decode', '12 MP')
+    r['mean |count - full-decode count| (heads)'] = round(float(np.abs(c.predict_batch(big, bs=bs) - full(big)).mean()), 4)
+    r['peak memory (MB)'] = _peak_mb()
+    return r
+
+def folder(n=1000, size=64, bs=64, model=None):
+    "A folder of `n` 12 MP photos: prediction images/s, training's time to its first batch (pre-flight check included) and first epoch"
+    warnings.filterwarnings('ignore')
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.predict import predict_table
+    d = _camera(n)
+    paths = sorted((d/'images').glob('*.jpg'))
+    c = _counter(model)
+    t = time.perf_counter(); predict_table(c, paths, bs=bs, show_progress=False); pred = time.perf_counter()-t
+    t = time.perf_counter()
+    dls = count_dls(d/'counts.csv', size=size, bs=bs) # pre-flight check of every image, as `train` does
+    next(iter(dls.train)); first = time.perf_counter()-t
+    learn = count_learner(dls, pretrained=False)
+    t = time.perf_counter()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
+    return {'photos': n, 'predict a folder (images/s)': round(n/pred, 1), 'training: seconds to the first batch': round(first, 1),
+            'training: first epoch, cache fill included (s)': round(time.perf_counter()-t, 1), 'peak memory (MB)': _peak_mb()}
+
 def _run(f, *args):
     "`f(*args)` in a fresh process"
     with get_context('spawn').Pool(1) as p: return p.apply(f, args)
@@ -140,11 +215,18 @@ def _cpu():
 @call_parse
 def main(out:str='benchmarks/results', # Folder for results.json and results.md
          full:bool=False, # Also time a whole default training run to MAE <= 1.0 (about 10 minutes)
+         photos:int=1000, # 12 MP photos in the whole-folder case (0 skips it)
+         model:str=None, # Model for the camera cases (default: one trained here for 2 epochs)
         ):
     "Measure inference, training and memory side by side, and write JSON and a Markdown table"
     res = dict(cpu=_cpu(), threads=torch.get_num_threads(), torch=torch.__version__, parts={})
+    for n in (128, 640): _data(n) # drawn here, with all cores: each part runs in a pool's worker
+    _camera(16)
+    if photos: _camera(photos)
     for size in (128, 224): res['parts'][f'inference, {size} px (images/s unless noted)'] = _run(infer, size)
     res['parts']['training, 64 px (images/s)'] = _run(train_speed)
+    res['parts']['camera photos, 12 MP JPEG, 64 px model'] = _run(camera, 16, 16, model)
+    if photos: res['parts'][f'a folder of {photos} camera photos, 64 px model'] = _run(folder, photos, 64, 64, model)
     if full: res['parts']['default training run'] = _run(time_to_mae)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out)/'results.json').write_text(json.dumps(res, indent=2))

@@ -1,11 +1,12 @@
 """Reading a counts CSV, checking it, and turning it into fastai `DataLoaders`."""
 import math, os, re, shutil, warnings, pandas as pd
+from concurrent.futures import ThreadPoolExecutor
 from csv import Error as CSVError
 from functools import partial
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersDataError
-from .images import open_image
+from .images import open_image, OpenImage, decode_threads
 from .progress import progress
 from .augment import * # also where export.pkl files from before the split find RotateFit
 
@@ -75,14 +76,17 @@ def _path_problem(fn, img_dir):
         return f"image path '{_short(fn)}' points outside the image folder {img_dir}"
     if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}"
 
-def _image_problems(fnames, img_dir, skip=()):
-    "`(line, message)` for each image that can't be opened, each opened once with a progress bar"
-    problems = []
-    for i in progress(range(len(fnames)), comment='checking images'):
-        if i+2 in skip: continue
-        try: open_image(img_dir/fnames.iloc[i], name=fnames.iloc[i])
-        except FlowersDataError as e: problems.append((i+2, str(e)))
-    return problems
+def _image_problem(fn, img_dir, size=None):
+    "Why image `fn` can't be opened, or None"
+    try: open_image(img_dir/fn, name=fn, size=size)
+    except FlowersDataError as e: return str(e)
+
+def _image_problems(fnames, img_dir, skip=(), size=None):
+    "`(line, message)` for each image that can't be opened, each opened once (at `size`, as training will), in threads"
+    lines = [i+2 for i in range(len(fnames)) if i+2 not in skip]
+    with ThreadPoolExecutor(decode_threads()) as ex:
+        found = ex.map(partial(_image_problem, img_dir=img_dir, size=size), [fnames.iloc[l-2] for l in lines])
+        return [(l,p) for l,p in zip(lines, progress(found, total=len(lines), comment='checking images')) if p]
 
 def _count_problem(s):
     "Why `s` is not a usable count, or None"
@@ -109,6 +113,7 @@ def read_counts(csv, # CSV file with one row per image
                 label_col='count', # Column holding the counts
                 drop_bad=False, # Drop bad rows with a warning instead of raising
                 verify=False, # Also open every image once (a pre-flight check before training)
+                size=None, # Decode images for this model input size in the check (None: every pixel)
                ) -> pd.DataFrame:
     "Read and check a counts CSV: a clean `DataFrame`, or one `FlowersDataError` listing every problem"
     csv = Path(csv)
@@ -124,7 +129,7 @@ def read_counts(csv, # CSV file with one row per image
     for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
         for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
             if p: problems.append((i+2, p))
-    if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems})
+    if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems}, size)
     first = {}
     for i,k in enumerate(str(Path(f)) if f else '' for f in df[fn_col]):
         if k in first and k: problems.append((i+2, f"image '{_short(df[fn_col].iloc[i])}' is listed again (first on line {first[k]})"))
@@ -163,6 +168,15 @@ class CachedDL(TfmdDL):
         if s not in self.cache: self.cache[s] = super().do_item(s)
         return self.cache[s]
 
+    def create_batches(self, samps):
+        "fastai's batches, with the images not yet cached decoded ahead in threads while the model trains"
+        if self.cache is None or len(self.cache)==len(self.dataset) or self.fake_l.num_workers:
+            yield from super().create_batches(samps); return
+        if self.dataset is not None: self.it = iter(self.dataset)
+        ex = ThreadPoolExecutor(decode_threads())
+        try: yield from map(self.do_batch, self.chunkify(filter(lambda o: o is not None, ex.map(self.do_item, samps))))
+        finally: ex.shutdown(wait=False, cancel_futures=True) # lr_find and a `next(iter(dl))` leave mid-epoch: don't decode the rest
+
     def new(self, dataset=None, cls=None, **kwargs):
         # copies (`test_dl`, the exported `Learner`'s) see their items once, or never: no cache unless asked
         return super().new(dataset, cls, **merge(dict(cache=False), kwargs))
@@ -170,7 +184,9 @@ class CachedDL(TfmdDL):
     def fill(self, comment='decoding images once'):
         "Load every item now, e.g. before worker processes start (each would otherwise fill its own copy)"
         if self.cache is not None:
-            for s in progress(range(len(self.dataset)), comment=comment): self.do_item(s)
+            with ThreadPoolExecutor(decode_threads()) as ex: # Pillow decodes without the GIL
+                items = ex.map(super().do_item, range(len(self.dataset)))
+                self.cache.update(enumerate(progress(items, total=len(self.dataset), comment=comment)))
 
 def cache_fits(n, # Number of images
                size, # Their size after resizing
@@ -198,7 +214,8 @@ def count_block(img_dir, # Folder the image names are relative to
                ) -> DataBlock:
     "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
     check_method(method)
-    return DataBlock(blocks=(TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)),
+    # decoded at the size needed, as `Counter` does: train and predict see the same pixels
+    return DataBlock(blocks=(TransformBlock(type_tfms=OpenImage(size), batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)),
                      get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
@@ -234,7 +251,7 @@ def count_dls(csv, # CSV file with one row per image
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:
     "`DataLoaders` of (image, count) batches from a counts CSV"
-    df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad, verify=verify)
+    df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad, verify=verify, size=size)
     valid_col = 'is_valid' if 'is_valid' in df.columns else None
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
                          seed=seed, valid_col=valid_col, aug=aug)

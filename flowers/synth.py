@@ -1,5 +1,5 @@
 """Synthetic flower fields: many kinds of heads on many kinds of ground, with a known count and head positions."""
-import json, math, os, sys, numpy as np, pandas as pd
+import json, math, multiprocessing, os, sys, numpy as np, pandas as pd
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -174,8 +174,11 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     counts = np.random.default_rng(seed).integers(0, max_count+1, n)
     f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
+    if multiprocessing.current_process().daemon: n_workers = 0 # a pool's worker may not start processes
     res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers if n>=64 else 0, progress=show_progress and interactive(),
                    chunksize=16, threadpool=False)
+    # fastcore's process pool hands back nothing, not an exception, when its workers fail: never write a short data set
+    if len(res)!=n: raise RuntimeError(f"drawing {n} images with {n_workers} processes returned {len(res)}; try n_workers=0")
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
     pd.DataFrame([p for _,ps in res for p in ps], columns=['image','x','y','r']).to_csv(out/'points.csv', index=False)
     stamp = dict(version=SYNTH_VERSION, n=n, size=size, max_count=max_count, seed=seed, heads=heads,

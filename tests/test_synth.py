@@ -94,3 +94,12 @@ def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     before = csv.stat().st_mtime_ns
     default_data(n=6, size=32, path=tmp_path)
     assert csv.stat().st_mtime_ns==before and capsys.readouterr().out==''
+
+def _draw_in_worker(out):
+    from flowers.synth import make_flowers
+    return len(pd.read_csv(make_flowers(out, n=70, size=48, show_progress=False)))
+
+def test_drawing_inside_a_pool_worker(tmp_path):
+    "A pool's worker process may not start processes: fastcore's pool then returned nothing, and an empty CSV was written"
+    from multiprocessing import get_context
+    with get_context('spawn').Pool(1) as p: assert p.apply(_draw_in_worker, (tmp_path/'d',))==70
