@@ -1,12 +1,13 @@
 """Counting with a trained model: `load_counter`, batch predictions, and `python -m flowers.predict`."""
 import os, pickle, sys, types, warnings, numpy as np, pandas as pd
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
 from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
-from .images import open_image
+from .images import open_image, decode_threads
 from .progress import progress
 from .precision import auto_precision, check_precision
 
@@ -22,8 +23,10 @@ class Counter:
                  meta=None, # What `model.json` says about the model
                  precision='auto', # 'auto', 'fp32', 'bf16' or 'fp16' (CUDA)
                  device=None, # Default: CUDA if available, else the CPU
+                 calibration=None, # Its `Calibration`: intervals and unusual-image flags (default: the `Learner`'s)
                 ):
-        store_attr(but='model')
+        store_attr(but='model,calibration')
+        self.calibration = calibration if calibration is not None else getattr(learn, 'calibration', None)
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         check_precision(precision, self.device)
         self.precision = auto_precision(self.device) if precision=='auto' else precision
@@ -46,18 +49,40 @@ class Counter:
         return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
 
     def _tensor(self, img, name=None):
-        "One image (path, PIL image, array or bytes) as a resized uint8 tensor"
-        return image2tensor(self.resize(open_image(img, name), split_idx=1))
+        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed"
+        return image2tensor(self.resize(open_image(img, name, size=self.size), split_idx=1))
 
-    def _forward(self, xs):
-        "Counts for a list of uint8 tensors"
+    def _tensor_or_error(self, img, name=None):
+        try: return self._tensor(img, name)
+        except FlowersError as e: return e
+
+    def _forward(self, xs, feats=False):
+        "Counts for a list of uint8 tensors; with `feats`, also the pooled body features"
         x = self.norm(TensorImage(torch.stack(xs).to(self.device).float()/255.)).as_subclass(Tensor).contiguous(memory_format=self.fmt)
         dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(self.precision)
         body,head = self.model[0],self.model[1:] # fastai's (body, head)
         with torch.inference_mode():
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None): feats = body(x)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None): f = body(x).float()
             # the small head in fp32: on our validation set this keeps bf16 within 0.03 heads of fp32 (0.12 with it in bf16)
-            return head(feats.float()).float().flatten().cpu().numpy()
+            counts = head(f).float().flatten().cpu().numpy()
+            return (counts, f.mean((2,3)).cpu().numpy()) if feats else counts
+
+    def _calibration(self):
+        if self.calibration is None: raise FlowersError("this model has no calibration (trained before intervals were recorded); train it again")
+        return self.calibration
+
+    def predict_interval(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                         level=None, # Probability that the interval holds the true count (default: the model's, 0.9)
+                        ) -> tuple:
+        "`(count, low, high)`: split-conformal, so `level` of images like the validation set have their true count inside"
+        count = self.predict(img)
+        low,high = self._calibration().interval([count], level)
+        return count,float(low[0]),float(high[0])
+
+    def is_unusual(self, img) -> bool:
+        "Does `img` look unlike every training image (its features are far from theirs), or have more heads than any?"
+        counts,feats = self._forward([self._tensor(img)], feats=True)
+        return bool(self._calibration().unusual(feats, counts)[0][0])
 
     def predict(self, img) -> float:
         "The count in one image: a path, `PIL.Image`, numpy array or raw bytes"
@@ -114,8 +139,8 @@ def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `
     path = Path(path)
     if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
     if path.suffix in ('.safetensors','.json'):
-        model,meta = load_safe(path)
-        return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device)
+        model,meta,cal = load_safe(path)
+        return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device, calibration=cal)
     return Counter.from_learner(load_pkl(path), precision=precision, device=device)
 
 def check_csv_out(out) -> Path:
@@ -154,18 +179,34 @@ def predict_table(counter, # A `Counter`
                   bs=64, # Batch size
                   names=None, # How to name each item (default: the item itself)
                   show_progress=True, # Progress bar for more than one batch
+                  level=None, # Add `low`,`high` columns: an interval holding the true count with this probability (e.g. 0.9)
                  ) -> pd.DataFrame:
-    "A row per image, in order: image, count, and the error for images that couldn't be read (the rest are still counted)"
+    "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
+    cal = counter.calibration
+    if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names = [str(o) for o in (names or items)]
-    counts,errors = np.full(len(items), np.nan),['']*len(items)
-    for i in progress(range(0, len(items), bs), show=show_progress and len(items)>bs):
-        idx,xs = [],[]
-        for j in range(i, min(i+bs, len(items))):
-            try: xs.append(counter._tensor(items[j], names[j])); idx.append(j)
-            except FlowersError as e: errors[j] = str(e)
-        if xs: counts[idx] = counter._forward(xs)
-    return pd.DataFrame({'image': names, 'count': counts, 'error': errors})
+    counts,feats,errors = np.full(len(items), np.nan),{},['']*len(items)
+    with ThreadPoolExecutor(decode_threads()) as ex:
+        decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
+        ahead = decode(0) if len(items) else []
+        for i in progress(range(0, len(items), bs), show=show_progress and len(items)>bs):
+            batch,ahead = ahead,(decode(i+bs) if i+bs < len(items) else []) # the next batch decodes while this one is counted
+            idx,xs = [],[]
+            for j,f in enumerate(batch, i):
+                x = f.result()
+                if isinstance(x, FlowersError): errors[j] = str(x)
+                else: xs.append(x); idx.append(j)
+            if xs: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
+    df = pd.DataFrame({'image': names, 'count': counts})
+    if level is not None: df['low'],df['high'] = cal.interval(counts, level)
+    if cal is not None:
+        ok = sorted(feats)
+        flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok]) if ok else ([],[])
+        df['unusual'],df['note'] = False,''
+        df.loc[ok, 'unusual'],df.loc[ok, 'note'] = flags,notes
+    df['error'] = errors
+    return df
 
 if __name__=='__main__': sys.argv[0] = 'python -m flowers.predict' # the usage line argparse prints
 
@@ -176,6 +217,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
+         interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9
         ):
     "Count things in images with a trained model"
     with user_errors():
@@ -188,9 +230,11 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
         if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        df = predict_table(counter, items, bs=bs)
+        df = predict_table(counter, items, bs=bs, level=interval)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
         n_bad = int((df['error']!='').sum())
         if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
+        n_odd = int(df['unusual'].sum()) if 'unusual' in df else 0
+        if n_odd: print(f'{n_odd} of {len(df)} images flagged as unusual (see the note column): their counts may be meaningless', file=sys.stderr)
     if n_bad: sys.exit(1)

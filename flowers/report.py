@@ -6,7 +6,7 @@ from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .images import open_image
 
-__all__ = ['save_fig', 'count_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
+__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
 
 def save_fig(fig, fname, dpi=100):
     "Save `fig` to `fname` atomically, and close it"
@@ -53,6 +53,17 @@ def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9):
     if fname is None: return plt.gcf()
     save_fig(plt.gcf(), fname, dpi=72)
 
+def interval_metrics(cal, # The model's `Calibration`, or None
+                     preds:pd.DataFrame, # `valid_predictions`
+                     level=0.9, # Interval level
+                    ) -> dict:
+    "Coverage and mean width of the `level` intervals on `preds`, and the share flagged unusual by count"
+    if cal is None: return {}
+    low,high = cal.interval(preds['predicted'], level)
+    inside = (preds['count'] >= low) & (preds['count'] <= high)
+    # on the images that calibrated it, coverage is at least `level` by construction; benchmarks/calibration.py measures fresh ones
+    return dict(interval=dict(level=level, coverage=float(inside.mean()), mean_width=float((high-low).mean()), measured_on='validation (calibration) set'))
+
 def versions() -> dict:
     "Versions of the libraries a model depends on"
     import fastai, fastcore, torchvision, PIL, flowers
@@ -75,7 +86,7 @@ def write_report(learn, # The trained `Learner`
     preds = valid_predictions(learn, fn_col)
     with atomic_path(out/'predictions.csv') as tmp: preds.to_csv(tmp, index=False)
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
-             **info, versions=versions())
+             **interval_metrics(getattr(learn, 'calibration', None), preds), **info, versions=versions())
     atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))
     learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
     plot_predicted_vs_true(preds, out/'predicted_vs_true.png')

@@ -5,6 +5,7 @@ from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
 from .learner import ARCHS, get_arch
+from .calibrate import Calibration
 from .atomic import atomic_path, atomic_text
 
 __all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_safe', 'load_safe']
@@ -13,7 +14,7 @@ FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize') # what builds and feeds the network: hashed with the weights
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual') # what builds, feeds and qualifies the network: hashed with the weights
 MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
 
 def _net_sha256(weights, meta):
@@ -65,16 +66,18 @@ def save_safe(learn, # A trained count `Learner`
     "Write the weights as safetensors and the rest as JSON, with the weights' sha256"
     path = Path(path)
     sd = {k:v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
+    cal = getattr(learn, 'calibration', None)
+    cal_meta,cal_tensors = cal.to_meta() if cal is not None else ({},{})
     with atomic_path(path/'model.safetensors') as tmp:
-        save_file(sd, tmp)
-        meta = safe_meta(learn, arch, **extra, sha256=_sha256(tmp))
+        save_file({**sd, **cal_tensors}, tmp)
+        meta = safe_meta(learn, arch, **extra, **cal_meta, sha256=_sha256(tmp))
         meta['net_sha256'] = _net_sha256(tmp, meta)
     atomic_text(path/'model.json', json.dumps(meta, indent=2))
     return path/'model.safetensors'
 
 def load_safe(path, # `model.safetensors` or `model.json` (the other is found beside it)
              ) -> tuple:
-    "The network rebuilt with `create_vision_model(..., pretrained=False)` and its weights, and the metadata; no pickle"
+    "The network rebuilt with `create_vision_model(..., pretrained=False)` and its weights, the metadata, and its `Calibration` (or None); no pickle"
     path = Path(path)
     weights,jfile = path.with_suffix('.safetensors'),path.with_suffix('.json')
     for f in (weights,jfile):
@@ -89,8 +92,11 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     check_meta(meta, jfile)
     try: sd = load_file(weights)
     except Exception as e: raise FlowersError(f"{weights}: not a readable safetensors file ({e})")
+    cal = {k:sd.pop(k) for k in [k for k in sd if k.startswith('calibration.')]}
     model = create_vision_model(get_arch(meta['arch']), meta['n_out'], pretrained=False, y_range=tuple(meta['y_range']),
                                 ps=meta.get('ps', 0.5)) # models saved before `ps` was recorded had fastai's default
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
-    return model.eval(),meta
+    try: cal = Calibration.from_meta(meta, cal)
+    except (KeyError, TypeError, ValueError) as e: raise FlowersError(f"{jfile}: its calibration fields are incomplete ({e}); re-export the model")
+    return model.eval(),meta,cal

@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import sys, threading
+import math, sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -49,6 +49,15 @@ def _pixel_budget(blobs, max_mp, request_mp) -> dict:
         else: total += px
     return errors
 
+def _row(r) -> dict:
+    "One `predict_table` row as the API answers it: the error alone, or the count with its interval and unusual flag when known"
+    if r['error']: return dict(image=r['image'], error=r['error'])
+    out = dict(image=r['image'], count=float(r['count']))
+    # too few validation images for the level leave the top open: JSON has no infinity, so it says null
+    if 'low' in r: out.update(low=float(r['low']), high=float(r['high']) if math.isfinite(r['high']) else None)
+    if 'unusual' in r: out.update(unusual=bool(r['unusual']), note=r['note'])
+    return out
+
 def create_app(counter, # A `Counter`, loaded once
                max_upload_mb=20., # Largest single image
                max_request_mb=100., # Largest request (all its images)
@@ -62,8 +71,9 @@ def create_app(counter, # A `Counter`, loaded once
     def _count(blobs):
         refused = _pixel_budget(blobs, max_megapixels, max_request_megapixels)
         ok = [i for i in range(len(blobs)) if i not in refused]
-        with lock: df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False)
-        rows = {i:(dict(image=r.image, error=r.error) if r.error else dict(image=r.image, count=float(r.count))) for i,r in zip(ok, df.itertuples())}
+        level = 0.9 if counter.calibration is not None else None
+        with lock: df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level)
+        rows = {i:_row(r) for i,r in zip(ok, df.to_dict('records'))}
         rows.update({i:dict(image=blobs[i][0], error=e) for i,e in refused.items()})
         return [rows[i] for i in range(len(blobs))]
 

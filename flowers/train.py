@@ -8,6 +8,7 @@ from .data import count_dls, default_data, check_method
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss
 from .report import write_report, versions, save_fig
 from .safe import save_safe
+from .calibrate import calibrate
 from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
@@ -194,7 +195,8 @@ def _resume_state(run):
     return state
 
 def _export(learn, out, a):
-    "Write `export.pkl` and the safe format, each atomically"
+    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
+    learn.calibration = calibrate(learn)
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
 

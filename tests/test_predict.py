@@ -1,7 +1,7 @@
-import pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
+import json, pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.errors import FlowersError
-from flowers.predict import load_counter
+from flowers.predict import load_counter, predict_table
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -116,3 +116,63 @@ def test_cli_usage_errors(trained, tmp_path):
     (tmp_path/'a.jpg').write_bytes(b'')
     r = run_predict(tmp_path/'nomodel', tmp_path)
     assert r.returncode==2 and 'model file not found' in r.stderr and 'Traceback' not in r.stderr
+
+@pytest.fixture(scope='module')
+def camera_jpeg(flower_data, tmp_path_factory):
+    "A field upscaled to a 2400x1800 camera-like JPEG"
+    f = tmp_path_factory.mktemp('camera')/'photo.jpg'
+    Image.open(flower_data[0]/'images'/'00003.jpg').convert('RGB').resize((2400, 1800), Image.BICUBIC).save(f, quality=90)
+    return f
+
+def test_large_jpeg_decoded_at_the_size_needed(trained, camera_jpeg):
+    "libjpeg's draft mode and a box reduction bring it to no less than twice the model's input size, never below"
+    from flowers.images import open_image
+    size = json.loads((trained/'model.json').read_text())['size']
+    img = open_image(camera_jpeg, size=size)
+    assert 2*size <= min(img.size) < 4*size and img.size[0]*1800 == pytest.approx(img.size[1]*2400, rel=0.02)
+    assert open_image(camera_jpeg).size==(2400, 1800) # without a size: every pixel
+
+def test_training_and_prediction_paths_agree_on_large_photos(trained, camera_jpeg):
+    "fastai's `learn.predict` (the exported DataBlock's decoding) and `Counter`, pickle and safe format, see the same pixels"
+    pkl,safe = load_counter(trained/'export.pkl', precision='fp32'),load_counter(trained, precision='fp32')
+    want = float(pkl.learn.predict(camera_jpeg)[0][0])
+    assert pkl.predict(camera_jpeg)==pytest.approx(want, abs=1e-4) and safe.predict(camera_jpeg)==pytest.approx(want, abs=1e-4)
+
+def test_decoding_threads_keep_order_and_errors(counters, flower_data, tmp_path):
+    "Batches decoded ahead in threads: the rows stay in order, a bad image in the middle stays on its row"
+    imgs = sorted((flower_data[0]/'images').glob('*.jpg'))[:20]
+    (tmp_path/'bad.jpg').write_bytes(b'not a jpeg')
+    items = imgs[:7] + [tmp_path/'bad.jpg'] + imgs[7:]
+    from flowers.predict import predict_table
+    df = predict_table(counters[1], items, bs=4, show_progress=False)
+    assert list(df['image'])==[str(i) for i in items] and (df['error']!='').sum()==1 and 'bad.jpg' in df['error'][7]
+    assert np.allclose(df['count'].drop(index=7), [counters[1].predict(i) for i in imgs], atol=1e-4)
+
+# Intervals and unusual images (the must-show numbers are measured by benchmarks/calibration.py on a real run)
+def test_calibration_recorded(trained):
+    m,meta = json.loads((trained/'metrics.json').read_text()),json.loads((trained/'model.json').read_text())
+    assert m['interval']['level']==0.9 and 0 <= m['interval']['coverage'] <= 1 and m['interval']['mean_width'] > 0
+    assert len(meta['conformal']['scores'])==m['n_valid'] and meta['unusual']['max_count']==8 and meta['unusual']['threshold'] > 0
+
+def test_interval_same_from_both_formats(counters, flower_data):
+    f = flower_data[0]/'images'/'00005.jpg'
+    (c1,lo1,hi1),(c2,lo2,hi2) = (c.predict_interval(f) for c in counters)
+    assert 0 <= lo1 <= c1 <= hi1 and lo1==pytest.approx(lo2, abs=1e-3) and hi1==pytest.approx(hi2, abs=1e-3)
+    assert counters[0].predict_interval(f, 0.5)[2] <= hi1 # a lower level is a narrower interval
+
+def test_more_heads_than_trained_on_is_flagged(counters):
+    "The fingerprint's own test of a count: above the largest training count is unusual, with a note saying so"
+    cal = counters[1].calibration
+    flags,notes = cal.unusual(cal.mean[None], [cal.max_count + 1])
+    assert flags[0] and 'more than the largest training count (8)' in notes[0]
+    flags,notes = cal.unusual(cal.mean[None], [1.])
+    assert not flags[0] and notes[0]==''
+
+def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path):
+    r = run_predict(trained, flower_data[1], '--interval', '0.9', '--out', tmp_path/'o.csv')
+    assert r.returncode==0, r.stderr
+    df = pd.read_csv(tmp_path/'o.csv', keep_default_na=False)
+    assert list(df.columns)==['image','count','low','high','unusual','note','error']
+    assert (df['low'] <= df['count']).all() and (df['count'] <= df['high']).all() and (df['low'] >= 0).all()
+    assert df['unusual'].isin([True, False]).all()
+    with pytest.raises(FlowersError, match='between 0 and 1'): predict_table(load_counter(trained), [flower_data[0]/'images'/'00000.jpg'], level=1.5)

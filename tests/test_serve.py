@@ -100,5 +100,26 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
         shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
         assert abs(float(shown[0].text) - counter.predict(p)) < 0.051 # the page shows one decimal
         assert b.find_element(By.ID, 'total-count').text==shown[0].text
+        c,lo,hi = counter.predict_interval(p)
+        assert b.find_element(By.CSS_SELECTOR, '.interval').text==f'({lo:.1f}–{hi:.1f})'
         if os.environ.get('FLOWERS_SCREENSHOT'): b.save_screenshot(os.environ['FLOWERS_SCREENSHOT'])
+    finally: b.quit()
+
+def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
+    "A photo named like markup, and a broken one whose error message repeats the name, show as text"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    evil = "<img src=x onerror=document.title='PWNED'>"
+    good,bad = tmp_path/f'{evil}.jpg',tmp_path/f'{evil}2.jpg'
+    shutil.copy(_imgs(flower_data, 1)[0], good); bad.write_bytes(b'not an image')
+    b = _browser()
+    try:
+        b.get(server+'/')
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp)
+        inp.send_keys(f'{good}\n{bad}')
+        WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card'))==2)
+        time.sleep(0.5) # an injected onerror would fire now
+        assert b.title!='PWNED' and not b.find_elements(By.CSS_SELECTOR, '.card div img')
+        assert evil in b.find_element(By.CSS_SELECTOR, '.error').text and f'{evil}.jpg' in b.find_elements(By.CSS_SELECTOR, '.card div')[0].text
     finally: b.quit()
