@@ -1,6 +1,6 @@
 """How sure is a trained model, honestly? Interval coverage on fresh images, and which images it flags as unusual.
 
-    python benchmarks/calibration.py models/run-...            # a run folder (default: trains the default recipe first)
+    python benchmarks/calibration.py --model models/run-...    # a run folder (default: trains the default recipe first)
 
 On a fresh synthetic set (a new seed, the training styles): coverage and mean width of the 90% intervals, and the share
 flagged unusual. On fields of held-out families: the same, honestly. On images unlike any training image (noise, solid
