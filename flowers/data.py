@@ -174,7 +174,7 @@ class CachedDL(TfmdDL):
             yield from super().create_batches(samps); return
         if self.dataset is not None: self.it = iter(self.dataset)
         ex = ThreadPoolExecutor(decode_threads())
-        try: yield from map(self.do_batch, self.chunkify(filter(lambda o: o is not None, ex.map(self.do_item, samps))))
+        try: yield from map(self.do_batch, self.chunkify(o for o in ex.map(self.do_item, samps) if o is not None))
         finally: ex.shutdown(wait=False, cancel_futures=True) # lr_find and a `next(iter(dl))` leave mid-epoch: don't decode the rest
 
     def new(self, dataset=None, cls=None, **kwargs):
