@@ -175,3 +175,8 @@ def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path)
     assert (df['low'] <= df['count']).all() and (df['count'] <= df['high']).all() and (df['low'] >= 0).all()
     assert df['unusual'].isin([True, False]).all()
     with pytest.raises(FlowersError, match='between 0 and 1'): predict_table(load_counter(trained), [flower_data[0]/'images'/'00000.jpg'], level=1.5)
+
+def test_is_unusual_same_from_both_formats(counters, valid_images):
+    "The public call on the pickle and on the safe format: same flags, and a bool"
+    flags = [[c.is_unusual(f) for f in valid_images[:4]] for c in counters]
+    assert flags[0]==flags[1] and all(isinstance(f, bool) for f in flags[0])
