@@ -19,6 +19,8 @@ RESULTS = Path(__file__).parent/'results'
 # Recipes compared; each is a set of `train` arguments over the defaults
 RECIPES = dict(
     default = dict(),
+    r34 = dict(arch='resnet34', epochs=6), # resnet34 in the same time as the default
+    pool = dict(head='pool'), # fastai's pooled head, trained from counts alone
     basic = dict(aug=dict(max_lighting=.2, min_scale=1., max_saturation=0, max_hue=0, max_blur=0, max_noise=0)), # before this benchmark
     noaug = dict(aug=False),
 )
@@ -62,6 +64,11 @@ def _table(rows) -> str:
                      f"{r['constant_mae']:.2f} | {r['empty_max']:.2f} ({b}) | {r['seconds']:.0f} |")
     return '\n'.join(lines)
 
+def write_results(rows, name='generalisation'):
+    "Write `rows` to benchmarks/results/`name`.json and .md"
+    (RESULTS/f'{name}.json').write_text(json.dumps(rows, indent=2))
+    (RESULTS/f'{name}.md').write_text(_table(rows) + '\n')
+
 @call_parse
 def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:background pairs, comma-separated
          recipes:str='default', # Recipes to compare (names in RECIPES), comma-separated
@@ -84,7 +91,3 @@ def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:
         write_results(rows, name) # after each pair: a long run stopped early keeps what it measured
     print(_table(rows))
 
-def write_results(rows, name='generalisation'):
-    "Write `rows` to benchmarks/results/`name`.json and .md"
-    (RESULTS/f'{name}.json').write_text(json.dumps(rows, indent=2))
-    (RESULTS/f'{name}.md').write_text(_table(rows) + '\n')

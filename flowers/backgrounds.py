@@ -36,20 +36,38 @@ def _noise(rng, w, h):
     fine = (value_noise(rng, w, h, max(w,h)//rng.integers(2, 5)) - .5)[...,None]*rng.uniform(10, 70)
     return a + (b-a)*mix + fine
 
-def _pebbles(rng, w, h):
-    "Gravel, pebbles or bark mulch: many small stones or chips on soil"
+def _stones(rng, w, h, chips):
+    "Many small stones (ellipses with a darker rim) or bark chips (thin rotated boxes) on soil"
     img = Image.fromarray(np.broadcast_to(earth_colour(rng)*.7, (h,w,3)).astype(np.uint8))
     d = ImageDraw.Draw(img)
-    mulch,s = rng.random()<.5,min(w,h)*rng.uniform(.02, .06)
+    s = min(w,h)*rng.uniform(.02, .06)
     n = int(w*h/s**2*rng.uniform(.6, 1.2))
     grey = rng.random()<.5
-    base = _hsv(rng.uniform(.05, .12), rng.uniform(0, .15) if grey else rng.uniform(.3, .6), rng.uniform(.35, .75))
+    base = _hsv(rng.uniform(.05, .12), rng.uniform(0, .12) if grey else rng.uniform(.15, .35), rng.uniform(.3, .6)) # duller than any head
     xy,sz,ang = rng.random((n,2))*(w,h),s*rng.uniform(.5, 1.5, (n,2)),rng.uniform(0, math.pi, n)
-    for (x,y),(a,b),t,c in zip(xy, sz, ang, jitters(rng, base, n, 35)):
-        if mulch: b = a*.3
-        ca,sa = math.cos(t),math.sin(t)
-        corners = [(x+ca*u-sa*v, y+sa*u+ca*v) for u,v in ((-a,-b),(a,-b),(a,b),(-a,b))] if mulch else None
-        d.polygon(corners, fill=c) if mulch else d.ellipse((x-a, y-b, x+a, y+b), fill=c, outline=tuple(int(v*.6) for v in c))
+    for (x,y),(a,b),t,c in zip(xy, sz, ang, jitters(rng, base, n, 22)):
+        if chips:
+            ca,sa,b = math.cos(t),math.sin(t),a*.3
+            d.polygon([(x+ca*u-sa*v, y+sa*u+ca*v) for u,v in ((-a,-b),(a,-b),(a,b),(-a,b))], fill=c)
+        else: d.ellipse((x-a, y-b, x+a, y+b), fill=c, outline=tuple(int(v*.6) for v in c))
+    return np.asarray(img, np.float32)
+
+def _pebbles(rng, w, h):
+    "Gravel or pebbles: many small rounded stones on soil"
+    return _stones(rng, w, h, chips=False)
+
+def _mulch(rng, w, h):
+    "Bark mulch or wood chips: many thin chips on soil"
+    return _stones(rng, w, h, chips=True)
+
+def _litter(rng, w, h):
+    "Leaf litter: dry leaves in browns and yellows, overlapping on soil"
+    img = Image.fromarray(np.broadcast_to(earth_colour(rng)*.6, (h,w,3)).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    base = _hsv(rng.uniform(.04, .14), rng.uniform(.3, .7), rng.uniform(.3, .6))
+    for c in jitters(rng, base, int(rng.integers(40, 120)), 30):
+        d.polygon(leaf_poly(rng, rng.uniform(0, w), rng.uniform(0, h), min(w,h)*rng.uniform(.06, .2), rng.uniform(0, 2*math.pi)),
+                  fill=c, outline=tuple(int(v*.7) for v in c))
     return np.asarray(img, np.float32)
 
 def _foliage(rng, w, h):
@@ -87,4 +105,4 @@ def _grass(rng, w, h):
     for e,c in zip(ends, jitters(rng, leaf_colour(rng), n, 40)): d.line(e, fill=c, width=1)
     return np.asarray(img, np.float32)
 
-BACKGROUNDS = dict(noise=_noise, pebbles=_pebbles, foliage=_foliage, plain=_plain, grain=_grain, grass=_grass)
+BACKGROUNDS = dict(noise=_noise, pebbles=_pebbles, mulch=_mulch, litter=_litter, foliage=_foliage, plain=_plain, grain=_grain, grass=_grass)

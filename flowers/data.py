@@ -8,10 +8,11 @@ from fastai.vision.all import *
 from .errors import FlowersDataError
 from .images import open_image, OpenImage, decode_threads
 from .progress import progress
+from .density import pad_points
 from .augment import * # also where export.pkl files from before the split find RotateFit
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
-           'count_tfms', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
+           'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 DATA_DIR = Path(__file__).resolve().parents[1]/'data'
@@ -151,6 +152,31 @@ def read_counts(csv, # CSV file with one row per image
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df
 
+def _image_size(fn):
+    "Width and height of image file `fn` as saved, from its header"
+    with Image.open(fn) as im: return im.size
+
+def read_points(df, # A clean counts `DataFrame` from `read_counts`
+                fn_col='image', # Column holding image file names
+                label_col='count', # Column holding the counts
+               ):
+    "Head centres from `points.csv` beside the counts CSV (`image,x,y` in pixels), as -1..1 coordinates per row of `df`; None without one"
+    f = Path(df.attrs['csv']).with_name('points.csv')
+    if not f.is_file(): return None
+    try: pts = pd.read_csv(f)
+    except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None
+    if not {'image','x','y'} <= set(pts.columns):
+        warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
+    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby('image')}
+    empty = np.zeros((0,2), 'float32')
+    xy = [groups.get(fn, empty) for fn in df[fn_col]]
+    bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
+    if bad:
+        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts; training from the counts only")
+        return None
+    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(_image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
+    return pd.Series([p*2/np.array(sz, 'float32') - 1 for p,sz in zip(xy, sizes)], index=df.index, dtype=object)
+
 def check_method(method):
     "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
     if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
@@ -211,12 +237,17 @@ def count_block(img_dir, # Folder the image names are relative to
                 seed=42, # Random seed for the split
                 valid_col=None, # Boolean column marking validation rows, instead of a random split
                 aug=True, # Apply `count_tfms` to training batches; a dict sets its arguments
+                points_col=None, # Column of head centres (-1..1, from `read_points`): (image, count, points) items
                ) -> DataBlock:
-    "A `DataBlock` from a counts `DataFrame` to (image, count) pairs"
+    "A `DataBlock` from a counts `DataFrame` to (image, count) pairs, or (image, count, points) triples"
     check_method(method)
     # decoded at the size needed, as `Counter` does: train and predict see the same pixels
-    return DataBlock(blocks=(TransformBlock(type_tfms=OpenImage(size), batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)),
-                     get_x=ColReader(fn_col, pref=Path(img_dir)), get_y=ColReader(label_col),
+    blocks = [TransformBlock(type_tfms=OpenImage(size), batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)]
+    getters = [ColReader(fn_col, pref=Path(img_dir)), ColReader(label_col)]
+    if points_col: # already in -1..1: Resize and the augmentation move them with the image
+        blocks.append(TransformBlock(type_tfms=TensorPoint.create, item_tfms=PointScaler(do_scale=False)))
+        getters.append(ColReader(points_col))
+    return DataBlock(blocks=blocks, getters=getters, n_inp=1,
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
                      batch_tfms=_aug_tfms(aug), dl_type=CachedDL)
@@ -248,17 +279,21 @@ def count_dls(csv, # CSV file with one row per image
               aug=True, # Count-preserving augmentation of training batches (`count_tfms`; a dict sets its arguments)
               num_workers=0, # Data-loading processes
               cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory
+              points=True, # Also read head centres from `points.csv` beside the CSV, if there is one (`read_points`)
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:
-    "`DataLoaders` of (image, count) batches from a counts CSV"
+    "`DataLoaders` of (image, count) batches from a counts CSV, with each image's head centres when `points.csv` has them"
     df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad, verify=verify, size=size)
     valid_col = 'is_valid' if 'is_valid' in df.columns else None
+    pts = read_points(df, fn_col, label_col) if points else None
+    if pts is not None: df['_points'] = pts
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
-                         seed=seed, valid_col=valid_col, aug=aug)
+                         seed=seed, valid_col=valid_col, aug=aug, points_col='_points' if pts is not None else None)
     set_seed(seed) # the shuffling order, too, follows the seed
     bs = _fit_bs(bs, [len(o) for o in dblock.splitter(df)], df.attrs['csv'], valid_col) # the splitters are seeded: the same split again
     dsets = dblock.datasets(df)
     cache = cache and cache_fits(len(df), size)
+    if pts is not None: kwargs['before_batch'] = pad_points
     dls = dsets.dataloaders(bs=bs, num_workers=num_workers, cache=cache, after_item=dblock.item_tfms, after_batch=dblock.batch_tfms, **kwargs)
     if cache and num_workers:
         for dl in dls: dl.fill()

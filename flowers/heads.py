@@ -29,7 +29,7 @@ def head_colours(rng) -> tuple:
     if rng.random() < .2: petal = _rgb(rng.random(), rng.uniform(0, .12), rng.uniform(.85, 1))
     else:
         h = rng.uniform(.42, 1.22) # skips .22..42, the greens of leaves and grass
-        petal = _rgb(h, rng.uniform(.35, 1), rng.uniform(.6, 1))
+        petal = _rgb(h, rng.uniform(.45, 1), rng.uniform(.65, 1)) # brighter and more saturated than stones and soil
     centre = [_rgb(rng.uniform(.1, .16), rng.uniform(.7, 1), rng.uniform(.8, 1)), # yellow
               _rgb(rng.uniform(.05, .1), rng.uniform(.5, .9), rng.uniform(.2, .45)), # brown
               _rgb(0, 0, rng.uniform(.9, 1)), # white

@@ -1,11 +1,12 @@
 """A fastai `Learner` that counts: a torchvision ResNet with one output, and where its weights come from."""
-import warnings, torch, torchvision
+import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
+from .density import HEAD_TYPES, MAP_CUT, PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
-           'load_body_weights', 'check_loss', 'init_output', 'count_y_range', 'count_learner']
+           'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 LOSSES = dict(mse=MSELossFlat, l1=L1LossFlat, huber=partial(BaseLoss, nn.HuberLoss, floatify=True))
@@ -46,7 +47,15 @@ def resolve_pretrained(arch, # Architecture name
     warnings.warn(_missing_msg(arch) + '. Training from random init instead.', stacklevel=2)
     return False
 
-def load_body_weights(learn, arch, fname):
+def check_head(head):
+    "Raise unless `head` names one of `HEAD_TYPES`"
+    if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
+
+def body_cut(arch, head='map'):
+    "Where the body of `arch` ends for `head`: before layer4 for a count map, fastai's usual cut for a pooled head"
+    return MAP_CUT if head=='map' else model_meta[get_arch(arch)]['cut']
+
+def load_body_weights(learn, arch, fname, head='map'):
     "Load a torchvision state dict for `arch` from `fname` into the body of `learn`'s model"
     fname = Path(fname)
     if not fname.is_file(): raise FlowersError(f"--weights {fname}: file not found")
@@ -58,7 +67,7 @@ def load_body_weights(learn, arch, fname):
     except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({str(e).splitlines()[0]})")
     loaded = set(sd) & set(m.state_dict())
     if not loaded: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
-    body = create_body(m, 3, True, model_meta[get_arch(arch)]['cut'])
+    body = create_body(m, 3, True, body_cut(arch, head))
     learn.model[0].load_state_dict(body.state_dict())
     return learn
 
@@ -80,26 +89,38 @@ def init_output(model):
 
 def count_learner(dls, # `DataLoaders` from `count_dls`
                   arch='resnet34', # torchvision ResNet name (or model function)
+                  head='map', # 'map': counts per location, summed (no upper limit; taught head positions when the data have them); 'pool': fastai's pooled head
                   pretrained=True, # Start the body from ImageNet weights (fastai's usual cache)
                   weights=None, # A local torchvision state dict for the body instead
                   loss='mse', # 'mse', 'l1' or 'huber'
-                  y_range=None, # Output range; default from the training counts
-                  ps=0., # Dropout in the head: none, since it adds noise to a count (held-out MAE 3.6 vs 4.2 at ps=0.5, 4 epochs)
+                  y_range=None, # Output range of the 'pool' head; default from the training counts
+                  ps=0., # Dropout in the 'pool' head: none, since it adds noise to a count (held-out MAE 3.6 vs 4.2 at ps=0.5, 4 epochs)
                   **kwargs, # Passed to `vision_learner`
                  ) -> Learner:
     "A `vision_learner` with one output trained to match the count"
-    check_loss(loss)
-    if y_range is None: y_range = count_y_range(dls.train_ds.tls[1]) # targets only: no image is opened
+    check_loss(loss); check_head(head)
+    counts = dls.train_ds.tls[1] # targets only: no image is opened
+    if head=='pool' and y_range is None: y_range = count_y_range(counts)
+    if head=='map':
+        y_range = None
+        if len(dls.train_ds.tls)>2: kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()
     pretrained = bool(pretrained) and weights is None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
+        margs = count_model_args(get_arch(arch), head)
+        cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
         learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
-                               metrics=[mae, rmse, R2Score()], y_range=y_range, ps=ps, **kwargs)
+                               metrics=[mae, rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
+    if cut is not None: learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here
     if not dls.after_batch.fs.filter(risinstance(Normalize)): # fastai adds it only for pretrained bodies
         dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
-    init_output(learn.model) # lr_find then sees the network learning, not the output leaving saturation
+    # lr_find then sees the network learning, not the output leaving saturation or a random count map
+    if head=='pool': init_output(learn.model)
+    else:
+        size = first(dls.after_item.fs.filter(risinstance(Resize))).size[0]
+        init_map_bias(learn.model, sum(map(float, counts))/max(1, len(counts)), math.ceil(size/16)**2)
     if weights is not None:
-        load_body_weights(learn, arch, weights)
+        load_body_weights(learn, arch, weights, head)
         learn.freeze()
         learn.pretrained = True
     return learn

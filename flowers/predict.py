@@ -7,7 +7,9 @@ from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
 from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
-from .images import open_image, decode_threads
+from .images import open_image, decode_threads, MIN_SIZE
+from .density import CountMapHead, MAP_STRIDE, spread_cells
+from .calibrate import fingerprint
 from .progress import progress
 from .precision import auto_precision, check_precision
 
@@ -56,16 +58,50 @@ class Counter:
         try: return self._tensor(img, name)
         except FlowersError as e: return e
 
+    def _input(self, xs):
+        "A batch from a list of uint8 tensors of one size: scaled to 0..1, and normalised as the network takes it"
+        x01 = torch.stack(xs).to(self.device).float()/255.
+        return x01,self.norm(TensorImage(x01)).as_subclass(Tensor).contiguous(memory_format=self.fmt)
+
+    def _dtype(self): return dict(bf16=torch.bfloat16, fp16=torch.float16).get(self.precision)
+
     def _forward(self, xs, feats=False):
-        "Counts for a list of uint8 tensors; with `feats`, also the pooled body features"
-        x = self.norm(TensorImage(torch.stack(xs).to(self.device).float()/255.)).as_subclass(Tensor).contiguous(memory_format=self.fmt)
-        dtype = dict(bf16=torch.bfloat16, fp16=torch.float16).get(self.precision)
-        body,head = self.model[0],self.model[1:] # fastai's (body, head)
+        "Counts for a list of uint8 tensors; with `feats`, also their `fingerprint` features"
         with torch.inference_mode():
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None): f = body(x).float()
-            # the small head in fp32: on our validation set this keeps bf16 within 0.03 heads of fp32 (0.12 with it in bf16)
-            counts = head(f).float().flatten().cpu().numpy()
-            return (counts, f.mean((2,3)).cpu().numpy()) if feats else counts
+            counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype())
+            return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
+
+    def _cells(self, x):
+        "The count map's cells, (h, w), for one uint8 tensor of any size"
+        if not isinstance(self.model[1], CountMapHead):
+            raise FlowersError("this model has fastai's pooled head (--head pool), which makes no count map; train with --head map")
+        with torch.inference_mode():
+            with torch.autocast(self.device.type, dtype=self._dtype(), enabled=self._dtype() is not None): f = self.model[0](self._input([x])[1])
+            return self.model[1].density(f.float())[0,0].float().cpu()
+
+    def _tiled_cells(self, img, tile):
+        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window"
+        tile = check_int('--tile', tile, MIN_SIZE)
+        st = MAP_STRIDE
+        pil = open_image(img)
+        w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
+        x = image2tensor(pil.resize((w,h), Image.BILINEAR))
+        core,m = max(st, self.size//st*st),2*st # each window sees `m` pixels around the part it counts: heads on its edge are whole
+        out = torch.zeros(h//st, w//st)
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                wy,wx = max(0, y0-m),max(0, x0-m)
+                d = self._cells(x[:, wy:y0+core+m, wx:x0+core+m])
+                out[y0//st:(y0+core)//st, x0//st:(x0+core)//st] = d[(y0-wy)//st:(y0-wy+core)//st, (x0-wx)//st:(x0-wx+core)//st]
+        return out,pil.size
+
+    def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                  tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)
+                 ) -> np.ndarray:
+        "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
+        if tile: cells,(w,h) = self._tiled_cells(img, tile)
+        else: cells,(w,h) = self._cells(self._tensor(img)),open_image(img).size
+        return spread_cells(cells, w, h, pad=self.method=='pad' and not tile)
 
     def _calibration(self):
         if self.calibration is None: raise FlowersError("this model has no calibration (trained before intervals were recorded); train it again")
@@ -84,8 +120,11 @@ class Counter:
         counts,feats = self._forward([self._tensor(img)], feats=True)
         return bool(self._calibration().unusual(feats, counts)[0][0])
 
-    def predict(self, img) -> float:
-        "The count in one image: a path, `PIL.Image`, numpy array or raw bytes"
+    def predict(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window
+               ) -> float:
+        "The count in one image; with `tile`, without the training counts' range as a limit"
+        if tile: return float(self._tiled_cells(img, tile)[0].sum())
         return float(self._forward([self._tensor(img)])[0])
 
     def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
@@ -180,6 +219,8 @@ def predict_table(counter, # A `Counter`
                   names=None, # How to name each item (default: the item itself)
                   show_progress=True, # Progress bar for more than one batch
                   level=None, # Add `low`,`high` columns: an interval holding the true count with this probability (e.g. 0.9)
+                  tile=None, # Count each image in windows of `tile` pixels at the training scale (`Counter.predict`)
+                  maps=None, # Folder to write each image's count map picture into, as NAME.png
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
@@ -198,6 +239,9 @@ def predict_table(counter, # A `Counter`
                 if isinstance(x, FlowersError): errors[j] = str(x)
                 else: xs.append(x); idx.append(j)
             if xs: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
+    if tile or maps:
+        for j in progress(range(len(items)), show=show_progress and len(items)>1):
+            if not errors[j]: counts[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j)
     df = pd.DataFrame({'image': names, 'count': counts})
     if level is not None: df['low'],df['high'] = cal.interval(counts, level)
     if cal is not None:
@@ -207,6 +251,14 @@ def predict_table(counter, # A `Counter`
         df.loc[ok, 'unusual'],df.loc[ok, 'note'] = flags,notes
     df['error'] = errors
     return df
+
+def _tile_or_map(counter, item, name, tile, maps, j):
+    "The count of `item` by windows (`tile`), its count map picture written into `maps`"
+    from .report import save_count_map # matplotlib only when pictures are asked for
+    if not maps: return counter.predict(item, tile=tile)
+    cmap = counter.count_map(item, tile=tile)
+    save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
+    return float(cmap.sum())
 
 if __name__=='__main__': sys.argv[0] = 'python -m flowers.predict' # the usage line argparse prints
 
@@ -218,6 +270,8 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
          interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9
+         tile:int=None, # For images larger than the training images: count windows of PX pixels at the training scale, with no upper limit
+         maps:str=None, # Write a picture of each image with its count map (where it counted) into this folder
         ):
     "Count things in images with a trained model"
     with user_errors():
@@ -230,7 +284,9 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
         if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        df = predict_table(counter, items, bs=bs, level=interval)
+        if tile is not None: check_int('--tile', tile, MIN_SIZE)
+        if maps: Path(maps).mkdir(parents=True, exist_ok=True); counter._cells(torch.zeros(3, counter.size, counter.size, dtype=torch.uint8))
+        df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
         n_bad = int((df['error']!='').sum())

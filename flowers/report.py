@@ -5,8 +5,9 @@ from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .images import open_image
+from .density import CountMapHead
 
-__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'plot_worst', 'versions', 'write_report']
+__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'save_count_map', 'plot_worst', 'versions', 'write_report']
 
 def save_fig(fig, fname, dpi=100):
     "Save `fig` to `fname` atomically, and close it"
@@ -43,12 +44,34 @@ def plot_predicted_vs_true(preds:pd.DataFrame, fname=None):
     if fname is None: return fig
     save_fig(fig, fname)
 
-def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9):
-    "The `n` validation images with the largest errors, titled true/predicted (fastai's `plot_top_losses` is for classes)"
+def show_count_map(img, # The image, as `open_image` gives it
+                   cmap:np.ndarray=None, # Its count map (`Counter.count_map`), or None for the photo alone
+                   title=None, # Title (default: the map's total)
+                   ax=None, # Axes to draw on (default: a new figure)
+                   alpha=0.55, # Opacity of the map where it counts most
+                  ):
+    "The photo with its count map over it, more opaque where more is counted; returns the axes"
+    ax = show_image(img, ax=ax, title=title if title is not None or cmap is None else f'{cmap.sum():.1f}')
+    if cmap is not None and cmap.max() > 0: # transparency follows the map, so empty ground stays as photographed
+        rgba = plt.get_cmap('magma')(cmap/cmap.max())
+        rgba[...,3] = alpha*np.sqrt(cmap/cmap.max())
+        ax.imshow(rgba)
+    return ax
+
+def save_count_map(img, cmap, fname, title=None):
+    "`show_count_map` saved as a picture in `fname`"
+    w,h = img.size
+    fig,ax = plt.subplots(figsize=(4*w/max(w,h), 4*h/max(w,h)))
+    show_count_map(img, cmap, title, ax=ax)
+    save_fig(fig, fname, dpi=max(72, min(200, max(w,h)/4)))
+
+def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9, counter=None):
+    "The `n` validation images with the largest errors, titled true/predicted, with the count maps of `counter` when it makes them"
     worst = preds.reindex(preds['error'].abs().sort_values(ascending=False).index).head(n)
     axs = subplots(int(np.ceil(len(worst)/3)), 3, figsize=(9, 3.2*np.ceil(len(worst)/3)))[1].flatten()
     for ax,(_,r) in zip(axs, worst.iterrows()):
-        show_image(open_image(Path(img_dir)/r['image']), ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
+        img = open_image(Path(img_dir)/r['image'])
+        show_count_map(img, counter.count_map(img) if counter is not None else None, ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
     if fname is None: return plt.gcf()
     save_fig(plt.gcf(), fname, dpi=72)
@@ -90,5 +113,7 @@ def write_report(learn, # The trained `Learner`
     atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))
     learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
     plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
-    plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png')
+    from .predict import Counter # predict imports what report does: late, to keep the modules apart
+    counter = Counter.from_learner(learn, precision='fp32', device=learn.dls.device) if isinstance(learn.model[1], CountMapHead) else None
+    plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png', counter=counter)
     return m

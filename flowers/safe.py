@@ -5,6 +5,7 @@ from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
 from .learner import ARCHS, get_arch
+from .density import HEAD_TYPES, CountMapHead, count_model_args
 from .calibrate import Calibration
 from .atomic import atomic_path, atomic_text
 
@@ -14,13 +15,14 @@ FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual') # what builds, feeds and qualifies the network: hashed with the weights
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head') # what builds, feeds and qualifies the network: hashed with the weights
+_LATER_KEYS = ('head',) # hashed only when present, so that models saved before them still check
 MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
 
 def _net_sha256(weights, meta):
     "sha256 of the weights and of the `NET_KEYS` of `meta`: an edit to either is caught"
     h = hashlib.sha256(Path(weights).read_bytes())
-    h.update(json.dumps({k:meta.get(k) for k in NET_KEYS}, sort_keys=True).encode())
+    h.update(json.dumps({k:meta.get(k) for k in NET_KEYS if k in meta or k not in _LATER_KEYS}, sort_keys=True).encode())
     return h.hexdigest()
 
 def _num(v): return isinstance(v, (int,float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -33,8 +35,9 @@ def check_meta(meta:dict, # `model.json` as read
     def bad(k, want): raise FlowersError(f"{jfile}: field {k!r} is {meta.get(k, 'missing')!r}; it must be {want}. Re-export the model rather than editing this file")
     if meta.get('arch') not in ARCHS: bad('arch', f"one of {', '.join(ARCHS)}")
     if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
+    if meta.get('head', 'pool') not in HEAD_TYPES: bad('head', f"one of {', '.join(HEAD_TYPES)}")
     y = meta.get('y_range')
-    if not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
+    if meta.get('head', 'pool')=='pool' and not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
     if not (_num(meta.get('ps', 0.5)) and 0 <= meta.get('ps', 0.5) < 1): bad('ps', 'a dropout probability in [0, 1)')
     size = meta.get('size')
     if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= MAX_SIZE): bad('size', f'a whole number of pixels from 8 to {MAX_SIZE}')
@@ -53,9 +56,10 @@ def input_spec(learn) -> dict:
 
 def safe_meta(learn, arch, **extra) -> dict:
     "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
+    if isinstance(learn.model[-1], CountMapHead): return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', **input_spec(learn), **extra)
     y_range = learn.model[-1][-1]
     drops = [m.p for m in learn.model[-1].modules() if isinstance(m, nn.Dropout)]
-    return dict(format=FORMAT, arch=arch, n_out=learn.n_out, y_range=[float(y_range.low), float(y_range.high)],
+    return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='pool', y_range=[float(y_range.low), float(y_range.high)],
                 ps=drops[-1] if drops else 0., **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
 
 def save_safe(learn, # A trained count `Learner`
@@ -93,8 +97,10 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     try: sd = load_file(weights)
     except Exception as e: raise FlowersError(f"{weights}: not a readable safetensors file ({e})")
     cal = {k:sd.pop(k) for k in [k for k in sd if k.startswith('calibration.')]}
-    model = create_vision_model(get_arch(meta['arch']), meta['n_out'], pretrained=False, y_range=tuple(meta['y_range']),
-                                ps=meta.get('ps', 0.5)) # models saved before `ps` was recorded had fastai's default
+    head = meta.get('head', 'pool') # models saved before `head` was recorded had the pooled one
+    pool = dict(y_range=tuple(meta['y_range']), ps=meta.get('ps', 0.5)) if head=='pool' else {} # before `ps` was recorded: fastai's default
+    arch = get_arch(meta['arch'])
+    model = create_vision_model(arch, meta['n_out'], pretrained=False, **pool, **count_model_args(arch, head))
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
     try: cal = Calibration.from_meta(meta, cal)

@@ -1,12 +1,12 @@
 """Synthetic flower fields: many kinds of heads on many kinds of ground, with a known count and head positions."""
-import json, math, multiprocessing, os, sys, numpy as np, pandas as pd
+import colorsys, json, math, multiprocessing, os, sys, numpy as np, pandas as pd
 from functools import partial
 from io import BytesIO
 from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter
 from fastcore.parallel import parallel
 from fastcore.script import call_parse
-from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline
+from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline, circle
 from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, earth_colour, jitters, leaf_poly
 from .progress import interactive
 from .errors import FlowersError, user_errors
@@ -14,7 +14,7 @@ from .errors import FlowersError, user_errors
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'check_families', 'render_field', 'flower_field',
            'make_flowers', 'read_stamp']
 
-SYNTH_VERSION = 2 # bump whenever the same seed would draw different images: older data sets are then regenerated
+SYNTH_VERSION = 3 # bump whenever the same seed would draw different images: older data sets are then regenerated
 STAMP = 'synth.json'
 _SS = 2 # supersampling: heads are drawn at 2x, then downsampled, for anti-aliased edges
 
@@ -60,17 +60,28 @@ def _clutter(rng, d, w, h, r0, col, ss):
     for _ in range(int(rng.integers(0, 7))):
         d.polygon(leaf_poly(rng, rng.uniform(0, w*ss), rng.uniform(0, h*ss), r0*ss*rng.uniform(1.5, 4), rng.uniform(0, 2*math.pi)),
                   fill=tuple(int(v) for v in leaf_colour(rng)))
-    for _ in range(int(rng.integers(0, 6))): # stones, about head-sized
-        x,y,a,b = rng.uniform(0, w*ss), rng.uniform(0, h*ss), *(r0*ss*rng.uniform(.4, 1.1, 2))
-        c = tuple(int(v) for v in earth_colour(rng)*rng.uniform(1, 1.8))
-        d.ellipse((x-a, y-b, x+a, y+b), fill=tuple(min(255, v) for v in c))
+    for _ in range(int(rng.integers(0, 6))): # stones: head-sized but dull, speckled and irregular, as real ones are
+        x,y = rng.uniform(0, w*ss), rng.uniform(0, h*ss)
+        c = _stone_colour(rng)
+        pts = circle(9)*r0*ss*rng.uniform(.4, 1.1, (9,1))*(1, rng.uniform(.5, .9)) @ _rot2(rng.uniform(0, math.pi))
+        d.polygon((pts + (x,y)).ravel().tolist(), fill=c, outline=tuple(int(v*.6) for v in c))
+        for sx,sy in rng.normal(0, .3*r0*ss, (4,2)): d.point((x+sx, y+sy), fill=tuple(int(v*.75) for v in c))
     petal = petal_outline('ellipse')
-    for _ in range(int(rng.integers(0, 10))): # fallen petals and closed buds, in the heads' own colours
+    for _ in range(int(rng.integers(0, 10))): # green buds with a tip of the heads' colour, and single fallen petals
         x,y,t = rng.uniform(0, w*ss), rng.uniform(0, h*ss), rng.uniform(0, 2*math.pi)
-        s = r0*ss*rng.uniform(.4, .8)
-        m = np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])*s
-        shape = petal*(1, .35) if rng.random()<.5 else petal*(1, .6)
-        d.polygon((shape@m + (x,y)).ravel().tolist(), fill=tuple(int(v*rng.uniform(.7, 1)) for v in col))
+        s = r0*ss*rng.uniform(.35, .6)
+        m = _rot2(t)*s
+        if rng.random()<.5:
+            d.polygon((petal*(1, .5)@m + (x,y)).ravel().tolist(), fill=tuple(int(v) for v in leaf_colour(rng)))
+            d.polygon((petal*(.35, .25)@m + (x,y)).ravel().tolist(), fill=tuple(int(v*rng.uniform(.7, 1)) for v in col))
+        else: d.polygon((petal*(1, .3)@m + (x,y)).ravel().tolist(), fill=tuple(int(v*rng.uniform(.7, 1)) for v in col))
+
+def _rot2(t): return np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+
+def _stone_colour(rng):
+    "Grey to brownish grey, never as bright or saturated as a head"
+    v = rng.uniform(.3, .65)
+    return tuple(int(c*255) for c in colorsys.hsv_to_rgb(rng.uniform(.05, .12), rng.uniform(0, .2), v))
 
 def render_field(count:int, # Number of flower heads in the picture
                  size=128, # Width and height in pixels, or a (width, height) pair
@@ -86,7 +97,7 @@ def render_field(count:int, # Number of flower heads in the picture
     arr = np.clip(BACKGROUNDS[bg](rng, w, h), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr).resize((w*_SS, h*_SS), Image.NEAREST)
     d = ImageDraw.Draw(img)
-    r0 = min(w,h)*math.exp(rng.uniform(math.log(.05), math.log(.17))) # with each head's 0.8..1.25: a 5x range
+    r0 = min(w,h)*math.exp(rng.uniform(math.log(.055), math.log(.19))) # with each head's 0.8..1.25: a 5.4x range
     kinds = list(rng.choice(heads, size=min(len(heads), rng.integers(1, 3)), replace=False)) # one or two species per field
     cols = [head_colours(rng) for _ in kinds]
     _clutter(rng, d, w, h, r0, cols[0][0], _SS)

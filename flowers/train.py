@@ -5,7 +5,8 @@ from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
 from .data import count_dls, default_data, check_method
-from .learner import count_learner, resolve_pretrained, get_arch, check_loss
+from .density import without_points
+from .learner import count_learner, resolve_pretrained, get_arch, check_loss, check_head
 from .report import write_report, versions, save_fig
 from .safe import save_safe
 from .calibrate import calibrate
@@ -72,7 +73,7 @@ MIN_SIZE = 32 # a ResNet halves its input five times: below this its last featur
 
 def check_args(a):
     "Raise on settings no run can use, before any slow work"
-    get_arch(a.arch), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
+    get_arch(a.arch), check_head(a.head), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
@@ -102,7 +103,8 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           fn_col:str='image', # CSV column with image file names
           label_col:str='count', # CSV column with counts
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
-          arch:str='resnet34', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
+          arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
+          head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
           size:int=64, # Images are resized to size x size
           bs:int=64, # Batch size (per process when data-parallel)
           epochs:int=10, # Epochs (unfrozen epochs when fine-tuning)
@@ -145,10 +147,10 @@ def _train(a, out, state, resume, args, t0):
         if _is_main(): remove_stale(out)
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
-                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug)
+                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
-        learn = count_learner(dls, a.arch, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        learn = count_learner(dls, a.arch, a.head, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         precision = set_precision(learn, a.precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
@@ -176,7 +178,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, size=a.size,
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, head=a.head, size=a.size,
                 bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
@@ -196,6 +198,7 @@ def _resume_state(run):
 
 def _export(learn, out, a):
     "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
+    without_points(learn) # head positions were for training; export.pkl's data decode (image, count) as `predict` needs
     learn.calibration = calibrate(learn)
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())

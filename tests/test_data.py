@@ -72,9 +72,12 @@ def test_img_dir_beside_csv(ds):
 
 def test_batch_shapes(flower_data):
     dls = count_dls(flower_data[1], size=32, bs=8)
-    x,y = dls.one_batch()
+    x,y,pts = dls.one_batch() # points.csv beside the synthetic set: each head's centre rides along, augmented with the image
     assert x.shape==(8,3,32,32) and x.dtype==torch.float32
     assert y.shape==(8,) and y.dtype==torch.float32
+    assert ((pts.abs()<=1).all(-1).sum(1).float()==y).all() # every head inside the frame, the padding outside
+    x,y = count_dls(flower_data[1], size=32, bs=8, points=False).one_batch()
+    assert y.shape==(8,)
 
 def test_split_follows_seed(flower_data):
     split = lambda seed: sorted(count_dls(flower_data[1], size=32, seed=seed).valid.items.index)

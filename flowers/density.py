@@ -1,0 +1,112 @@
+"""Counting by maps: a head that predicts a count per location and adds them up, taught where the heads are when that is known."""
+import math
+from fastai.vision.all import *
+
+__all__ = ['HEAD_TYPES', 'MAP_CUT', 'MAP_STRIDE', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
+           'PointSupervision', 'without_points']
+
+HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
+MAP_CUT = -3 # a torchvision ResNet cut before layer4 and its pooling: stride 16, where a head still covers a few cells
+MAP_STRIDE = 16 # input pixels per cell of the count map
+
+class CountMapHead(nn.Module):
+    "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
+    def __init__(self, nf, # Channels of the body's output
+                 hidden=128, # Channels of its one hidden layer
+                ):
+        super().__init__()
+        self.density = nn.Sequential(ConvLayer(nf, hidden, ks=3), nn.Conv2d(hidden, 1, 1), nn.Softplus())
+
+    def forward(self, x): return self.density(x).sum((2,3))
+
+def count_model_args(arch, # A torchvision ResNet function
+                     head='map', # One of `HEAD_TYPES`
+                    ) -> dict:
+    "The `cut` and `custom_head` arguments of `vision_learner`/`create_vision_model` for `head`"
+    if head=='pool': return {}
+    body = create_body(arch(weights=None), cut=MAP_CUT)
+    return dict(cut=MAP_CUT, custom_head=CountMapHead(num_features_model(body)))
+
+def init_map_bias(model, # A model whose head is a `CountMapHead`
+                  mean_count, # Mean training count
+                  cells, # Locations of its map at the training size
+                 ):
+    "Start with the mean count spread evenly, and no dependence on the image: the first steps then learn, not unlearn"
+    last = model[1].density[-2]
+    nn.init.zeros_(last.weight)
+    per = max(float(mean_count)/cells, 1e-3)
+    nn.init.constant_(last.bias, per + math.log(-math.expm1(-per))) # softplus's inverse
+    return model
+
+def point_targets(pts, # (bs, n, 2) head centres in fastai's -1..1 coordinates; padding lies outside
+                  h, w, # Size of the map
+                 ) -> Tensor:
+    "Each head's count of 1 shared bilinearly between the 4 map cells nearest its centre: (bs, 1, h, w) summing to the counts"
+    bs = pts.shape[0]
+    inside = (pts.abs() <= 1).all(-1)
+    gx = ((pts[...,0]+1)*w/2 - .5).clamp(0, w-1) # in cell units, cell centres at whole numbers
+    gy = ((pts[...,1]+1)*h/2 - .5).clamp(0, h-1)
+    x0,y0 = gx.floor().clamp(max=w-2 if w>1 else 0),gy.floor().clamp(max=h-2 if h>1 else 0)
+    fx,fy = gx-x0,gy-y0
+    out = pts.new_zeros(bs*h*w)
+    b = torch.arange(bs, device=pts.device)[:,None].expand_as(gx)
+    for dx,dy,wt in ((0,0,(1-fx)*(1-fy)), (1,0,fx*(1-fy)), (0,1,(1-fx)*fy), (1,1,fx*fy)):
+        xi,yi = (x0+dx).clamp(max=w-1).long(),(y0+dy).clamp(max=h-1).long()
+        out.index_add_(0, (b*h*w + yi*w + xi)[inside], (wt*inside)[inside])
+    return out.view(bs, 1, h, w)
+
+def pad_points(samples, # (image, count, points) items
+               pad=-10., # Where padding points go: outside the image, also after rotation and zoom
+              ) -> list:
+    "Pad every item's points to the batch's largest number, so that they collate"
+    if not samples or len(samples[0])<3: return samples # images to count (`test_dl`, `predict`) have no points
+    n = max(1, max(len(s[-1]) for s in samples))
+    def _pad(p): return torch.cat([p, p.new_full((n-len(p), 2), pad)]) if len(p)<n else p
+    return [(*s[:-1], TensorPoint(_pad(s[-1].reshape(-1, 2)), **s[-1].__dict__)) for s in samples]
+
+class PointSupervision(Callback):
+    "Where the data know each head's centre: the map is also taught to put each head's count there, and only there"
+    order = -5 # before the loss, after `DDPTrainer` has wrapped the model
+    def __init__(self, count_weight=.1): # Share of the count's loss beside the map's squared error, which teaches more per image
+        self.count_weight,self.hook,self.pts = count_weight,None,None
+
+    def before_fit(self):
+        m = getattr(self.learn.model, 'module', self.learn.model) # unwrapped from DistributedDataParallel
+        self.hook = hook_output(m[1].density, detach=False)
+
+    def after_fit(self):
+        if self.hook is not None: self.hook.remove()
+        self.hook = None
+
+    def before_batch(self):
+        # the points are for this callback only: the loss and the metrics see (image, count) as without them
+        self.pts = self.yb[1] if len(self.yb)>1 else None
+        if self.pts is not None: self.learn.yb = self.yb[:1]
+
+    def after_loss(self):
+        if not self.training or self.pts is None or self.hook is None: return
+        d = self.hook.stored
+        err = (d - point_targets(self.pts.as_subclass(Tensor).float(), *d.shape[-2:])).pow(2).sum((1,2,3)).mean()
+        self.learn.loss_grad = self.count_weight*self.loss_grad + err
+        self.learn.loss = self.loss_grad.clone()
+
+def without_points(learn):
+    "`learn` as a model to count with: data of (image, count) only, as `predict` decodes them, and no training callback"
+    learn.remove_cbs(learn.cbs.filter(risinstance(PointSupervision)))
+    for dl in learn.dls.loaders:
+        if len(dl.dataset.tls)<3: continue
+        dl.dataset.tls = dl.dataset.tls[:2]
+        if getattr(dl, 'cache', None): dl.cache = {k:v[:2] for k,v in dl.cache.items()}
+    return learn
+
+def spread_cells(cells, # (h, w) counts per cell of the map, over the model's square input
+                 w, h, # Size of the image as opened
+                 pad=False, # The input was the image padded to a square (`method='pad'`), not squished
+                ) -> np.ndarray:
+    "The cells' counts spread smoothly over the image's own pixels: (h, w) float32, summing to what the cells sum to"
+    cells = torch.as_tensor(cells, dtype=torch.float32)
+    side = max(w, h) if pad else None
+    m = F.interpolate(cells[None,None], size=(side,side) if pad else (h,w), mode='bilinear', align_corners=False)[0,0]
+    if pad: m = m[(side-h)//2:(side-h)//2+h, (side-w)//2:(side-w)//2+w] # fastai pads both sides equally
+    total,got = float(cells.sum()),float(m.sum())
+    return (m*(total/got) if got>0 else m).clamp_min(0).numpy().astype(np.float32)
