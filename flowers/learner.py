@@ -111,7 +111,10 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
         learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
                                metrics=[mae, rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
-    if cut is not None: learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here
+    if cut is not None:
+        learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here
+        learn.opt = None # `vision_learner` froze, and so made an optimizer, for the body before the cut
+        if pretrained: learn.freeze()
     if not dls.after_batch.fs.filter(risinstance(Normalize)): # fastai adds it only for pretrained bodies
         dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
     # lr_find then sees the network learning, not the output leaving saturation or a random count map

@@ -42,7 +42,7 @@ def test_safe_load_never_unpickles(trained, monkeypatch):
     def boom(*a, **k): raise AssertionError('pickle used')
     for mod,name in [(pickle,'load'),(pickle,'loads'),(torch,'load'),(pickle,'Unpickler')]: monkeypatch.setattr(mod, name, boom)
     c = load_counter(trained/'model.safetensors')
-    assert c.meta['arch']=='resnet34' and c.meta['size']==32
+    assert c.meta['arch']=='resnet18' and c.meta['size']==32
 
 def test_pkl_warns_about_pickle(trained, tmp_path):
     shutil.copy(trained/'export.pkl', tmp_path/'export.pkl')
@@ -51,8 +51,8 @@ def test_pkl_warns_about_pickle(trained, tmp_path):
 def test_model_json_records(trained):
     import json
     m = json.loads((trained/'model.json').read_text())
-    for k in ('arch','n_out','y_range','size','method','normalize','fn_col','label_col','versions','sha256'): assert k in m
-    assert m['y_range'][0]==0 and m['method']=='squish'
+    for k in ('arch','n_out','head','size','method','normalize','fn_col','label_col','versions','sha256'): assert k in m
+    assert m['head']=='map' and 'y_range' not in m and m['method']=='squish'
 
 @pytest.mark.parametrize('make,msg', [
     (lambda d: d/'none.pkl', 'model file not found'),
@@ -162,9 +162,9 @@ def test_interval_same_from_both_formats(counters, flower_data):
 def test_more_heads_than_trained_on_is_flagged(counters):
     "The fingerprint's own test of a count: above the largest training count is unusual, with a note saying so"
     cal = counters[1].calibration
-    flags,notes = cal.unusual(cal.mean[None], [cal.max_count + 1])
+    flags,notes = cal.unusual(np.concatenate(cal.means)[None], [cal.max_count + 1])
     assert flags[0] and 'more than the largest training count (8)' in notes[0]
-    flags,notes = cal.unusual(cal.mean[None], [1.])
+    flags,notes = cal.unusual(np.concatenate(cal.means)[None], [1.])
     assert not flags[0] and notes[0]==''
 
 def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path):

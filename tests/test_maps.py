@@ -1,0 +1,44 @@
+"Count maps and counting by windows, through the public calls and the CLI"
+import json, subprocess, sys, pytest, numpy as np
+from PIL import Image
+from flowers.predict import load_counter
+
+@pytest.fixture(scope='module')
+def counters(trained):
+    return load_counter(trained/'export.pkl', precision='fp32'), load_counter(trained/'model.safetensors', precision='fp32')
+
+def test_map_head_recorded(trained):
+    assert json.loads((trained/'model.json').read_text())['head']=='map'
+
+def test_count_map_sums_to_predict(counters, flower_data, tmp_path):
+    f = flower_data[0]/'images'/'00003.jpg'
+    img = Image.open(f)
+    rot = tmp_path/'rot.jpg' # EXIF says "rotate 90°": the map is of the image as opened, upright
+    exif = Image.Exif(); exif[0x0112] = 6
+    img.save(rot, exif=exif)
+    for c in counters:
+        for src,(w,h) in ((f, img.size), (rot, img.size[::-1])):
+            m = c.count_map(src)
+            assert m.shape==(h, w) and m.dtype==np.float32 and m.min() >= 0
+            assert abs(m.sum() - c.predict(src)) <= 0.01*max(1., c.predict(src))
+    assert abs(counters[0].count_map(f).sum() - counters[1].count_map(f).sum()) < 1e-3
+
+def test_tiles(counters, flower_data):
+    ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]
+    mosaic = Image.new('RGB', (128,128))
+    for i,im in enumerate(ims): mosaic.paste(im, (64*(i%2), 64*(i//2)))
+    c = counters[1]
+    n = c.predict(mosaic, tile=64)
+    m = c.count_map(mosaic, tile=64)
+    assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
+    assert n >= 0 and np.isfinite(n)
+
+def test_cli_maps_and_tile(trained, flower_data, tmp_path):
+    imgs = [str(flower_data[0]/'images'/f'{i:05d}.jpg') for i in range(3)]
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), *imgs, '--maps', str(tmp_path/'maps'), '--tile', '64',
+                        '--out', str(tmp_path/'c.csv')], capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    pngs = sorted((tmp_path/'maps').glob('*.png'))
+    assert len(pngs)==3 and all(Image.open(p).size[0] > 50 for p in pngs)
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr
