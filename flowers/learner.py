@@ -3,7 +3,7 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .density import HEAD_TYPES, MAP_CUT, PointSupervision, count_model_args, init_map_bias
+from .density import HEAD_TYPES, MAP_CUT, MAP_STRIDE, PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
            'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
@@ -121,7 +121,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
     if head=='pool': init_output(learn.model)
     else:
         size = first(dls.after_item.fs.filter(risinstance(Resize))).size[0]
-        init_map_bias(learn.model, sum(map(float, counts))/max(1, len(counts)), math.ceil(size/16)**2)
+        init_map_bias(learn.model, sum(map(float, counts))/max(1, len(counts)), math.ceil(size/MAP_STRIDE)**2)
     if weights is not None:
         load_body_weights(learn, arch, weights, head)
         learn.freeze()
