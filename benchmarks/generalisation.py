@@ -19,6 +19,7 @@ RESULTS = Path(__file__).parent/'results'
 # Recipes compared; each is a set of `train` arguments over the defaults
 RECIPES = dict(
     default = dict(),
+    map16 = dict(stride=16, epochs=10), # the count map one cell per 16 pixels: the default before this one
     r34 = dict(arch='resnet34', epochs=6), # resnet34 in the same time as the default
     pool = dict(head='pool'), # fastai's pooled head, trained from counts alone
     basic = dict(aug=dict(max_lighting=.2, min_scale=1., max_saturation=0, max_hue=0, max_blur=0, max_noise=0)), # before this benchmark

@@ -8,10 +8,10 @@ from fastai.vision.all import *
 from .errors import FlowersDataError
 from .images import open_image, OpenImage, decode_threads
 from .progress import progress
-from .density import pad_points
+from .density import pad_points, drop_points
 from .augment import * # also where export.pkl files from before the split find RotateFit
 
-__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
+__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'CountDataLoaders', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
            'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
@@ -214,6 +214,10 @@ class CachedDL(TfmdDL):
                 items = ex.map(super().do_item, range(len(self.dataset)))
                 self.cache.update(enumerate(progress(items, total=len(self.dataset), comment=comment)))
 
+class CountDataLoaders(DataLoaders):
+    "fastai's `DataLoaders`, whose empty copy (what `learn.export` keeps) decodes (image, count): a plain export then predicts"
+    def new_empty(self): return drop_points(super().new_empty())
+
 def cache_fits(n, # Number of images
                size, # Their size after resizing
                share=0.25, # Most of the physical memory the cache may take
@@ -295,6 +299,7 @@ def count_dls(csv, # CSV file with one row per image
     cache = cache and cache_fits(len(df), size)
     if pts is not None: kwargs['before_batch'] = pad_points
     dls = dsets.dataloaders(bs=bs, num_workers=num_workers, cache=cache, after_item=dblock.item_tfms, after_batch=dblock.batch_tfms, **kwargs)
+    dls = CountDataLoaders(*dls.loaders, path=dls.path, device=dls.device)
     if cache and num_workers:
         for dl in dls: dl.fill()
     dls.df = df

@@ -5,7 +5,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 
-__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'decode_threads']
+__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'decode_threads']
 
 FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
 MIN_SIZE = 8 # pixels per side; smaller images can't show anything countable
@@ -114,3 +114,15 @@ def image_pixels(data:bytes) -> int:
             warnings.simplefilter('ignore')
             with Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.size[0]*img.size[1]
     except Exception: return 0
+
+def image_size(src) -> tuple:
+    "(width, height) of `src` as `open_image` gives it (EXIF orientation applied), read from the header of a file or bytes"
+    if isinstance(src, (str, Path, bytes, bytearray, memoryview)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                with Image.open(io.BytesIO(bytes(src)) if not isinstance(src, (str, Path)) else src, formats=FORMATS) as img:
+                    (w,h),turn = img.size,img.getexif().get(0x0112, 1) in (5,6,7,8) # orientations that swap width and height
+            return (h,w) if turn else (w,h)
+        except Exception: pass # `open_image` says what is wrong with it
+    return open_image(src).size

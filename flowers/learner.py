@@ -3,7 +3,7 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .density import HEAD_TYPES, MAP_CUT, MAP_STRIDE, PointSupervision, count_model_args, init_map_bias
+from .density import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
            'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
@@ -47,15 +47,16 @@ def resolve_pretrained(arch, # Architecture name
     warnings.warn(_missing_msg(arch) + '. Training from random init instead.', stacklevel=2)
     return False
 
-def check_head(head):
-    "Raise unless `head` names one of `HEAD_TYPES`"
+def check_head(head, stride=MAP_STRIDE):
+    "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
     if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
+    if stride not in MAP_CUTS: raise FlowersError(f"--stride {stride!r}: a count map's cells are {' or '.join(map(str, MAP_CUTS))} pixels apart")
 
-def body_cut(arch, head='map'):
-    "Where the body of `arch` ends for `head`: before layer4 for a count map, fastai's usual cut for a pooled head"
-    return MAP_CUT if head=='map' else model_meta[get_arch(arch)]['cut']
+def body_cut(arch, head='map', stride=MAP_STRIDE):
+    "Where the body of `arch` ends for `head`: before layer3 or layer4 for a count map (`MAP_CUTS`), fastai's usual cut for a pooled head"
+    return MAP_CUTS[stride] if head=='map' else model_meta[get_arch(arch)]['cut']
 
-def load_body_weights(learn, arch, fname, head='map'):
+def load_body_weights(learn, arch, fname, head='map', stride=MAP_STRIDE):
     "Load a torchvision state dict for `arch` from `fname` into the body of `learn`'s model"
     fname = Path(fname)
     if not fname.is_file(): raise FlowersError(f"--weights {fname}: file not found")
@@ -67,7 +68,7 @@ def load_body_weights(learn, arch, fname, head='map'):
     except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({str(e).splitlines()[0]})")
     loaded = set(sd) & set(m.state_dict())
     if not loaded: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
-    body = create_body(m, 3, True, body_cut(arch, head))
+    body = create_body(m, 3, True, body_cut(arch, head, stride))
     learn.model[0].load_state_dict(body.state_dict())
     return learn
 
@@ -90,6 +91,7 @@ def init_output(model):
 def count_learner(dls, # `DataLoaders` from `count_dls`
                   arch='resnet34', # torchvision ResNet name (or model function)
                   head='map', # 'map': counts per location, summed (no upper limit; taught head positions when the data have them); 'pool': fastai's pooled head
+                  stride=MAP_STRIDE, # Input pixels per cell of the count map ('map' head): 8 or 16
                   pretrained=True, # Start the body from ImageNet weights (fastai's usual cache)
                   weights=None, # A local torchvision state dict for the body instead
                   loss='mse', # 'mse', 'l1' or 'huber'
@@ -98,7 +100,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
                   **kwargs, # Passed to `vision_learner`
                  ) -> Learner:
     "A `vision_learner` with one output trained to match the count"
-    check_loss(loss); check_head(head)
+    check_loss(loss); check_head(head, stride)
     counts = dls.train_ds.tls[1] # targets only: no image is opened
     if head=='pool' and y_range is None: y_range = count_y_range(counts)
     if head=='map':
@@ -107,7 +109,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
     pretrained = bool(pretrained) and weights is None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
-        margs = count_model_args(get_arch(arch), head)
+        margs = count_model_args(get_arch(arch), head, stride)
         cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
         learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
                                metrics=[mae, rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
@@ -121,9 +123,9 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
     if head=='pool': init_output(learn.model)
     else:
         size = first(dls.after_item.fs.filter(risinstance(Resize))).size[0]
-        init_map_bias(learn.model, sum(map(float, counts))/max(1, len(counts)), math.ceil(size/MAP_STRIDE)**2)
+        init_map_bias(learn.model, sum(map(float, counts))/max(1, len(counts)), math.ceil(size/stride)**2)
     if weights is not None:
-        load_body_weights(learn, arch, weights, head)
+        load_body_weights(learn, arch, weights, head, stride)
         learn.freeze()
         learn.pretrained = True
     return learn

@@ -7,8 +7,8 @@ from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
 from .data import IMG_EXTS, _read_csv, find_img_dir
 from .safe import load_safe, input_spec
-from .images import open_image, decode_threads, MIN_SIZE
-from .density import CountMapHead, MAP_STRIDE, spread_cells
+from .images import open_image, image_size, decode_threads, MIN_SIZE
+from .density import CountMapHead, map_stride, spread_cells
 from .calibrate import fingerprint
 from .progress import progress
 from .precision import auto_precision, check_precision
@@ -35,6 +35,7 @@ class Counter:
         # channels_last lets oneDNN/cuDNN use their fastest low-precision convolutions
         fmt = torch.channels_last if self.precision!='fp32' else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=fmt)
+        self.stride = map_stride(self.model) if isinstance(self.model[1], CountMapHead) else None # input pixels per map cell
         self.fmt = fmt
         self.resize = Resize(size, method=method, pad_mode=PadMode.Zeros)
         self.norm = Normalize.from_stats(*stats, cuda=self.device.type=='cuda') if stats is not None else noop
@@ -82,7 +83,7 @@ class Counter:
     def _tiled_cells(self, img, tile):
         "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window"
         tile = check_int('--tile', tile, MIN_SIZE)
-        st = MAP_STRIDE
+        st = self.stride
         pil = open_image(img)
         w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
         x = image2tensor(pil.resize((w,h), Image.BILINEAR))
@@ -97,10 +98,14 @@ class Counter:
 
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
                   tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)
+                  max_side=None, # Make the map at most this many pixels a side, in the image's shape (to show it small); same sum
                  ) -> np.ndarray:
         "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
         if tile: cells,(w,h) = self._tiled_cells(img, tile)
-        else: cells,(w,h) = self._cells(self._tensor(img)),open_image(img).size
+        else:
+            if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for its size and its pixels
+            (w,h),cells = image_size(img),self._cells(self._tensor(img))
+        if max_side and max(w,h) > max_side: w,h = [max(1, round(v*max_side/max(w,h))) for v in (w,h)]
         return spread_cells(cells, w, h, pad=self.method=='pad' and not tile)
 
     def _calibration(self):

@@ -1,5 +1,5 @@
 """What a training run leaves behind: metrics, predictions, history and plots."""
-import json, math, sys, numpy as np, pandas as pd
+import io, json, math, sys, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
@@ -7,7 +7,7 @@ from .atomic import atomic_path, atomic_text
 from .images import open_image
 from .density import CountMapHead
 
-__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'save_count_map', 'plot_worst', 'versions', 'write_report']
+__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'map_rgba', 'map_png', 'save_count_map', 'plot_worst', 'versions', 'write_report']
 
 def save_fig(fig, fname, dpi=100):
     "Save `fig` to `fname` atomically, and close it"
@@ -52,11 +52,23 @@ def show_count_map(img, # The image, as `open_image` gives it
                   ):
     "The photo with its count map over it, more opaque where more is counted; returns the axes"
     ax = show_image(img, ax=ax, title=title if title is not None or cmap is None else f'{cmap.sum():.1f}')
-    if cmap is not None and cmap.max() > 0: # transparency follows the map, so empty ground stays as photographed
-        rgba = plt.get_cmap('magma')(cmap/cmap.max())
-        rgba[...,3] = alpha*np.sqrt(cmap/cmap.max())
-        ax.imshow(rgba)
+    if cmap is not None and cmap.max() > 0: ax.imshow(map_rgba(cmap, alpha))
     return ax
+
+def map_rgba(cmap:np.ndarray, # A count map (`Counter.count_map`)
+             alpha=0.55, # Opacity where it counts most
+            ) -> np.ndarray:
+    "`cmap` coloured to lay over its photo: H x W x 4 floats in 0..1, more opaque where more is counted"
+    top = cmap.max() if cmap.max() > 0 else 1.
+    rgba = plt.get_cmap('magma')(cmap/top)
+    rgba[...,3] = alpha*np.sqrt(cmap/top) # transparency follows the map, so empty ground stays as photographed
+    return rgba
+
+def map_png(cmap:np.ndarray, alpha=0.55) -> bytes:
+    "`map_rgba` of `cmap` as PNG bytes, for a page to lay over the photo"
+    buf = io.BytesIO()
+    Image.fromarray((map_rgba(cmap, alpha)*255).round().astype(np.uint8), 'RGBA').save(buf, 'PNG')
+    return buf.getvalue()
 
 def save_count_map(img, cmap, fname, title=None):
     "`show_count_map` saved as a picture in `fname`"

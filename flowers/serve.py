@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import math, sys, threading
+import base64, math, sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -11,10 +11,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser, parse_opt
 from .errors import FlowersError, check_int, user_errors
 from .images import image_pixels
 from .predict import load_counter, predict_table
+from .report import map_png
 
 __all__ = ['MB', 'MP', 'create_app', 'serve']
 
 MB,MP = 1024*1024,1_000_000
+MAP_SIDE = 256 # pixels on the longest side of a count map sent to the page: it is smooth, and is stretched over the photo
 PAGE = (Path(__file__).parent/'page.html').read_text()
 
 def _error(status, msg): return JSONResponse({'error': msg}, status_code=status)
@@ -58,6 +60,10 @@ def _row(r) -> dict:
     if 'unusual' in r: out.update(unusual=bool(r['unusual']), note=r['note'])
     return out
 
+def _map_url(cmap) -> str:
+    "A count map as a data URL of a translucent PNG, to lay over the photo"
+    return 'data:image/png;base64,' + base64.b64encode(map_png(cmap)).decode()
+
 def create_app(counter, # A `Counter`, loaded once
                max_upload_mb=20., # Largest single image
                max_request_mb=100., # Largest request (all its images)
@@ -65,15 +71,20 @@ def create_app(counter, # A `Counter`, loaded once
                max_megapixels=64., # Largest single image in pixels: decoding costs memory and time by pixels, not bytes
                max_request_megapixels=256., # Most pixels in one request
               ) -> Starlette:
-    "The Starlette app: the page at /, `POST /api/count`, `GET /health`"
+    "The Starlette app: the page at /, `POST /api/count` (`?maps=1` adds each image's count map), `GET /health`"
     lock = threading.Lock() # one batch at a time: the model already uses every core
+    has_maps = counter.stride is not None # a count-map model; fastai's pooled head makes none
 
-    def _count(blobs):
+    def _count(blobs, maps=False):
         refused = _pixel_budget(blobs, max_megapixels, max_request_megapixels)
         ok = [i for i in range(len(blobs)) if i not in refused]
         level = 0.9 if counter.calibration is not None else None
-        with lock: df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level)
-        rows = {i:_row(r) for i,r in zip(ok, df.to_dict('records'))}
+        with lock:
+            df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level)
+            rows = {i:_row(r) for i,r in zip(ok, df.to_dict('records'))}
+            if maps and has_maps:
+                for i,r in rows.items():
+                    if 'count' in r: r['map'] = _map_url(counter.count_map(blobs[i][1], max_side=MAP_SIDE))
         rows.update({i:dict(image=blobs[i][0], error=e) for i,e in refused.items()})
         return [rows[i] for i in range(len(blobs))]
 
@@ -98,7 +109,7 @@ def create_app(counter, # A `Counter`, loaded once
             return _error(400, 'no files: send images as multipart form field "files"')
         blobs = [(f.filename or f'file{i}', await f.read()) for i,f in enumerate(files)]
         await form.close()
-        rows = await run_in_threadpool(_count, blobs)
+        rows = await run_in_threadpool(_count, blobs, request.query_params.get('maps', '') in ('1','true','yes'))
         if all('error' in r for r in rows):
             return JSONResponse({'error': 'no readable image: ' + '; '.join(r['error'] for r in rows), 'results': rows}, status_code=415)
         return JSONResponse(rows)

@@ -170,8 +170,9 @@ def read_stamp(path) -> dict:
 def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` and `synth.json` into
                  n:int=1000, # Number of images
                  size:int=128, # Image size in pixels (the typical side, with `vary_size`)
-                 max_count:int=20, # Counts are drawn uniformly from 0..max_count
+                 max_count:int=20, # Counts are drawn uniformly from min_count..max_count
                  seed:int=0, # Random seed: the same seed writes byte-identical files
+                 min_count:int=0, # Fewest heads in an image
                  heads=None, # Head families (default: all of `HEADS`); leave some out to test on them
                  backgrounds=None, # Background families (default: all of `BACKGROUNDS`)
                  vary_size:bool=True, # Vary width and height (0.8..1.25 x `size`, aspect 2:3..3:2) instead of squares
@@ -182,7 +183,8 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
     out = Path(out)
     (out/'images').mkdir(parents=True, exist_ok=True)
-    counts = np.random.default_rng(seed).integers(0, max_count+1, n)
+    if not 0 <= min_count <= max_count: raise FlowersError(f"counts must satisfy 0 <= min_count <= max_count, not {min_count}..{max_count}")
+    counts = np.random.default_rng(seed).integers(min_count, max_count+1, n)
     f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
     if multiprocessing.current_process().daemon: n_workers = 0 # a pool's worker may not start processes
@@ -192,7 +194,7 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     if len(res)!=n: raise RuntimeError(f"drawing {n} images with {n_workers} processes returned {len(res)}; try n_workers=0")
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
     pd.DataFrame([p for _,ps in res for p in ps], columns=['image','x','y','r']).to_csv(out/'points.csv', index=False)
-    stamp = dict(version=SYNTH_VERSION, n=n, size=size, max_count=max_count, seed=seed, heads=heads,
+    stamp = dict(version=SYNTH_VERSION, n=n, size=size, min_count=min_count, max_count=max_count, seed=seed, heads=heads,
                  backgrounds=backgrounds, vary_size=vary_size)
     (out/STAMP).write_text(json.dumps(stamp, indent=2))
     return out/'counts.csv'
@@ -203,13 +205,14 @@ if __name__=='__main__': sys.argv[0] = 'python -m flowers.synth' # the usage lin
 def main(out:str, # Folder to write `images/`, `counts.csv`, `points.csv` and `synth.json` into
          n:int=1000, # Number of images
          size:int=128, # Typical image side in pixels
-         max_count:int=20, # Counts are drawn uniformly from 0..max_count
+         max_count:int=20, # Counts are drawn uniformly from --min-count..max_count
          seed:int=0, # Random seed: the same seed writes byte-identical files
+         min_count:int=0, # Fewest heads in an image
          heads:str=None, # Comma-separated head families (default: all)
          backgrounds:str=None, # Comma-separated background families (default: all)
          square:bool=False, # Square images of exactly --size, instead of varied sizes and aspect ratios
         ):
     "Generate a synthetic flower-field counting data set"
     with user_errors():
-        csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, heads=heads, backgrounds=backgrounds, vary_size=not square)
+        csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, min_count=min_count, heads=heads, backgrounds=backgrounds, vary_size=not square)
     print(f'Wrote {n} images, {csv} and {csv.with_name("points.csv")}')

@@ -69,11 +69,12 @@ def check_lr(lr):
 
 def _is_main(): return rank_distrib()==0
 
+OLDER = dict(head='pool', stride=16) # settings of runs saved before they were recorded
 MIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 
 def check_args(a):
     "Raise on settings no run can use, before any slow work"
-    get_arch(a.arch), check_head(a.head), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
+    get_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
@@ -105,6 +106,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
+          stride:int=8, # Input pixels per cell of the count map (--head map): 8 or 16
           size:int=64, # Images are resized to size x size
           bs:int=64, # Batch size (per process when data-parallel)
           epochs:int=10, # Epochs (unfrozen epochs when fine-tuning)
@@ -126,7 +128,8 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
     t0 = time.time()
     args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
     state = _resume_state(resume) if resume else None
-    if state: args,out = {**args, **state['args']},Path(resume) # this call's settings fill what an older state lacks
+    # what an older state lacks is filled by what it was then (OLDER), else by this call's settings
+    if state: args,out = {**args, **OLDER, **state['args']},Path(resume)
     a = AttrDict(args)
     check_args(a)
     setup_ddp()
@@ -150,7 +153,7 @@ def _train(a, out, state, resume, args, t0):
                         method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
-        learn = count_learner(dls, a.arch, a.head, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        learn = count_learner(dls, a.arch, a.head, a.stride, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         precision = set_precision(learn, a.precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
@@ -179,7 +182,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, head=a.head, size=a.size,
-                bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
+                **({'stride': a.stride} if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=bool(resume),
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs

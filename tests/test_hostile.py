@@ -14,11 +14,10 @@ def test_small_data_caps_batch_size_and_trains(flower_data, tmp_path):
     "48 images and the default --bs 64: fastai would drop the only partial batch and train nothing"
     out = tmp_path/'run'
     r = run_cli('--data', flower_data[0], '--out', out, '--pretrained', 'no', '--size', '32', '--epochs', '2')
-    assert r.returncode==0, r.stderr
+    assert r.returncode==0, r.stderr # a run that took no step stops with exit 2 (`TrainingGuard`)
     assert r.stderr.count('batch size 64 is more than the 39 training images; using bs=39')==1
-    hist = pd.read_csv(out/'history.csv')
+    hist = pd.read_csv(out/'history.csv') # (two steps in all: too few to promise a lower loss)
     assert len(hist)==2 and hist['train_loss'].map(math.isfinite).all()
-    assert hist['train_loss'].iloc[-1] < hist['train_loss'].iloc[0] # it learned something
     m = _strict_json(out/'metrics.json')
     assert m['bs']==64 and (out/'export.pkl').is_file()
 

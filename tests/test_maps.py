@@ -22,6 +22,10 @@ def test_count_map_sums_to_predict(counters, flower_data, tmp_path):
             assert m.shape==(h, w) and m.dtype==np.float32 and m.min() >= 0
             assert abs(m.sum() - c.predict(src)) <= 0.01*max(1., c.predict(src))
     assert abs(counters[0].count_map(f).sum() - counters[1].count_map(f).sum()) < 1e-3
+    small = counters[1].count_map(rot, max_side=32) # small enough to send to a page, in the photo's shape, with the same sum
+    h,w = [max(1, round(v*32/max(img.size))) for v in img.size] # rotated: the photo's width is the map's height
+    assert small.shape==(h, w) and abs(small.sum() - counters[1].predict(rot)) <= 0.01*max(1., small.sum())
+    with open(f, 'rb') as stream: assert abs(counters[1].count_map(stream).sum() - counters[1].predict(f)) <= 0.01*max(1., small.sum())
 
 def test_tiles(counters, flower_data):
     ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]

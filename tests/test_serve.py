@@ -1,7 +1,10 @@
 "The web page and JSON API, against a real server on 127.0.0.1 in a subprocess."
-import os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
+import base64, io, os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
+from PIL import Image
 from concurrent.futures import ThreadPoolExecutor
 from flowers.predict import load_counter
+from flowers.report import map_rgba
+from flowers.serve import MAP_SIDE
 
 def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -25,9 +28,9 @@ def counter(trained): return load_counter(trained) # the server's own loading: s
 
 def _imgs(flower_data, n): return sorted((flower_data[0]/'images').glob('*.jpg'))[:n]
 
-def _post(url, paths=(), extra=()):
+def _post(url, paths=(), extra=(), maps=False):
     files = [('files', (p.name, p.read_bytes(), 'image/jpeg')) for p in paths] + list(extra)
-    return httpx.post(url+'/api/count', files=files, timeout=60)
+    return httpx.post(url+'/api/count'+('?maps=1' if maps else ''), files=files, timeout=60)
 
 def test_health(server):
     r = httpx.get(server+'/health')
@@ -41,6 +44,17 @@ def test_single_and_multi_counts_match_counter(server, counter, flower_data):
     many = _post(server, paths).json()
     assert [r['image'] for r in many]==[p.name for p in paths]
     assert np.allclose([r['count'] for r in many], [counter.predict(p) for p in paths], atol=1e-4)
+
+def test_maps_only_when_asked_and_they_are_the_counters(server, counter, flower_data):
+    paths = _imgs(flower_data, 2)
+    assert all('map' not in r for r in _post(server, paths).json())
+    for r,p in zip(_post(server, paths, maps=True).json(), paths):
+        head,data = r['map'].split(',', 1)
+        assert head=='data:image/png;base64'
+        png = Image.open(io.BytesIO(base64.b64decode(data)))
+        m = counter.count_map(p, max_side=MAP_SIDE)
+        assert png.mode=='RGBA' and png.size==(m.shape[1], m.shape[0])==Image.open(p).size
+        assert np.abs(np.asarray(png)[...,3] - 255*map_rgba(m)[...,3]).max() <= 1 # opacity follows this image's own map
 
 def test_non_image_rejected_and_server_keeps_serving(server, flower_data):
     r = _post(server, extra=[('files', ('notes.jpg', b'not an image at all', 'image/jpeg'))])
@@ -102,7 +116,14 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
         assert b.find_element(By.ID, 'total-count').text==shown[0].text
         c,lo,hi = counter.predict_interval(p)
         assert b.find_element(By.CSS_SELECTOR, '.interval').text==f'({lo:.1f}–{hi:.1f})'
+        overlay,toggle = b.find_element(By.CSS_SELECTOR, '.photo img.map'),b.find_element(By.ID, 'show-maps')
+        assert toggle.is_displayed() and not overlay.is_displayed() # the photo as taken, until asked
+        toggle.click()
+        assert overlay.is_displayed() and overlay.rect==b.find_element(By.CSS_SELECTOR, '.photo img').rect # over the photo, exactly
+        assert b.execute_script('return arguments[0].complete && arguments[0].naturalWidth', overlay)==Image.open(p).size[0]
         if os.environ.get('FLOWERS_SCREENSHOT'): b.save_screenshot(os.environ['FLOWERS_SCREENSHOT'])
+        toggle.click()
+        assert not overlay.is_displayed()
     finally: b.quit()
 
 def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
@@ -120,6 +141,6 @@ def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
         inp.send_keys(f'{good}\n{bad}')
         WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card'))==2)
         time.sleep(0.5) # an injected onerror would fire now
-        assert b.title!='PWNED' and not b.find_elements(By.CSS_SELECTOR, '.card div img')
-        assert evil in b.find_element(By.CSS_SELECTOR, '.error').text and f'{evil}.jpg' in b.find_elements(By.CSS_SELECTOR, '.card div')[0].text
+        assert b.title!='PWNED' and not b.find_elements(By.CSS_SELECTOR, '.card .info img')
+        assert evil in b.find_element(By.CSS_SELECTOR, '.error').text and f'{evil}.jpg' in b.find_elements(By.CSS_SELECTOR, '.card .info')[0].text
     finally: b.quit()
