@@ -2,6 +2,7 @@
 import json, subprocess, sys, pytest, numpy as np
 from PIL import Image
 from flowers.predict import load_counter
+from flowers.safe import _net_sha256
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -46,3 +47,25 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     assert len(pngs)==3 and all(Image.open(p).size[0] > 50 for p in pngs)
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr
+
+@pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16']])
+def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args):
+    "fastai's pooled head, and the coarser map of earlier defaults: trained by the CLI, loaded by plain load_learner in a fresh process"
+    out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8',
+                        '--epochs', '1', '--pretrained', 'no', *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stderr
+    meta,pool = json.loads((out/'model.json').read_text()),'pool' in args
+    assert meta['head']==('pool' if pool else 'map') and meta.get('stride')==(None if pool else 16)
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    safe = load_counter(out/'model.safetensors', precision='fp32')
+    assert abs(float(r.stdout.strip().splitlines()[-1]) - safe.predict(img)) < 1e-3
+    if pool: assert safe.stride is None
+    else:
+        assert safe.stride==16 and abs(safe.count_map(img).sum() - safe.predict(img)) <= 0.01*max(1., safe.predict(img))
+        del meta['stride'] # as saved before the stride was recorded, when every map had 16
+        meta['net_sha256'] = _net_sha256(out/'model.safetensors', meta)
+        (out/'model.json').write_text(json.dumps(meta))
+        assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
