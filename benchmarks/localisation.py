@@ -115,7 +115,7 @@ def main(model:str, # Run folder of a model with a count map (--head map)
     pad = counter.method=='pad'
     rows = dict(model=score(lambda f,p: counter.count_map(f), csv),
                 cells=score(lambda f,p: cell_map(p, *open_image(f).size, counter.size, st, pad), csv))
-    res = dict(model=str(model), n=n, seed=seed, size=counter.size, stride=st, **rows, mosaics=mosaics(counter, root))
+    res = dict(run=str(model), n=n, seed=seed, size=counter.size, stride=st, scores=rows, mosaics=mosaics(counter, root))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS/f'{out}.json').write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

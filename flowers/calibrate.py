@@ -34,7 +34,12 @@ def fingerprint(model, # fastai's (body, head) network
             x = m(x)
             if i>=4: fs.append(torch.cat([x.float().mean((2,3)), x.float().std((2,3))], 1)) # torchvision's stages follow the stem's 4 layers
     # the small head in fp32: on our validation set this keeps bf16 within 0.03 heads of fp32 (0.12 with it in bf16)
-    counts = model[1:](x.float()).float().flatten()
+    head = model[1]
+    if hasattr(head, 'density'): # a count map's hidden layer is what the counting sees: a block of its own (it flags noise)
+        h = head.density[0](x.float())
+        fs.append(torch.cat([h.mean((2,3)), h.std((2,3))], 1))
+        counts = head.density[1:](h).sum((2,3)).flatten()
+    else: counts = model[1:](x.float()).float().flatten()
     return counts,torch.cat(fs, 1),[f.shape[1] for f in fs]
 
 class Calibration:
@@ -71,7 +76,8 @@ class Calibration:
     def _blocks(self, feats):
         feats = np.asarray(feats, np.float32)
         if self.legacy: d = len(self.means[0]); return [feats[:, -2*d:-d]] # the last stage's means, the whole fingerprint then
-        return np.split(feats, np.cumsum([len(m) for m in self.means])[:-1], axis=1)
+        ends = np.cumsum([len(m) for m in self.means])
+        return np.split(feats[:, :ends[-1]], ends[:-1], axis=1) # blocks added since (at the end) are not in older calibrations
 
     def block_distances(self, feats) -> np.ndarray:
         "Mahalanobis distance of `fingerprint` features (n x d) from the training images', per block, scaled: (n, blocks)"
@@ -136,7 +142,9 @@ def calibrate(learn, # A trained count `Learner`
               shrink=0.1, # Covariance shrinkage towards its mean variance: hundreds of features from a few thousand images need it
              ) -> Calibration:
     "Fit conformal intervals on the validation set and a fingerprint of the training images (without augmentation)"
-    tr = learn.dls.valid.new(learn.dls.train_ds, shuffle=False, drop_last=False) # validation transforms: no augmentation
+    # as validation and prediction see them: a dataloader of the training set (`dls.valid.new(train_ds)`) would augment them,
+    # since fastai's batch transforms take their split from the data set, and augmented images make odd ones look usual
+    tr = learn.dls.test_dl(learn.dls.train_ds.items, num_workers=0)
     f_tr,_,sizes = fingerprints(learn.model, tr)
     f_va,p_va,_ = fingerprints(learn.model, learn.dls.valid)
     y_va = np.asarray([float(y) for y in learn.dls.valid_ds.tls[1]], np.float64)

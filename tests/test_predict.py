@@ -2,6 +2,7 @@ import json, pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas
 from PIL import Image
 from flowers.errors import FlowersError
 from flowers.predict import load_counter, predict_table
+from flowers.calibrate import Calibration
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -180,3 +181,11 @@ def test_is_unusual_same_from_both_formats(counters, valid_images):
     "The public call on the pickle and on the safe format: same flags, and a bool"
     flags = [[c.is_unusual(f) for f in valid_images[:4]] for c in counters]
     assert flags[0]==flags[1] and all(isinstance(f, bool) for f in flags[0])
+
+def test_calibration_without_the_newest_block_still_flags(counters, valid_images):
+    "A model calibrated before the count map's hidden layer joined the fingerprint reads the blocks it has, and ignores the rest"
+    cal = counters[1].calibration
+    old = Calibration(cal.scores, cal.means[:-1], cal.precisions[:-1], cal.threshold, cal.max_count, centre=cal.centre[:-1], scale=cal.scale[:-1])
+    _,feats = counters[1]._forward([counters[1]._tensor(f) for f in valid_images[:4]], feats=True)
+    assert feats.shape[1]==sum(map(len, cal.means)) and old.block_distances(feats).shape==(4, len(cal.means)-1)
+    assert np.allclose(old.block_distances(feats), cal.block_distances(feats)[:, :-1])
