@@ -5,7 +5,7 @@ from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
 from .data import count_dls, default_data, check_method
-from .density import without_points
+from .density import MAP_STRIDE, without_points
 from .learner import count_learner, resolve_pretrained, get_arch, check_loss, check_head
 from .report import write_report, versions, save_fig
 from .safe import save_safe
@@ -106,7 +106,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
-          stride:int=8, # Input pixels per cell of the count map (--head map): 8 or 16
+          stride:int=MAP_STRIDE, # Input pixels per cell of the count map (--head map): 8 or 16
           size:int=64, # Images are resized to size x size
           bs:int=64, # Batch size (per process when data-parallel)
           epochs:int=15, # Epochs (unfrozen epochs when fine-tuning)

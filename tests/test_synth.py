@@ -84,6 +84,12 @@ def test_unknown_family_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--backgrounds', 'sand'], capture_output=True, text=True)
     assert r.returncode==2 and "unknown background family 'sand'" in r.stderr and 'Traceback' not in r.stderr
 
+def test_min_count_sets_the_fewest_heads(tmp_path):
+    df = pd.read_csv(make_flowers(tmp_path/'a', n=12, max_count=5, min_count=3, show_progress=False))
+    assert df['count'].between(3, 5).all() and json.loads((tmp_path/'a'/'synth.json').read_text())['min_count']==3
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--min-count', '6', '--max-count', '5'], capture_output=True, text=True)
+    assert r.returncode==2 and 'min_count <= max_count' in r.stderr and 'Traceback' not in r.stderr
+
 def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     "A set without this generator's stamp is never silently reused as the default"
     (tmp_path/'images').mkdir(parents=True)
