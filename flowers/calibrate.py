@@ -3,7 +3,7 @@ import math, numpy as np, torch
 from fastai.vision.all import *
 from .errors import FlowersError
 
-__all__ = ['pixel_stats', 'fingerprint', 'Calibration', 'fingerprints', 'calibrate']
+__all__ = ['pixel_stats', 'texture_stats', 'fingerprint', 'Calibration', 'fingerprints', 'calibrate']
 
 def _spread(pred):
     "How far off a count of `pred` is expected to be, up to a constant: counting errors grow like the square root of the count"
@@ -22,12 +22,25 @@ def pixel_stats(x) -> Tensor:
     return torch.cat([(coarse+1e-3).log(), ((grad+1e-3).log() - (coarse.mean(1)+1e-3).log())[:,None], x.mean((2,3)), x.std((2,3)),
                       sat.mean((1,2))[:,None], sat.std((1,2))[:,None], (sat<.03).float().mean((1,2))[:,None], grad[:,None], lap[:,None], corr], 1)
 
+def texture_stats(x) -> Tensor:
+    "How neighbouring pixels of 0..1 images (bs, 3, h, w) agree, and their colours' fine detail: (bs, 3); pixel-wise noise has neither"
+    lum = x.mean(1, keepdim=True)
+    lum = lum - lum.mean((2,3), keepdim=True)
+    var = lum.pow(2).mean((1,2,3)) + 1e-9
+    # 1 - autocorrelation at one pixel, on a log scale: scenes sit near 0, independent pixels near 1
+    ac = [((1 - (a*b).mean((1,2,3))/var).clamp_min(0) + 1e-3).log() for a,b in ((lum[...,1:], lum[...,:-1]), (lum[...,1:,:], lum[...,:-1,:]))]
+    r = x - F.avg_pool2d(F.pad(x, (1,1,1,1), mode='replicate'), 3, 1) # the fine detail of each channel
+    r = r - r.mean((2,3), keepdim=True)
+    sd = r.pow(2).mean((2,3)).sqrt() + 1e-6
+    rc = torch.stack([(r[:,i]*r[:,j]).mean((1,2))/(sd[:,i]*sd[:,j]) for i,j in ((0,1),(0,2),(1,2))], 1).mean(1)
+    return torch.stack([*ac, rc], 1)
+
 def fingerprint(model, # fastai's (body, head) network
                 x01, # Images scaled to 0..1, (bs, 3, h, w)
                 x, # The same images as the network takes them (normalised)
                 dtype=None, # Autocast the body to this type
                ) -> tuple:
-    "Counts, and features that say what the images look like: pixel statistics and every residual stage's channel means and spreads"
+    "Counts, and features that say what the images look like: pixel statistics, every residual stage's channel means and spreads, and texture"
     fs = [pixel_stats(x01.float())]
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         for i,m in enumerate(model[0]):
@@ -40,6 +53,7 @@ def fingerprint(model, # fastai's (body, head) network
         fs.append(torch.cat([h.mean((2,3)), h.std((2,3))], 1))
         counts = head.density[1:](h).sum((2,3)).flatten()
     else: counts = model[1:](x.float()).float().flatten()
+    fs.append(texture_stats(x01.float())) # last: calibrations made before it ignore it
     return counts,torch.cat(fs, 1),[f.shape[1] for f in fs]
 
 class Calibration:

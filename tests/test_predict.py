@@ -2,7 +2,7 @@ import json, pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas
 from PIL import Image
 from flowers.errors import FlowersError
 from flowers.predict import load_counter, predict_table
-from flowers.calibrate import Calibration
+from flowers.calibrate import Calibration, texture_stats
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -183,9 +183,18 @@ def test_is_unusual_same_from_both_formats(counters, valid_images):
     assert flags[0]==flags[1] and all(isinstance(f, bool) for f in flags[0])
 
 def test_calibration_without_the_newest_block_still_flags(counters, valid_images):
-    "A model calibrated before the count map's hidden layer joined the fingerprint reads the blocks it has, and ignores the rest"
+    "A model calibrated before the newest fingerprint block (texture) reads the blocks it has, and ignores the rest"
     cal = counters[1].calibration
     old = Calibration(cal.scores, cal.means[:-1], cal.precisions[:-1], cal.threshold, cal.max_count, centre=cal.centre[:-1], scale=cal.scale[:-1])
     _,feats = counters[1]._forward([counters[1]._tensor(f) for f in valid_images[:4]], feats=True)
     assert feats.shape[1]==sum(map(len, cal.means)) and old.block_distances(feats).shape==(4, len(cal.means)-1)
     assert np.allclose(old.block_distances(feats), cal.block_distances(feats)[:, :-1])
+
+def test_texture_tells_pixel_noise_from_fields(counters, valid_images):
+    "Pixel-wise noise, shrunk to the model's size as a photo is, still has neighbours that disagree; fields do not"
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(4)]
+    t = lambda imgs: texture_stats(torch.stack([counters[1]._tensor(i) for i in imgs]).float()/255)
+    tn,tf = t(noise),t(valid_images[:8])
+    assert tn[:, :2].min() > tf[:, :2].max() + .5 # 1 - autocorrelation, on a log scale
+    assert tn[:, 2].abs().max() < .1 # the colours' fine detail is independent
