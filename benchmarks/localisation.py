@@ -5,7 +5,8 @@
 
 Two scores per image with heads: the share of the map's mass within 1.5 radii of a true head centre (beside what a
 uniform map scores, the area there), and the F1 of the map's peaks (its local maxima, the round(count) highest) matched
-one to one to heads within 1.5 radii. The "cells" row is the best any map on the model's grid of cells can do: each
+one to one to heads within 1.5 radii. "model" is `count_map` as users get it (a cell every 2 input pixels, from shifted
+copies), "model_cells" the network's own cells (`fine=False`), and "cells" the best any map on those cells can do: each
 head's count put exactly in the cells of its centre, then spread over the image as the model's maps are.
 """
 import json, sys, torch, numpy as np, pandas as pd
@@ -114,6 +115,7 @@ def main(model:str, # Run folder of a model with a count map (--head map)
     st = counter.stride
     pad = counter.method=='pad'
     rows = dict(model=score(lambda f,p: counter.count_map(f), csv),
+                model_cells=score(lambda f,p: counter.count_map(f, fine=False), csv),
                 cells=score(lambda f,p: cell_map(p, *open_image(f).size, counter.size, st, pad), csv))
     res = dict(run=str(model), n=n, seed=seed, size=counter.size, stride=st, scores=rows, mosaics=mosaics(counter, root))
     RESULTS.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .images import open_image
 from .density import CountMapHead
+from .counter import Counter
 
 __all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'map_rgba', 'map_png', 'save_count_map', 'plot_worst', 'versions', 'write_report']
 
@@ -125,7 +126,6 @@ def write_report(learn, # The trained `Learner`
     atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))
     learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
     plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
-    from .predict import Counter # predict imports what report does: late, to keep the modules apart
     counter = Counter.from_learner(learn, precision='fp32', device=learn.dls.device) if isinstance(learn.model[1], CountMapHead) else None
     plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png', counter=counter)
     return m

@@ -1,8 +1,9 @@
 "Count maps and counting by windows, through the public calls and the CLI"
-import json, subprocess, sys, pytest, numpy as np
+import json, subprocess, sys, pytest, torch, numpy as np
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
+from flowers.density import FINE_STEP, point_targets, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -27,6 +28,22 @@ def test_count_map_sums_to_predict(counters, flower_data, tmp_path):
     h,w = [max(1, round(v*32/max(img.size))) for v in img.size] # rotated: the photo's width is the map's height
     assert small.shape==(h, w) and abs(small.sum() - counters[1].predict(rot)) <= 0.01*max(1., small.sum())
     with open(f, 'rb') as stream: assert abs(counters[1].count_map(stream).sum() - counters[1].predict(f)) <= 0.01*max(1., small.sum())
+
+@pytest.mark.parametrize('stride', [8, 16])
+def test_fine_map_puts_a_head_where_it_is(stride):
+    "What a model that learnt its training targets exactly answers for each shifted copy, stitched and sharpened: a peak on the head"
+    S,head = 64,torch.tensor([21.3, 38.6]) # in input pixels, between the cells' centres
+    xs = shifted(torch.zeros(3, S, S, dtype=torch.uint8), stride)
+    n = S+stride
+    shifts = [(dx, dy) for dy in range(FINE_STEP//2, stride, FINE_STEP) for dx in range(FINE_STEP//2, stride, FINE_STEP)]
+    assert len(xs)==len(shifts) and all(x.shape==(3, n, n) for x in xs)
+    maps = torch.cat([point_targets(((head + torch.tensor(d))*2/n - 1)[None,None], n//stride, n//stride)[:,0] for d in shifts])
+    fine = stitch(maps, S, S, stride)
+    at = (int(head[1])//FINE_STEP, int(head[0])//FINE_STEP)
+    assert fine.shape==(S//FINE_STEP, S//FINE_STEP) and fine.argmax()==at[0]*fine.shape[1] + at[1]
+    sharp = sharpen(fine, stride)
+    assert sharp.argmax()==fine.argmax() and float(sharp.sum())==pytest.approx(float(fine.sum()), rel=1e-3)
+    assert sharp.max()/sharp.sum() > 2*fine.max()/fine.sum() # the blur that training built in is undone, mostly
 
 def test_tiles(counters, flower_data):
     ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]

@@ -1,0 +1,201 @@
+"""A trained model as a counter: `Counter` (counts, maps, intervals, unusual images) and `load_counter` from either format."""
+import pickle, types, warnings, numpy as np
+from pathlib import Path
+from fastai.vision.all import *
+from .errors import FlowersError, check_int
+from .safe import load_safe, input_spec
+from .images import open_image, image_size, MIN_SIZE
+from .density import CountMapHead, FINE_STEP, map_stride, spread_cells, shifted, stitch, sharpen
+from .calibrate import fingerprint
+from .precision import auto_precision, check_precision
+
+__all__ = ['Counter', 'load_counter', 'load_pkl']
+class Counter:
+    "Counts with a trained network: `predict` one image, `predict_batch` many, in real batches"
+    def __init__(self, model, # The network, ending in the count
+                 size, # Images are resized to `size` x `size`
+                 method='squish', # 'squish' or 'pad', as in training
+                 stats=None, # Normalisation `(mean, std)`, or None
+                 learn=None, # The fastai `Learner`, when loaded from a `.pkl`
+                 meta=None, # What `model.json` says about the model
+                 precision='auto', # 'auto', 'fp32', 'bf16' or 'fp16' (CUDA)
+                 device=None, # Default: CUDA if available, else the CPU
+                 calibration=None, # Its `Calibration`: intervals and unusual-image flags (default: the `Learner`'s)
+                ):
+        store_attr(but='model,calibration')
+        self.calibration = calibration if calibration is not None else getattr(learn, 'calibration', None)
+        self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        check_precision(precision, self.device)
+        self.precision = auto_precision(self.device) if precision=='auto' else precision
+        # channels_last lets oneDNN/cuDNN use their fastest low-precision convolutions
+        fmt = torch.channels_last if self.precision!='fp32' else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=fmt)
+        self.stride = map_stride(self.model) if isinstance(self.model[1], CountMapHead) else None # input pixels per map cell
+        self.fmt = fmt
+        self.resize = Resize(size, method=method, pad_mode=PadMode.Zeros)
+        self.norm = Normalize.from_stats(*stats, cuda=self.device.type=='cuda') if stats is not None else noop
+
+    @classmethod
+    def from_spec(cls, model, spec, **kwargs):
+        "A `Counter` for `model` fed as `spec` says (`input_spec`, or `model.json`)"
+        norm = spec.get('normalize')
+        return cls(model, spec['size'], spec['method'], (norm['mean'], norm['std']) if norm else None, **kwargs)
+
+    @classmethod
+    def from_learner(cls, learn, **kwargs):
+        "A `Counter` using `learn`'s model, resizing and normalisation"
+        return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
+
+    def _tensor(self, img, name=None):
+        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed"
+        return image2tensor(self.resize(open_image(img, name, size=self.size), split_idx=1))
+
+    def _tensor_or_error(self, img, name=None):
+        try: return self._tensor(img, name)
+        except FlowersError as e: return e
+
+    def _input(self, xs):
+        "A batch from a list of uint8 tensors of one size: scaled to 0..1, and normalised as the network takes it"
+        x01 = torch.stack(xs).to(self.device).float()/255.
+        return x01,self.norm(TensorImage(x01)).as_subclass(Tensor).contiguous(memory_format=self.fmt)
+
+    def _dtype(self): return dict(bf16=torch.bfloat16, fp16=torch.float16).get(self.precision)
+
+    def _forward(self, xs, feats=False):
+        "Counts for a list of uint8 tensors; with `feats`, also their `fingerprint` features"
+        with torch.inference_mode():
+            counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype())
+            return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
+
+    def _density(self, xs):
+        "The count map's cells, (n, h, w), for a list of uint8 tensors of one size"
+        if not isinstance(self.model[1], CountMapHead):
+            raise FlowersError("this model has fastai's pooled head (--head pool), which makes no count map; train with --head map")
+        with torch.inference_mode():
+            with torch.autocast(self.device.type, dtype=self._dtype(), enabled=self._dtype() is not None): f = self.model[0](self._input(xs)[1])
+            return self.model[1].density(f.float())[:,0].float().cpu()
+
+    def _cells(self, x): return self._density([x])[0]
+
+    def _fine(self, x, cells):
+        "A map of `x` with a cell every `FINE_STEP` pixels (the model run on shifted copies, stitched, sharpened), summing as `cells`"
+        st = self.stride
+        d = sharpen(stitch(self._density(shifted(x, st)), *x.shape[-2:], st), st)
+        return d*(cells.sum()/d.sum().clamp_min(1e-12))
+
+    def _tiled_cells(self, img, tile, fine=False):
+        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window"
+        tile = check_int('--tile', tile, MIN_SIZE)
+        st = self.stride
+        g = FINE_STEP if fine else st
+        pil = open_image(img)
+        w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
+        x = image2tensor(pil.resize((w,h), Image.BILINEAR))
+        core,m = max(st, self.size//st*st),2*st # each window sees `m` pixels around the part it counts: heads on its edge are whole
+        out = torch.zeros(h//g, w//g)
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                wy,wx = max(0, y0-m),max(0, x0-m)
+                win = x[:, wy:y0+core+m, wx:x0+core+m]
+                d = self._cells(win)
+                c = d[(y0-wy)//st:(y0-wy+core)//st, (x0-wx)//st:(x0-wx+core)//st]
+                if fine: # the window's fine cells, holding what its plain ones count
+                    d = self._fine(win, d)[(y0-wy)//g:(y0-wy+core)//g, (x0-wx)//g:(x0-wx+core)//g]
+                    c = d*(c.sum()/d.sum().clamp_min(1e-12))
+                out[y0//g:(y0+core)//g, x0//g:(x0+core)//g] = c
+        return out,pil.size
+
+    def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                  tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)
+                  max_side=None, # Make the map at most this many pixels a side, in the image's shape (to show it small); same sum
+                  fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
+                 ) -> np.ndarray:
+        "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
+        if tile: cells,(w,h) = self._tiled_cells(img, tile, fine)
+        else:
+            if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for its size and its pixels
+            x = self._tensor(img)
+            (w,h),cells = image_size(img),self._cells(x)
+            if fine: cells = self._fine(x, cells)
+        if max_side and max(w,h) > max_side: w,h = [max(1, round(v*max_side/max(w,h))) for v in (w,h)]
+        return spread_cells(cells, w, h, pad=self.method=='pad' and not tile)
+
+    def _calibration(self):
+        if self.calibration is None: raise FlowersError("this model has no calibration (trained before intervals were recorded); train it again")
+        return self.calibration
+
+    def predict_interval(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                         level=None, # Probability that the interval holds the true count (default: the model's, 0.9)
+                        ) -> tuple:
+        "`(count, low, high)`: split-conformal, so `level` of images like the validation set have their true count inside"
+        count = self.predict(img)
+        low,high = self._calibration().interval([count], level)
+        return count,float(low[0]),float(high[0])
+
+    def is_unusual(self, img) -> bool:
+        "Does `img` look unlike every training image (its features are far from theirs), or have more heads than any?"
+        counts,feats = self._forward([self._tensor(img)], feats=True)
+        return bool(self._calibration().unusual(feats, counts)[0][0])
+
+    def predict(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window
+               ) -> float:
+        "The count in one image; with `tile`, without the training counts' range as a limit"
+        if tile: return float(self._tiled_cells(img, tile)[0].sum())
+        return float(self._forward([self._tensor(img)])[0])
+
+    def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
+                      bs=64, # Batch size
+                     ) -> np.ndarray:
+        "Counts for many images, `bs` at a time; raises naming the first unreadable image"
+        if isinstance(items, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(items, np.ndarray) and items.ndim!=4):
+            # a path is iterable too: its characters would each be "counted"
+            raise FlowersError(f"predict_batch takes a list of images, not one {type(items).__name__}; use predict(img) or predict_batch([img])")
+        from .predict import predict_table # the table's decoding threads and error rows, which import this module
+        df = predict_table(self, list(items), bs=bs, show_progress=False)
+        bad = df['error'][df['error']!='']
+        if len(bad): raise FlowersError(bad.iloc[0])
+        return df['count'].to_numpy(np.float32)
+
+    def __repr__(self): return f"Counter({type(self.model).__name__}, size={self.size}, method={self.method!r}, {self.precision} on {self.device})"
+
+def _unpickler_for(fname):
+    "A pickle module whose unpickler names the missing package instead of fastai's `UnboundLocalError`"
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            try: return super().find_class(module, name)
+            except ImportError as e:
+                pkg = (getattr(e, 'name', None) or module).split('.')[0]
+                raise FlowersError(f"{fname}: this model needs the Python package '{pkg}' (module {module}), which is not installed here. "
+                                   f"Install it (pip install {pkg}) or use the safe format (model.safetensors)") from None
+    return types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__='pickle')
+
+_warned = set()
+def load_pkl(fname) -> Learner:
+    "fastai's `load_learner` with clear errors for missing, truncated or foreign files and missing packages"
+    fname = Path(fname)
+    if not fname.is_file(): raise FlowersError(f"{fname}: model file not found")
+    if fname not in _warned:
+        warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; "
+                      f"the safe format ({fname.with_name('model.safetensors')}) loads without pickle.")
+        _warned.add(fname)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='load_learner')
+            learn = load_learner(fname, pickle_module=_unpickler_for(fname))
+    except FlowersError: raise
+    except Exception as e: raise FlowersError(f"{fname}: not a loadable model (truncated, corrupt or not a fastai export: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(learn, Learner): raise FlowersError(f"{fname}: holds a {type(learn).__name__}, not a fastai Learner")
+    return learn
+
+def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `export.pkl`
+                 precision='auto', # 'auto' (bf16 where the CPU supports it, fp16 on CUDA), 'fp32', 'bf16' or 'fp16'
+                 device=None, # Default: CUDA if available, else the CPU
+                ) -> Counter:
+    "A `Counter` from a trained model; a run folder loads its safe format when present"
+    path = Path(path)
+    if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
+    if path.suffix in ('.safetensors','.json'):
+        model,meta,cal = load_safe(path)
+        return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device, calibration=cal)
+    return Counter.from_learner(load_pkl(path), precision=precision, device=device)
