@@ -25,9 +25,9 @@ def _peak_mb(): return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/
 
 def _data(n, size=128):
     "A synthetic data set of `n` images, made once per run"
-    from flowers.synth import make_flowers
+    from flowers.synth import make_flowers, is_current
     d = Path(tempfile.gettempdir())/f'flowers-bench-{n}-{size}'
-    if not (d/'counts.csv').exists(): make_flowers(d, n=n, size=size, show_progress=False)
+    if not is_current(d, n=n, size=size): make_flowers(d, n=n, size=size, show_progress=False)
     return d
 
 def infer(size, n=128, bs=64):

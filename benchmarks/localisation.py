@@ -83,7 +83,7 @@ def save_picture(counter, csv, fname, n=6):
         img = open_image(Path(csv).parent/'images'/f)
         show_count_map(img, counter.count_map(img), ax=ax, title=f'true {c} / map {counter.predict(img):.1f}')
         p = pts[pts['image']==f]
-        ax.scatter(p['x']-.5, p['y']-.5, s=14, facecolors='none', edgecolors='cyan', linewidths=1)
+        ax.scatter(p['x']-.5, p['y']-.5, s=110, facecolors='none', edgecolors='cyan', linewidths=.7) # wide: the map's peak shows inside
     save_fig(fig, fname, dpi=90)
 
 def mosaics(counter, root, n=4, side=4, size=128, seed=54321) -> list:

@@ -312,13 +312,12 @@ def default_data(n:int=2000, # Number of images to generate if absent
                  path=None, # Where the data set lives (default `data/flowers`)
                 ) -> Path:
     "CSV of the default synthetic data set, generated first if absent or made by another generator version"
-    from .synth import make_flowers, read_stamp, SYNTH_VERSION, STAMP
+    from .synth import make_flowers, read_stamp, is_current, SYNTH_VERSION, STAMP
     path = Path(path or DATA_DIR/'flowers')
     csv = path/'counts.csv'
-    want = dict(version=SYNTH_VERSION, n=n, size=size, max_count=max_count, seed=seed)
-    stamp = read_stamp(path)
-    if csv.is_file() and {k:stamp.get(k) for k in want}==want: return csv
+    if is_current(path, n=n, size=size, max_count=max_count, seed=seed): return csv
     if csv.is_file():
+        stamp = read_stamp(path)
         print(f"Default data set at {path} was made by {'generator version '+str(stamp['version']) if stamp.get('version') else 'an older generator'}"
               f" or other settings ({STAMP}); regenerating it with version {SYNTH_VERSION}")
         shutil.rmtree(path/'images', ignore_errors=True) # ours, git-ignored: no stale images may stay behind

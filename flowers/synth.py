@@ -12,7 +12,7 @@ from .progress import interactive
 from .errors import FlowersError, user_errors
 
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'check_families', 'render_field', 'flower_field',
-           'make_flowers', 'read_stamp']
+           'make_flowers', 'read_stamp', 'is_current']
 
 SYNTH_VERSION = 3 # bump whenever the same seed would draw different images: older data sets are then regenerated
 STAMP = 'synth.json'
@@ -166,6 +166,13 @@ def read_stamp(path) -> dict:
     "How the synthetic data set in `path` was made (`synth.json`), or {}"
     try: return json.loads((Path(path)/STAMP).read_text())
     except (OSError, ValueError): return {}
+
+def is_current(path, # Folder of a synthetic data set
+               **settings, # `make_flowers` arguments it must have been drawn with, e.g. n=400, seed=1
+              ) -> bool:
+    "Was the set in `path` drawn by this generator version with `settings`? Older sets must be drawn again, never reused"
+    stamp = read_stamp(path)
+    return (Path(path)/'counts.csv').is_file() and stamp.get('version')==SYNTH_VERSION and all(stamp.get(k)==v for k,v in settings.items())
 
 def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` and `synth.json` into
                  n:int=1000, # Number of images
