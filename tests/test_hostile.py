@@ -11,9 +11,9 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=_no_constant)
 
 def test_small_data_caps_batch_size_and_trains(flower_data, tmp_path):
-    "48 images and the default --bs 64: fastai would drop the only partial batch and train nothing"
+    "48 images and --bs 64: fastai would drop the only partial batch and train nothing"
     out = tmp_path/'run'
-    r = run_cli('--data', flower_data[0], '--out', out, '--pretrained', 'no', '--size', '32', '--epochs', '2')
+    r = run_cli('--data', flower_data[0], '--out', out, '--pretrained', 'no', '--size', '32', '--epochs', '2', '--bs', '64')
     assert r.returncode==0, r.stderr # a run that took no step stops with exit 2 (`TrainingGuard`)
     assert r.stderr.count('batch size 64 is more than the 39 training images; using bs=39')==1
     hist = pd.read_csv(out/'history.csv') # (two steps in all: too few to promise a lower loss)
