@@ -5,7 +5,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
-from .data import IMG_EXTS, _read_csv, find_img_dir
+from .counts import IMG_EXTS, _read_csv, find_img_dir
 from .images import open_image, decode_threads, MIN_SIZE
 from .progress import progress
 from .counter import Counter, load_counter, load_pkl # here too, where scripts written before the split find them

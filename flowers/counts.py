@@ -1,0 +1,174 @@
+"""Reading a counts CSV (and `points.csv` beside it) and checking every row and image, with messages that name them."""
+import math, re, warnings, numpy as np, pandas as pd
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from csv import Error as CSVError
+from pathlib import Path
+from PIL import Image
+from .errors import FlowersDataError
+from .images import open_image, decode_threads
+from .progress import progress
+
+__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'read_points']
+
+IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
+MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
+_TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
+
+def _read_csv(csv):
+    "Every cell of `csv` as a stripped string; `,` or `;` separated, with or without a BOM"
+    try: head = csv.read_text(encoding='utf-8-sig').lstrip().partition('\n')[0]
+    except UnicodeDecodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
+    if not head: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
+    sep = ';' if head.count(';') > head.count(',') else ','
+    try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding='utf-8-sig', skip_blank_lines=True)
+    except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
+    except (pd.errors.ParserError, UnicodeDecodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
+    cols = [c.strip() for c in head.split(sep)]
+    dup = sorted({c for c in cols if c and cols.count(c) > 1})
+    if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.map(str.strip)
+    df.attrs['sep'] = sep
+    return df
+
+def _short(s, n=80):
+    "`s` for a message: at most `n` characters"
+    return s if len(s) <= n else f"{s[:n-20]}...{s[-10:]} ({len(s):,} characters)"
+
+def _check_cols(df, csv, fn_col, label_col):
+    "Raise if `fn_col` or `label_col` is missing from `df`, suggesting near matches"
+    missing = [c for c in (fn_col,label_col) if c not in df.columns]
+    if not missing: return
+    found = ', '.join(repr(c) for c in df.columns)
+    hints = [f"'{m}' looks like {c!r}" for m in missing for c in df.columns if c.lower()==m.lower()]
+    hint = f" ({'; '.join(hints)})" if hints else ''
+    raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
+                           f"Rename the columns or pass --fn-col/--label-col (fn_col=/label_col=).")
+
+def find_img_dir(csv, fnames, img_dir=None):
+    "Folder the image names in `csv` are relative to: `img_dir`, else `images/` beside the CSV if the files are there, else the CSV's folder"
+    if img_dir is not None: return Path(img_dir).resolve()
+    root = Path(csv).resolve().parent
+    sub = root/'images'
+    if not sub.is_dir(): return root
+    some = list(fnames)[:50]
+    def _hits(d): return sum(_is_file(d/f) for f in some if f)
+    return sub.resolve() if _hits(sub) >= _hits(root) else root # resolved: an images/ that is a link still holds its files
+
+def _is_file(p) -> bool:
+    "Is `p` a regular file? False, not an exception, for names no file system accepts"
+    try: return p.is_file()
+    except (OSError, ValueError): return False
+
+def _path_problem(fn, img_dir):
+    "Why image name `fn` can't be used under `img_dir`, or None"
+    if not fn: return "no image name (blank)"
+    if '\0' in fn: return f"image name '{_short(fn)}' contains a NUL byte"
+    if len(fn) > 4096 or any(len(part.encode()) > 255 for part in Path(fn).parts): return f"image name '{_short(fn)}' is too long for a file name"
+    p = Path(fn)
+    if p.is_absolute() or fn.startswith(('/','\\')) or (len(fn)>1 and fn[1]==':'):
+        return f"image path '{_short(fn)}' is absolute; give it relative to the image folder {img_dir}"
+    if not (img_dir/p).resolve().is_relative_to(img_dir):
+        return f"image path '{_short(fn)}' points outside the image folder {img_dir}"
+    if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}"
+
+def _image_problem(fn, img_dir, size=None):
+    "Why image `fn` can't be opened, or None"
+    try: open_image(img_dir/fn, name=fn, size=size)
+    except FlowersDataError as e: return str(e)
+
+def _image_problems(fnames, img_dir, skip=(), size=None):
+    "`(line, message)` for each image that can't be opened, each opened once (at `size`, as training will), in threads"
+    lines = [i+2 for i in range(len(fnames)) if i+2 not in skip]
+    with ThreadPoolExecutor(decode_threads()) as ex:
+        found = ex.map(partial(_image_problem, img_dir=img_dir, size=size), [fnames.iloc[l-2] for l in lines])
+        return [(l,p) for l,p in zip(lines, progress(found, total=len(lines), comment='checking images')) if p]
+
+def _count_problem(s):
+    "Why `s` is not a usable count, or None"
+    if s=='': return "no count"
+    try: v = float(s)
+    except ValueError:
+        hint = "; it has a decimal comma: write 7.5, not 7,5 (or save the CSV with ';' between columns)" if re.fullmatch(r'\d+,\d+', s) else ''
+        return f"count '{_short(s)}' is not a number{hint}"
+    if math.isnan(v): return f"count '{s}' is NaN"
+    if math.isinf(v): return f"count '{s}' is infinite"
+    if v<0: return f"count {_short(s)} is negative"
+    if v > MAX_COUNT: return f"count {_short(s)} is absurdly large (more than {MAX_COUNT:,}); check the column"
+
+def _problem_msg(csv, problems, what):
+    "One message listing every `(line, message)` in `problems`"
+    n = len(problems)
+    lines = '\n'.join(f"  line {l}: {m}" for l,m in problems[:50])
+    more = f"\n  ... and {n-50} more" if n>50 else ''
+    return f"{csv}: {n} bad row{'s'*(n!=1)}{what}:\n{lines}{more}"
+
+def read_counts(csv, # CSV file with one row per image
+                img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
+                fn_col='image', # Column holding image file names
+                label_col='count', # Column holding the counts
+                drop_bad=False, # Drop bad rows with a warning instead of raising
+                verify=False, # Also open every image once (a pre-flight check before training)
+                size=None, # Decode images for this model input size in the check (None: every pixel)
+               ) -> pd.DataFrame:
+    "Read and check a counts CSV: a clean `DataFrame`, or one `FlowersDataError` listing every problem"
+    csv = Path(csv)
+    if not csv.is_file(): raise FlowersDataError(f"{csv}: file not found")
+    df = _read_csv(csv)
+    _check_cols(df, csv, fn_col, label_col)
+    if not len(df): raise FlowersDataError(f"{csv}: has a header but no rows; add one row per image ({fn_col},{label_col})")
+    img_dir = find_img_dir(csv, df[fn_col], img_dir)
+    if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
+    if df.attrs.get('sep')==';': # European spreadsheets write 7,5 for 7.5 when columns are separated by ';'
+        df[label_col] = df[label_col].str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True)
+    problems = []
+    for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
+        for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
+            if p: problems.append((i+2, p))
+    if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems}, size)
+    first = {}
+    for i,k in enumerate(str(Path(f)) if f else '' for f in df[fn_col]):
+        if k in first and k: problems.append((i+2, f"image '{_short(df[fn_col].iloc[i])}' is listed again (first on line {first[k]})"))
+        first.setdefault(k, i+2)
+    if 'is_valid' in df.columns:
+        for i,v in enumerate(df['is_valid']):
+            if v.lower() not in _TRUE|_FALSE: problems.append((i+2, f"is_valid '{v}' is not true/false"))
+    problems.sort()
+    if problems and not drop_bad:
+        raise FlowersDataError(_problem_msg(csv, problems, '') + "\nFix these rows, or pass --drop-bad (drop_bad=True) to skip them.", problems)
+    if problems:
+        bad = sorted({l for l,_ in problems})
+        if len(bad)==len(df): raise FlowersDataError(_problem_msg(csv, problems, '; no usable rows left'), problems)
+        warnings.warn(_problem_msg(csv, problems, f', dropped ({len(df)-len(bad)} rows left)'))
+        df = df.drop(index=[l-2 for l in bad])
+    df = df.reset_index(drop=True)
+    df[label_col] = df[label_col].astype('float32')
+    if 'is_valid' in df.columns: df['is_valid'] = df['is_valid'].str.lower().isin(_TRUE)
+    df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
+    return df
+
+def _image_size(fn):
+    "Width and height of image file `fn` as saved, from its header"
+    with Image.open(fn) as im: return im.size
+
+def read_points(df, # A clean counts `DataFrame` from `read_counts`
+                fn_col='image', # Column holding image file names
+                label_col='count', # Column holding the counts
+               ):
+    "Head centres from `points.csv` beside the counts CSV (`image,x,y` in pixels), as -1..1 coordinates per row of `df`; None without one"
+    f = Path(df.attrs['csv']).with_name('points.csv')
+    if not f.is_file(): return None
+    try: pts = pd.read_csv(f)
+    except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None
+    if not {'image','x','y'} <= set(pts.columns):
+        warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
+    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby('image')}
+    empty = np.zeros((0,2), 'float32')
+    xy = [groups.get(fn, empty) for fn in df[fn_col]]
+    bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
+    if bad:
+        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts; training from the counts only")
+        return None
+    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(_image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
+    return pd.Series([p*2/np.array(sz, 'float32') - 1 for p,sz in zip(xy, sizes)], index=df.index, dtype=object)
