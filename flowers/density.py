@@ -3,7 +3,7 @@ import math
 from fastai.vision.all import *
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'map_stride', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
-           'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifted', 'stitch', 'sharpen']
+           'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
 MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
@@ -127,30 +127,32 @@ def spread_cells(cells, # (h, w) counts per cell of the map, over the model's sq
 
 FINE_STEP = 2 # input pixels per cell of the finer maps that `Counter.count_map` shows: 2 beat 1 and 4 on localisation
 
+def shifts(stride, step=FINE_STEP) -> list:
+    "(dx, dy) of the shifted copies: `step/2`, `3 step/2`, ... below `stride` each way, so that the copies' cell centres fall on a grid `step` apart"
+    return [(dx, dy) for dy in range(step//2, stride, step) for dx in range(step//2, stride, step)]
+
 def shifted(x, # (3, h, w) model input, h and w multiples of `stride`
             stride, # Input pixels per cell of the map
             step=FINE_STEP, # Pixels between shifts: the finer map has a cell every `step` pixels
            ) -> list:
-    "Copies of `x` moved down and right by `step/2`, `3 step/2`, ... below `stride`, mirrored at the edges, one cell larger"
+    "Copies of `x` moved down and right by each of `shifts`, mirrored at the edges, one cell larger"
     x = x[None].float()
     mode = 'reflect' if min(x.shape[-2:]) > stride else 'replicate' # mirroring needs more pixels than it adds
     return [F.pad(x, (dx, stride-dx, dy, stride-dy), mode=mode)[0].round().to(torch.uint8)
-            for dy in range(step//2, stride, step) for dx in range(step//2, stride, step)]
+            for dx,dy in shifts(stride, step)]
 
 def stitch(maps, # (k, h/stride+1, w/stride+1) maps of the `shifted` inputs, in their order
            h, w, # Size of the model input
            stride, step=FINE_STEP, # As for `shifted`
           ) -> Tensor:
     "One map with a cell every `step` pixels: each shifted map's cell at the place its centre falls on (shift-and-stitch, as in Long et al.'s FCN)"
-    out,k = maps.new_zeros(h//step, w//step),0
-    for dy in range(step//2, stride, step):
-        for dx in range(step//2, stride, step):
-            # cell j of a map shifted by d is centred at stride*j + stride/2 - d (pixel edges at whole numbers): that is the centre,
-            # step*i + step/2, of cell i of the finer map, the grid that `spread_cells` spreads over the image
-            ys,xs = torch.arange(maps.shape[1])*stride + stride//2 - dy,torch.arange(maps.shape[2])*stride + stride//2 - dx
-            iy,ix = ((ys > 0) & (ys < h)).nonzero()[:,0],((xs > 0) & (xs < w)).nonzero()[:,0]
-            out[((ys[iy]-step//2)//step)[:,None], ((xs[ix]-step//2)//step)[None]] = maps[k][iy[:,None], ix[None]]
-            k += 1
+    out = maps.new_zeros(h//step, w//step)
+    for m,(dx,dy) in zip(maps, shifts(stride, step)):
+        # cell j of a map shifted by d is centred at stride*j + stride/2 - d (pixel edges at whole numbers): that is the centre,
+        # step*i + step/2, of cell i of the finer map, the grid that `spread_cells` spreads over the image
+        ys,xs = torch.arange(m.shape[0])*stride + stride//2 - dy,torch.arange(m.shape[1])*stride + stride//2 - dx
+        iy,ix = ((ys > 0) & (ys < h)).nonzero()[:,0],((xs > 0) & (xs < w)).nonzero()[:,0]
+        out[((ys[iy]-step//2)//step)[:,None], ((xs[ix]-step//2)//step)[None]] = m[iy[:,None], ix[None]]
     return out
 
 def sharpen(fine, # A `stitch`ed map

@@ -3,7 +3,7 @@ import json, subprocess, sys, pytest, torch, numpy as np
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, point_targets, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, point_targets, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -20,9 +20,10 @@ def test_count_map_sums_to_predict(counters, flower_data, tmp_path):
     img.save(rot, exif=exif)
     for c in counters:
         for src,(w,h) in ((f, img.size), (rot, img.size[::-1])):
-            m = c.count_map(src)
-            assert m.shape==(h, w) and m.dtype==np.float32 and m.min() >= 0
-            assert abs(m.sum() - c.predict(src)) <= 0.01*max(1., c.predict(src))
+            for fine in (True, False): # the shifted copies' map, and the network's own cells
+                m = c.count_map(src, fine=fine)
+                assert m.shape==(h, w) and m.dtype==np.float32 and m.min() >= 0
+                assert abs(m.sum() - c.predict(src)) <= 0.01*max(1., c.predict(src))
     assert abs(counters[0].count_map(f).sum() - counters[1].count_map(f).sum()) < 1e-3
     small = counters[1].count_map(rot, max_side=32) # small enough to send to a page, in the photo's shape, with the same sum
     h,w = [max(1, round(v*32/max(img.size))) for v in img.size] # rotated: the photo's width is the map's height
@@ -35,9 +36,8 @@ def test_fine_map_puts_a_head_where_it_is(stride):
     S,head = 64,torch.tensor([21.3, 38.6]) # in input pixels, between the cells' centres
     xs = shifted(torch.zeros(3, S, S, dtype=torch.uint8), stride)
     n = S+stride
-    shifts = [(dx, dy) for dy in range(FINE_STEP//2, stride, FINE_STEP) for dx in range(FINE_STEP//2, stride, FINE_STEP)]
-    assert len(xs)==len(shifts) and all(x.shape==(3, n, n) for x in xs)
-    maps = torch.cat([point_targets(((head + torch.tensor(d))*2/n - 1)[None,None], n//stride, n//stride)[:,0] for d in shifts])
+    assert len(xs)==(stride//FINE_STEP)**2 and all(x.shape==(3, n, n) for x in xs)
+    maps = torch.cat([point_targets(((head + torch.tensor(d))*2/n - 1)[None,None], n//stride, n//stride)[:,0] for d in shifts(stride)])
     fine = stitch(maps, S, S, stride)
     at = (int(head[1])//FINE_STEP, int(head[0])//FINE_STEP)
     assert fine.shape==(S//FINE_STEP, S//FINE_STEP) and fine.argmax()==at[0]*fine.shape[1] + at[1]
