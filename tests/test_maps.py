@@ -3,7 +3,7 @@ import json, subprocess, sys, pytest, torch, numpy as np
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, point_targets, shifts, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, map_deviance, point_targets, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -29,6 +29,16 @@ def test_count_map_sums_to_predict(counters, flower_data, tmp_path):
     h,w = [max(1, round(v*32/max(img.size))) for v in img.size] # rotated: the photo's width is the map's height
     assert small.shape==(h, w) and abs(small.sum() - counters[1].predict(rot)) <= 0.01*max(1., small.sum())
     with open(f, 'rb') as stream: assert abs(counters[1].count_map(stream).sum() - counters[1].predict(f)) <= 0.01*max(1., small.sum())
+
+def test_map_deviance_is_least_at_the_target():
+    "The map's loss is 0 and flat where each cell holds its taught count, and grows with mass put on empty ground"
+    t = point_targets(torch.tensor([[[-.3, .4], [.5, -.6]]]), 8, 8)
+    d = t.clone().requires_grad_()
+    loss = map_deviance(d, t).sum()
+    loss.backward()
+    assert float(loss)==pytest.approx(0, abs=1e-6) and float(d.grad[t>0].abs().max()) < 1e-4
+    more = [float(map_deviance(t + k*(t==0), t).sum()) for k in (.01, .05, .2)]
+    assert 0 < more[0] < more[1] < more[2]
 
 @pytest.mark.parametrize('stride', [8, 16])
 def test_fine_map_puts_a_head_where_it_is(stride):
