@@ -59,13 +59,15 @@ class RandomNoise(RandTransform):
 def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is zoomed out to keep it whole)
                max_lighting:float=0.2, # Largest change of brightness and contrast
                p_affine:float=0.75, # Probability of rotating each image
-               min_scale:float=0.75, # Zoom out to as little as this scale, padding with zeros (never crops)
-               max_saturation:float=0.5, # Largest change of colour saturation
-               max_hue:float=0.1, # Largest hue shift (fraction of the colour wheel)
-               max_blur:float=1., # Largest Gaussian blur sigma in pixels of the batch
-               max_noise:float=0.05, # Largest noise standard deviation (pixels are 0..1)
+               min_scale:float=1., # Zoom out to as little as this scale, padding with zeros (never crops); e.g. 0.75
+               max_saturation:float=0., # Largest change of colour saturation; e.g. 0.5
+               max_hue:float=0., # Largest hue shift (fraction of the colour wheel); e.g. 0.1
+               max_blur:float=0., # Largest Gaussian blur sigma in pixels of the batch; e.g. 1
+               max_noise:float=0., # Largest noise standard deviation (pixels are 0..1); e.g. 0.05
               ) -> list:
-    "Batch augmentations that keep every head in the picture: flips, fitted rotation and zoom-out, lighting and colour, blur, noise"
+    "Batch augmentations that keep every head in the picture: flips, fitted rotation and lighting; zoom-out, colour, blur and noise when asked"
+    # the rest is off by default: with colour jitter the map learnt to count leaves and stones (empty fields up to 8 heads),
+    # and without colour, zoom-out, blur and noise validation MAE fell on all 3 held-out family pairs, held-out MAE on 2 (README)
     tfms = [Dihedral(p=0.5, pad_mode=PadMode.Zeros)] # exact: no interpolation, no padding
     if max_rotate or min_scale<1: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine, min_scale=min_scale))
     if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
