@@ -4,7 +4,7 @@ For each held-out (head family, background family) pair: train on fields drawn w
 only from them, and empty fields of every background family. Several recipes run side by side on the same data.
 
     python benchmarks/generalisation.py                        # the default recipe, three held-out pairs
-    python benchmarks/generalisation.py --recipes default,basic --pairs cluster:pebbles
+    python benchmarks/generalisation.py --recipes default,jitter --pairs cluster:pebbles
 """
 import json, sys, time, numpy as np, pandas as pd
 from pathlib import Path
@@ -22,7 +22,6 @@ RECIPES = dict(
     map16 = dict(stride=16, epochs=10), # the count map one cell per 16 pixels: the default before this one
     r34 = dict(arch='resnet34', epochs=6), # resnet34 in the same time as the default
     pool = dict(head='pool'), # fastai's pooled head, trained from counts alone
-    basic = dict(aug=dict(max_lighting=.2, min_scale=1., max_saturation=0, max_hue=0, max_blur=0, max_noise=0)), # the default's augmentation
     jitter = dict(aug=dict(min_scale=.75, max_saturation=.5, max_hue=.1, max_blur=1., max_noise=.05)), # the previous default: also zoom-out, colour, blur, noise
     noaug = dict(aug=False),
 )

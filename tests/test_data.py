@@ -70,8 +70,10 @@ def test_img_dir_beside_csv(ds):
     assert read_counts(csv).attrs['img_dir']==path.resolve()
     assert read_counts(write('image,count\na.jpg,1\n'), img_dir=path/'sub')['image'].tolist()==['a.jpg']
 
-def test_batch_shapes(flower_data):
-    dls = count_dls(flower_data[1], size=32, bs=8)
+# the default augmentation, and the optional zoom-out, colour, blur and noise (the previous default) on top of it
+@pytest.mark.parametrize('aug', [True, dict(min_scale=.75, max_saturation=.5, max_hue=.1, max_blur=1., max_noise=.05)])
+def test_batch_shapes(flower_data, aug):
+    dls = count_dls(flower_data[1], size=32, bs=8, aug=aug)
     x,y,pts = dls.one_batch() # points.csv beside the synthetic set: each head's centre rides along, augmented with the image
     assert x.shape==(8,3,32,32) and x.dtype==torch.float32
     assert y.shape==(8,) and y.dtype==torch.float32
