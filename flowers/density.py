@@ -50,18 +50,15 @@ def init_map_bias(model, # A model whose head is a `CountMapHead`
 def point_targets(pts, # (bs, n, 2) head centres in fastai's -1..1 coordinates; padding lies outside
                   h, w, # Size of the map
                  ) -> Tensor:
-    "Each head's count of 1 shared bilinearly between the 4 map cells nearest its centre: (bs, 1, h, w) summing to the counts"
+    "Each head's count of 1 in the map cell its centre lies in: (bs, 1, h, w) summing to the counts"
+    # not shared between the 4 nearest cells: on all 3 held-out pairs validation MAE was lower or equal and empty fields lower (README)
     bs = pts.shape[0]
     inside = (pts.abs() <= 1).all(-1)
-    gx = ((pts[...,0]+1)*w/2 - .5).clamp(0, w-1) # in cell units, cell centres at whole numbers
-    gy = ((pts[...,1]+1)*h/2 - .5).clamp(0, h-1)
-    x0,y0 = gx.floor().clamp(max=w-2 if w>1 else 0),gy.floor().clamp(max=h-2 if h>1 else 0)
-    fx,fy = gx-x0,gy-y0
+    xi = ((pts[...,0]+1)*w/2).floor().clamp(0, w-1).long()
+    yi = ((pts[...,1]+1)*h/2).floor().clamp(0, h-1).long()
+    b = torch.arange(bs, device=pts.device)[:,None].expand_as(xi)
     out = pts.new_zeros(bs*h*w)
-    b = torch.arange(bs, device=pts.device)[:,None].expand_as(gx)
-    for dx,dy,wt in ((0,0,(1-fx)*(1-fy)), (1,0,fx*(1-fy)), (0,1,(1-fx)*fy), (1,1,fx*fy)):
-        xi,yi = (x0+dx).clamp(max=w-1).long(),(y0+dy).clamp(max=h-1).long()
-        out.index_add_(0, (b*h*w + yi*w + xi)[inside], (wt*inside)[inside])
+    out.index_add_(0, (b*h*w + yi*w + xi)[inside], pts.new_ones(xi.shape)[inside])
     return out.view(bs, 1, h, w)
 
 def pad_points(samples, # (image, count, points) items
@@ -169,11 +166,11 @@ def sharpen(fine, # A `stitch`ed map
             stride, step=FINE_STEP, # As for `shifted`
             iters=10, # Richardson-Lucy iterations
            ) -> Tensor:
-    "Undo the blur that training builds in: each head's count is taught over the cells around it with bilinear weights (`point_targets`)"
-    n = stride//step
-    t = 1 - torch.arange(1-n, n).abs().float()/n # the tent a head's count makes, seen from cells `step` pixels apart
-    k = (t[:,None]*t[None])[None,None]
-    k = k/k.sum()
+    "Undo the blur that stitching builds in: each shifted copy counts a head in the cell it lies in (`point_targets`), a box `stride` wide"
+    n = stride//step # a head's count shows in the n x n fine cells whose shifted cells hold it, centred on the head to within a fine cell
+    k = fine.new_full((1, 1, n, n), 1/n**2)
+    a,b = n//2 - 1 + n%2,n//2 # the box's reach before and after the cell it spreads from
     r,e = fine[None,None].float(),fine[None,None].float().clamp_min(1e-12)
-    for _ in range(iters): e = e*F.conv2d(r/F.conv2d(e, k, padding=n-1).clamp_min(1e-12), k, padding=n-1)
+    for _ in range(iters): # the box, then its transpose (mirrored padding)
+        e = e*F.conv2d(F.pad(r/F.conv2d(F.pad(e, (a, b, a, b)), k).clamp_min(1e-12), (b, a, b, a)), k)
     return e[0,0]
