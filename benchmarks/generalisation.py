@@ -14,6 +14,7 @@ from flowers.synth import make_flowers, HEADS, BACKGROUNDS
 from flowers.train import train
 from flowers.predict import Counter
 from flowers.report import count_metrics
+from flowers.augment import JITTER_AUG
 
 RESULTS = Path(__file__).parent/'results'
 # Recipes compared; each is a set of `train` arguments over the defaults
@@ -22,7 +23,7 @@ RECIPES = dict(
     map16 = dict(stride=16, epochs=10), # the count map one cell per 16 pixels: the default before this one
     r34 = dict(arch='resnet34', epochs=6), # resnet34 in the same time as the default
     pool = dict(head='pool'), # fastai's pooled head, trained from counts alone
-    jitter = dict(aug=dict(min_scale=.75, max_saturation=.5, max_hue=.1, max_blur=1., max_noise=.05)), # the previous default: also zoom-out, colour, blur, noise
+    jitter = dict(aug=JITTER_AUG), # the previous default: also zoom-out, colour, blur, noise
     noaug = dict(aug=False),
 )
 

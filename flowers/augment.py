@@ -3,7 +3,7 @@ import math
 from functools import partial
 from fastai.vision.all import *
 
-__all__ = ['rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise', 'count_tfms']
+__all__ = ['rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise', 'JITTER_AUG', 'count_tfms']
 
 def rotate_fit_mat(x:Tensor, # Batch the matrices are for
                    max_deg:float=10, # Largest rotation in degrees
@@ -55,6 +55,9 @@ class RandomNoise(RandTransform):
     def encodes(self, x:TensorImage):
         std = x.new_empty(x.size(0)).uniform_(0, self.max_std)*(torch.rand(x.size(0), device=x.device)<self.p)
         return (x + torch.randn_like(x)*std[:,None,None,None]).clamp(0, 1)
+
+# `count_tfms` arguments for photos that vary more than their training set: also zoom-out, colour, blur and noise (the previous default)
+JITTER_AUG = dict(min_scale=.75, max_saturation=.5, max_hue=.1, max_blur=1., max_noise=.05)
 
 def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is zoomed out to keep it whole)
                max_lighting:float=0.2, # Largest change of brightness and contrast

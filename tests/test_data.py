@@ -1,6 +1,7 @@
 import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
 from fastai.vision.all import TensorImage, set_seed
 from flowers.data import *
+from flowers.augment import JITTER_AUG
 
 @pytest.fixture
 def ds(tmp_path, flower_data):
@@ -71,7 +72,7 @@ def test_img_dir_beside_csv(ds):
     assert read_counts(write('image,count\na.jpg,1\n'), img_dir=path/'sub')['image'].tolist()==['a.jpg']
 
 # the default augmentation, and the optional zoom-out, colour, blur and noise (the previous default) on top of it
-@pytest.mark.parametrize('aug', [True, dict(min_scale=.75, max_saturation=.5, max_hue=.1, max_blur=1., max_noise=.05)])
+@pytest.mark.parametrize('aug', [True, JITTER_AUG])
 def test_batch_shapes(flower_data, aug):
     dls = count_dls(flower_data[1], size=32, bs=8, aug=aug)
     x,y,pts = dls.one_batch() # points.csv beside the synthetic set: each head's centre rides along, augmented with the image
