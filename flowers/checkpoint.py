@@ -3,12 +3,11 @@ import contextlib, json, signal, sys, threading, numpy as np, pandas as pd
 from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
-from .errors import FlowersError
 from .distributed import any_rank
+from .settings import STATE, CHECKPOINT, BEST, HISTORY, read_state # here too, where code written before the split finds them
 
 __all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
 
-STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv'
 
 class StopFlag:
     "Set by a signal handler; read by `GracefulStop` after each batch"
@@ -36,17 +35,6 @@ class GracefulStop(Callback):
         if any_rank(self.flag): raise CancelFitException
     def before_epoch(self):
         if any_rank(self.flag): raise CancelFitException
-
-def read_state(run) -> dict:
-    "The resumable state of run folder `run`, or {}"
-    f = Path(run)/STATE
-    if not f.is_file(): return {}
-    try: state = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e: state = e
-    if not isinstance(state, dict) or not isinstance(state.get('args'), dict):
-        raise FlowersError(f"{f}: not a readable run state ({state if isinstance(state, Exception) else 'wrong contents'}); "
-                           f"this run can't be resumed: start a new one with the same flags")
-    return state
 
 class Checkpoint(Callback):
     "After each epoch, atomically: a row in `history.csv`, model and optimizer in `checkpoint.pth`, the best weights in `best.pth`, progress in `state.json`"

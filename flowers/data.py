@@ -7,6 +7,7 @@ from .errors import FlowersDataError
 from .images import OpenImage, decode_threads
 from .progress import progress
 from .density import pad_points, drop_points
+from .settings import check_method
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
 
@@ -14,10 +15,6 @@ __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_
            'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 DATA_DIR = Path(__file__).resolve().parents[1]/'data'
-
-def check_method(method):
-    "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
-    if method not in ('squish','pad'): raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
 
 class CachedDL(TfmdDL):
     "A `TfmdDL` keeping each item after its item transforms: an image is decoded and resized once per run, not every epoch"

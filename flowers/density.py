@@ -1,13 +1,11 @@
 """Counting by maps: a head that predicts a count per location and adds them up, taught where the heads are when that is known."""
 import math
 from fastai.vision.all import *
+from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'map_stride', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
-HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
-MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
-MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
 
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"

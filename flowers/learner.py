@@ -3,19 +3,18 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .density import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, PointSupervision, count_model_args, init_map_bias
+from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, LOSS_NAMES, check_arch, check_head, check_loss
+from .density import PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
            'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
 
-ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
-LOSSES = dict(mse=MSELossFlat, l1=L1LossFlat, huber=partial(BaseLoss, nn.HuberLoss, floatify=True))
+LOSSES = dict(zip(LOSS_NAMES, (MSELossFlat, L1LossFlat, partial(BaseLoss, nn.HuberLoss, floatify=True))))
 
 def get_arch(arch):
     "The torchvision model function named `arch`, or `arch` itself if it is one"
-    if callable(arch): return arch
-    if arch not in ARCHS: raise FlowersError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return getattr(torchvision.models, arch)
+    check_arch(arch)
+    return arch if callable(arch) else getattr(torchvision.models, arch)
 
 def weights_file(arch) -> Path:
     "Where torchvision caches the ImageNet weights of `arch` (under `$TORCH_HOME/hub/checkpoints`)"
@@ -47,11 +46,6 @@ def resolve_pretrained(arch, # Architecture name
     warnings.warn(_missing_msg(arch) + '. Training from random init instead.', stacklevel=2)
     return False
 
-def check_head(head, stride=MAP_STRIDE):
-    "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
-    if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
-    if stride not in MAP_CUTS: raise FlowersError(f"--stride {stride!r}: a count map's cells are {' or '.join(map(str, MAP_CUTS))} pixels apart")
-
 def body_cut(arch, head='map', stride=MAP_STRIDE):
     "Where the body of `arch` ends for `head`: before layer3 or layer4 for a count map (`MAP_CUTS`), fastai's usual cut for a pooled head"
     return MAP_CUTS[stride] if head=='map' else model_meta[get_arch(arch)]['cut']
@@ -71,10 +65,6 @@ def load_body_weights(learn, arch, fname, head='map', stride=MAP_STRIDE):
     body = create_body(m, 3, True, body_cut(arch, head, stride))
     learn.model[0].load_state_dict(body.state_dict())
     return learn
-
-def check_loss(loss):
-    "Raise unless `loss` names one of `LOSSES`"
-    if loss not in LOSSES: raise FlowersError(f"unknown --loss {loss!r}; choose one of {', '.join(LOSSES)}")
 
 def count_y_range(counts, # Training counts
                  ) -> tuple:

@@ -1,11 +1,10 @@
 """Lower precision where the hardware gains from it: bf16 on CPUs with native bf16, fp16 on CUDA."""
 import torch
 from fastai.vision.all import *
-from .errors import FlowersError
+from .settings import PRECISIONS, check_precision
 
 __all__ = ['PRECISIONS', 'bf16_cpu', 'auto_precision', 'check_precision', 'BF16Training', 'set_precision', 'to_fp32']
 
-PRECISIONS = ('auto','fp32','bf16','fp16')
 
 def bf16_cpu() -> bool:
     "Does this CPU run bfloat16 matrix work natively (AVX512-BF16 or AMX)?"
@@ -15,12 +14,6 @@ def bf16_cpu() -> bool:
 def auto_precision(device) -> str:
     "fp16 on CUDA, bf16 on CPUs that support it (measured 2x here, within 0.05 heads of fp32), else fp32"
     return 'fp16' if torch.device(device).type=='cuda' else 'bf16' if bf16_cpu() else 'fp32'
-
-def check_precision(precision, device=None):
-    "Raise unless `precision` is one of `PRECISIONS` and runs on `device`"
-    if precision not in PRECISIONS: raise FlowersError(f"precision must be {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision=='fp16' and device is not None and torch.device(device).type!='cuda':
-        raise FlowersError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
 
 class BF16Training(Callback):
     "bf16 autocast and channels_last for training and validation; fastai's `MixedPrecision` is CUDA-only"

@@ -2,7 +2,8 @@ import json, os, re, subprocess, sys, pytest, torch, torchvision, pandas as pd
 from flowers import FlowersError
 from fastai.vision.all import Normalize, imagenet_stats
 from fastai.vision.all import load_learner
-from flowers.train import train, SCRATCH_LR
+from flowers.train import train
+from flowers.fitting import SCRATCH_LR
 from flowers.precision import auto_precision, BF16Training
 from flowers.learner import weights_file
 
@@ -109,6 +110,15 @@ def test_bad_flags_are_refused(flower_data, tmp_path, kw, msg):
 def test_unknown_flag_exits_2(tmp_path):
     r = run_cli('--epochz', '3')
     assert r.returncode==2 and 'unrecognized arguments: --epochz' in r.stderr
+
+@pytest.mark.parametrize('module,args,code', [('flowers.train', ['--epochs', '0'], 2), ('flowers.train', ['--resume', '.'], 2),
+                                              ('flowers.train', ['--help'], 0), ('flowers.synth', ['--help'], 0)])
+def test_command_lines_answer_before_torch_loads(tmp_path, module, args, code):
+    "A typo, or --help, costs no wait: torch and fastai (~10 s of imports) load only for work that needs them"
+    run = (f"import runpy, sys\nsys.argv = ['{module}', *{args!r}]\ntry: runpy.run_module('{module}', run_name='__main__')\n"
+           "except SystemExit as e: print('exit', e.code, 'torch' in sys.modules, 'fastai' in sys.modules)")
+    r = subprocess.run([sys.executable, '-c', run], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.stdout.splitlines()[-1]==f'exit {code} False False', r.stdout + r.stderr
 
 def test_bad_data_exits_2(tmp_path, flower_data):
     r = run_cli('--data', tmp_path/'missing', '--out', tmp_path/'run')

@@ -1,0 +1,175 @@
+"""A training run once its settings are checked: the data, the learner, the learning rate, fastai's recipe, export and reports."""
+import os, shutil, sys, time
+from pathlib import Path
+from fastai.vision.all import *
+from .errors import FlowersError
+from .settings import check_lr, find_csv
+from .data import count_dls
+from .density import without_points
+from .learner import count_learner, resolve_pretrained
+from .report import write_report, versions, save_fig
+from .safe import save_safe
+from .calibrate import calibrate
+from .progress import plain_progress, epoch_lines
+from .atomic import atomic_path, remove_stale
+from .checkpoint import *
+from .precision import set_precision, to_fp32
+from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
+
+__all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
+
+DEFAULT_LR = 2e-3 # fastai's `fine_tune` default, used when the learning-rate finder gives no usable suggestion
+# From random init, lr_find's valley ranged over 6e-4..2.5e-3 across five seeds, and runs below 2e-3 ended above MAE 1.1;
+# 2e-3..5e-3 all ended at 0.87..1.0 (benchmarks/results/recipe_grid.jsonl)
+SCRATCH_LR = 3e-3
+
+
+def find_lr(learn, fname=None) -> float:
+    "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
+    try:
+        with learn.no_bar():
+            # from 1e-5, not fastai's 1e-7: the curve is flat below it, and each skipped step costs a training batch
+            lr = float(learn.lr_find(start_lr=1e-5, num_it=min(60, 3*len(learn.dls.train)+10), suggest_funcs=(valley,)).valley)
+        if fname: save_fig(plt.gcf(), fname)
+    except Exception as e: lr = float('nan'); print(f'lr_find failed ({e})')
+    finally: plt.close('all')
+    if not (1e-6 <= lr <= 1): # nan, or a suggestion no sane schedule would use
+        print(f'lr_find gave no usable suggestion ({lr:g}); using lr={DEFAULT_LR:g}')
+        lr = DEFAULT_LR
+    return lr
+
+def pick_lr(lr, # A number, 'find' (lr_find's valley), or None for the recipe's default
+            learn, # The `Learner`, for `lr_find`
+            recipe, # 'fine_tune' or 'fit_one_cycle'
+            fname=None, # Where to save the lr_find plot
+           ) -> float:
+    "The learning rate to train with: `lr`, else lr_find's valley when fine-tuning and `SCRATCH_LR` from random init"
+    lr = check_lr(lr)
+    if lr is None: lr = 'find' if recipe=='fine_tune' else SCRATCH_LR
+    return find_lr(learn, fname) if lr=='find' else lr
+
+def _is_main(): return rank_distrib()==0
+
+def check_out(out) -> bool:
+    "Raise unless run folder `out` can be written; returns whether it is new (removed again if the run fails)"
+    if out.exists() and not out.is_dir(): raise FlowersError(f"--out {out}: is a file, not a folder; pick another name")
+    new = not out.exists()
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise FlowersError(f"--out {out}: can't create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK|os.X_OK): raise FlowersError(f"--out {out}: this folder is not writable")
+    return new
+
+class TrainingGuard(Callback):
+    "Stop, with a clear message, a fit whose loss stops being a number; count the optimiser steps taken"
+    order = Recorder.order+2
+    def before_fit(self): self.steps = getattr(self, 'steps', 0)
+    def after_loss(self):
+        if self.training and not torch.isfinite(self.loss).all():
+            raise FlowersError(f"training diverged: the loss became {float(self.loss.detach()):g} in epoch {self.epoch+1}; nothing was exported. "
+                               f"Try a lower --lr (e.g. half of {self.opt.hypers[-1]['lr']:.2g}) or check the counts for extreme values")
+    def after_step(self): self.steps += 1
+
+def run(a, # The checked settings of `flowers.train.train`
+        out, # Its run folder, or None for a new one named by the date
+        state=None, # What the interrupted run being resumed saved, else None
+        args=None, # The settings as given, saved with each checkpoint
+        t0=None, # When the call started
+       ) -> Learner:
+    "Train, export and report, as `flowers.train.train` (which checks the settings first); data-parallel when launched so"
+    setup_ddp()
+    out = broadcast_obj(Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))) # rank 0's clock names the folder
+    new = check_out(out) if _is_main() else False
+    try: return _train(a, out, state, args, t0 or time.time())
+    except BaseException as e:
+        # a run that failed, or was aborted before its first epoch ended, leaves no half-empty folder behind
+        if new and not (isinstance(e, KeyboardInterrupt) and (out/CHECKPOINT).exists()): shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally: teardown_ddp()
+
+def _train(a, out, state, args, t0):
+    "The body of `run`, once `out` exists"
+    resumed = state is not None
+    with plain_progress():
+        csv = find_csv(a.data) if _is_main() else None # rank 0 alone generates the default data set
+        csv = broadcast_obj(csv)
+        if _is_main(): remove_stale(out)
+        set_seed(a.seed, reproducible=True)
+        dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
+                        method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
+        use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
+        # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
+        learn = count_learner(dls, a.arch, a.head, a.stride, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
+        precision = set_precision(learn, a.precision)
+        if state: lr = state['lr']; load_checkpoint(learn, out)
+        else:
+            if _is_main():
+                with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png') # once, for all processes
+            lr = broadcast_obj(lr if _is_main() else None)
+            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
+        start = state['epochs_done']
+        what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
+        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, {precision}, '
+              f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
+        guard = TrainingGuard()
+        with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
+            fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
+                cbs=[GracefulStop(flag), guard] + ([Checkpoint(out, state)] if _is_main() else []))
+    learn.interrupted = flag.signal
+    if not guard.steps and not flag and start < a.epochs + (a.freeze_epochs if recipe=='fine_tune' else 0):
+        raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
+    to_fp32(learn) # what load_learner users get: reports measure it, and no bf16 callback rides along in export.pkl
+    if not _is_main(): return learn
+    with alone(): return _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0)
+
+def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0):
+    "Export and report, in rank 0 only"
+    if flag: return _save_interrupted(learn, out, a, state)
+    _export(learn, out, a)
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, head=a.head, size=a.size,
+                **({'stride': a.stride} if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
+                aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=resumed,
+                dropped=dls.df.attrs.get('dropped', []))
+    with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
+    for f in (CHECKPOINT, BEST, STATE): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
+    print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
+          f"Model: {out/'export.pkl'}")
+    return learn
+
+def _export(learn, out, a):
+    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
+    without_points(learn) # head positions were for training; export.pkl's data decode (image, count) as `predict` needs
+    learn.calibration = calibrate(learn)
+    with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
+    save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
+
+def _save_interrupted(learn, out, a, state):
+    "Export the best model so far after a signal, and say where it went and how to go on"
+    best = state.get('best')
+    if best: load_checkpoint(learn, out, BEST)
+    if not state.get('epochs_done'):
+        print(f'{learn.interrupted}: stopped before the first epoch ended; nothing worth saving', file=sys.stderr)
+        return learn
+    _export(learn, out, a)
+    print(f"{learn.interrupted}: saved the best model so far (epoch {best['epoch']+1}, valid MAE {best['mae']:.3f}) to "
+          f"{out/'export.pkl'} and {out/'model.safetensors'}. Continue with: python -m flowers.train --resume {out}", file=sys.stderr)
+    return learn
+
+def fit(learn, # The `Learner` to train
+        recipe, # 'fine_tune' (pretrained body) or 'fit_one_cycle' (random init)
+        epochs, # Epochs (unfrozen epochs for 'fine_tune')
+        lr, # Learning rate (base_lr for 'fine_tune')
+        freeze_epochs=1, # Frozen epochs first, for 'fine_tune'
+        start=0, # Epochs already done, counting frozen ones (a resumed run)
+        cbs=None, # Callbacks for every fit
+       ):
+    "Run `recipe`, data-parallel when launched on several processes"
+    with ddp_ctx(learn):
+        if recipe=='fit_one_cycle': return learn.fit_one_cycle(epochs, lr, start_epoch=start, cbs=cbs)
+        # fastai's `fine_tune`, split at its phase boundary so that a resumed run can start inside either phase
+        if start < freeze_epochs:
+            learn.freeze()
+            learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, start_epoch=start, cbs=cbs)
+        if any(isinstance(c, GracefulStop) and c.flag for c in L(cbs)): return
+        learn.unfreeze()
+        learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, start_epoch=max(0, start-freeze_epochs), cbs=cbs)

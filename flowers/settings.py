@@ -1,0 +1,91 @@
+"""A training run's settings: what each may be, and what an interrupted run saved. No torch or fastai here, so a bad command line is refused at once."""
+import json
+from pathlib import Path
+from .errors import FlowersError, FlowersDataError, check_int
+
+__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'MIN_TRAIN_SIZE', 'OLDER',
+           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision',
+           'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state']
+
+ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
+HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
+MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
+MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
+LOSS_NAMES = ('mse','l1','huber')
+METHODS = ('squish','pad') # ways to make an image square that keep every head; cropping would cut some off
+PRECISIONS = ('auto','fp32','bf16','fp16')
+MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
+OLDER = dict(head='pool', stride=16) # settings of runs saved before they were recorded
+STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
+
+def check_arch(arch):
+    "Raise unless `arch` names one of `ARCHS` (or is a model function)"
+    if not callable(arch) and arch not in ARCHS: raise FlowersError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+def check_head(head, stride=MAP_STRIDE):
+    "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
+    if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
+    if stride not in MAP_CUTS: raise FlowersError(f"--stride {stride!r}: a count map's cells are {' or '.join(map(str, MAP_CUTS))} pixels apart")
+
+def check_loss(loss):
+    "Raise unless `loss` names one of `LOSS_NAMES`"
+    if loss not in LOSS_NAMES: raise FlowersError(f"unknown --loss {loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+
+def check_method(method):
+    "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
+    if method not in METHODS: raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
+
+def check_precision(precision, device=None):
+    "Raise unless `precision` is one of `PRECISIONS` and runs on `device`"
+    if precision not in PRECISIONS: raise FlowersError(f"precision must be {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision=='fp16' and device is not None and not str(device).startswith('cuda'):
+        raise FlowersError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+
+def check_lr(lr):
+    "`lr` as a float, 'find' or None; raises if it is none of these"
+    if lr is None or lr=='find': return lr
+    try: lr = float(lr)
+    except (TypeError, ValueError): raise FlowersError(f"--lr must be a number or 'find', not {lr!r}") from None
+    if not 0 < lr <= 10: raise FlowersError(f"--lr {lr:g} is not a usable learning rate; try 1e-3..1e-2, or 'find'")
+    return lr
+
+def check_args(a):
+    "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
+    check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
+    for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
+        check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
+    if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
+        raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
+
+def find_csv(data) -> Path:
+    "The counts CSV for `data`: a CSV file, a folder holding `counts.csv`, or None for the default data set (generated if absent)"
+    if data is None:
+        from .data import default_data # torch and fastai load only when there is something to train
+        return default_data()
+    data = Path(data)
+    if data.is_dir():
+        if (data/'counts.csv').is_file(): return data/'counts.csv'
+        csvs = sorted(data.glob('*.csv'))
+        if len(csvs)==1: return csvs[0]
+        raise FlowersError(f"--data {data}: no counts.csv in this folder" + (f" (found {', '.join(c.name for c in csvs)}; pass one)" if csvs else ''))
+    if not data.exists(): raise FlowersError(f"--data {data}: no such file or folder")
+    return data
+
+def read_state(run) -> dict:
+    "The resumable state of run folder `run`, or {}"
+    f = Path(run)/STATE
+    if not f.is_file(): return {}
+    try: state = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e: state = e
+    if not isinstance(state, dict) or not isinstance(state.get('args'), dict):
+        raise FlowersError(f"{f}: not a readable run state ({state if isinstance(state, Exception) else 'wrong contents'}); "
+                           f"this run can't be resumed: start a new one with the same flags")
+    return state
+
+def resume_state(run) -> dict:
+    "The saved state of run folder `run`, or an error saying why it can't be resumed"
+    state = read_state(run)
+    if not state: raise FlowersError(f"--resume {run}: no {STATE} there; only a run that was interrupted can be resumed")
+    if not (Path(run)/CHECKPOINT).is_file():
+        raise FlowersError(f"--resume {run}: no {CHECKPOINT}; the run finished or stopped before its first epoch ended")
+    return state
