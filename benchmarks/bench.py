@@ -72,9 +72,13 @@ class TrainTime(Callback):
     def before_train(self): self.t = time.perf_counter()
     def after_train(self): self.secs += time.perf_counter()-self.t
 
-def train_speed(size=64, n=640, bs=64, rounds=5):
-    "Training images/s: a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
+def train_speed(size=64, n=640, bs=None, arch=None, rounds=5):
+    "Training images/s (default: `train`'s arch and batch): a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
     warnings.filterwarnings('ignore')
+    import inspect
+    from flowers.train import train
+    dflt = inspect.signature(train).parameters
+    bs,arch = bs or dflt['bs'].default,arch or dflt['arch'].default
     import torch.nn.functional as F
     from flowers.data import count_dls
     from flowers.learner import count_learner
@@ -82,7 +86,7 @@ def train_speed(size=64, n=640, bs=64, rounds=5):
     d = _data(n)
     dls = count_dls(d/'counts.csv', size=size, bs=bs, verify=False)
     n_train = len(dls.train)*bs
-    batches = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)) for x,y in dls.train]
+    batches = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)) for x,y,*_ in dls.train] # and head positions, which the plain loop ignores
     def plain(m, opt, dtype):
         t = time.perf_counter()
         for x,y in batches:
@@ -93,19 +97,23 @@ def train_speed(size=64, n=640, bs=64, rounds=5):
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-3)
         return learn.train_time.secs
     fs = {}
+    def _plain(learn, dtype, fmt):
+        m = copy.deepcopy(learn.model).train().to(memory_format=fmt)
+        return partial(plain, m, torch.optim.Adam(m.parameters(), 1e-3), dtype)
     # each variant keeps its own model and optimizer: optimizer state in one memory layout and weights in another run slowly
     for p in ['fp32'] + (['bf16'] if bf16_cpu() else []):
-        learn = count_learner(dls, pretrained=False, cbs=TrainTime())
-        set_precision(learn, p)
-        dtype,fmt = (torch.bfloat16,torch.channels_last) if p=='bf16' else (None,torch.contiguous_format)
-        m = copy.deepcopy(learn.model).train().to(memory_format=fmt)
-        fs[p,'flowers'],fs[p,'plain'] = partial(flowers, learn),partial(plain, m, torch.optim.Adam(m.parameters(), 1e-3), dtype)
+        learn = count_learner(dls, arch, pretrained=False, cbs=TrainTime())
+        set_precision(learn, p) # which trains in channels_last on a CPU
+        fs[p,'flowers'],fs[p,'plain'] = partial(flowers, learn),_plain(learn, torch.bfloat16 if p=='bf16' else None, torch.channels_last)
+        if p=='fp32': fs[p,'plain NCHW'] = _plain(learn, None, torch.contiguous_format)
     secs = _times(fs, rounds, own=True) # the warm-up also fills the image cache
     r = {}
     for p in dict.fromkeys(k[0] for k in fs):
         r.update({f'flowers epoch, {p}': round(n_train/min(secs[p,'flowers']), 1), f'plain PyTorch loop, {p}': round(n_train/min(secs[p,'plain']), 1),
                   f'time flowers / plain, {p}': _ratio(secs, (p,'flowers'), (p,'plain'))})
-    return {**r, 'size': size, 'bs': bs, 'peak memory (MB)': _peak_mb()}
+    r.update({'plain PyTorch loop, fp32, NCHW': round(n_train/min(secs['fp32','plain NCHW']), 1),
+              'time channels_last / NCHW, fp32 plain loop': _ratio(secs, ('fp32','plain'), ('fp32','plain NCHW'))})
+    return {**r, 'arch': arch, 'size': size, 'bs': bs, 'peak memory (MB)': _peak_mb()}
 
 def time_to_mae(target=1.0):
     "Seconds for the default `python -m flowers.train` to reach validation MAE <= `target`, from its history"

@@ -1,9 +1,10 @@
-"""Lower precision where the hardware gains from it: bf16 on CPUs with native bf16, fp16 on CUDA."""
+"""Precision and memory layout where the hardware gains from them: bf16 on CPUs with native bf16, fp16 on CUDA, NHWC on CPUs."""
 import torch
 from fastai.vision.all import *
+from fastai.callback.channelslast import ChannelsLast
 from .settings import PRECISIONS, check_precision
 
-__all__ = ['PRECISIONS', 'bf16_cpu', 'auto_precision', 'check_precision', 'BF16Training', 'set_precision', 'to_fp32']
+__all__ = ['PRECISIONS', 'bf16_cpu', 'auto_precision', 'check_precision', 'ChannelsLastFit', 'BF16Training', 'set_precision', 'to_fp32']
 
 
 def bf16_cpu() -> bool:
@@ -15,19 +16,19 @@ def auto_precision(device) -> str:
     "fp16 on CUDA, bf16 on CPUs that support it (measured 2x here, within 0.05 heads of fp32), else fp32"
     return 'fp16' if torch.device(device).type=='cuda' else 'bf16' if bf16_cpu() else 'fp32'
 
+class ChannelsLastFit(ChannelsLast):
+    "fastai's `ChannelsLast` for the fit only: afterwards the weights are back in the usual layout, as export and safetensors expect"
+    def after_fit(self): self.learn.model.to(memory_format=torch.contiguous_format)
+
 class BF16Training(Callback):
-    "bf16 autocast and channels_last for training and validation; fastai's `MixedPrecision` is CUDA-only"
+    "bf16 autocast for training and validation; fastai's `MixedPrecision` is CUDA-only"
     order = MixedPrecision.order
-    def before_fit(self):
-        self.autocast = torch.autocast(self.dls.device.type if self.dls.device else 'cpu', dtype=torch.bfloat16)
-        # oneDNN's fast bf16 convolutions want NHWC; conv outputs follow the weights' layout
-        self.learn.model.to(memory_format=torch.channels_last)
+    def before_fit(self): self.autocast = torch.autocast(self.dls.device.type if self.dls.device else 'cpu', dtype=torch.bfloat16)
     def before_batch(self): self.autocast.__enter__()
     def after_pred(self):
         # loss and metrics in fp32 (backward follows the forward's dtypes); bf16 has fp32's range, so no loss scaling
         self.autocast.__exit__(None, None, None)
         self.learn.pred = to_float(self.pred)
-    def after_fit(self): self.learn.model.to(memory_format=torch.contiguous_format) # what export and safetensors expect
 
 def set_precision(learn, # The `Learner` to train
                   precision='auto', # 'auto', 'fp32', 'bf16' or 'fp16' (CUDA)
@@ -38,8 +39,11 @@ def set_precision(learn, # The `Learner` to train
     if precision=='auto': precision = auto_precision(device)
     if precision=='fp16': learn.to_fp16() # load_learner undoes it on CPU
     if precision=='bf16': learn.add_cb(BF16Training())
+    # oneDNN's CPU convolutions want NHWC (conv outputs follow the weights' layout), in fp32 too: 15% more training images/s here (benchmarks/bench.py)
+    if torch.device(device).type=='cpu': learn.add_cb(ChannelsLastFit())
     return precision
 
 def to_fp32(learn):
     "Remove what `set_precision` added, so that the exported `Learner` and its reports are plain fp32"
-    return learn.remove_cbs([BF16Training, MixedPrecision])
+    learn.model.to(memory_format=torch.contiguous_format) # a fit that stopped with an error may have left NHWC behind
+    return learn.remove_cbs([BF16Training, MixedPrecision, ChannelsLast])

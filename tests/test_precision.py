@@ -30,6 +30,18 @@ def test_bf16_training(learn):
     finally: h.remove()
     assert seen and all(s[0]==torch.float32 for s in seen)
 
+def test_fp32_trains_channels_last_on_a_cpu(learn):
+    "oneDNN's convolutions are faster in NHWC (benchmarks/bench.py); the weights go back to the usual layout after the fit"
+    set_precision(learn, 'fp32')
+    seen,h = _conv_dtypes(learn)
+    try:
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    finally: h.remove()
+    assert seen and all(s==(torch.float32, True) for s in seen)
+    assert all(p.is_contiguous() for p in learn.model.parameters())
+    to_fp32(learn)
+    assert not any(isinstance(cb, ChannelsLastFit) for cb in learn.cbs)
+
 def test_auto_precision():
     assert auto_precision('cpu')==('bf16' if bf16_cpu() else 'fp32')
 
