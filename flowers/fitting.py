@@ -23,7 +23,6 @@ DEFAULT_LR = 2e-3 # fastai's `fine_tune` default, used when the learning-rate fi
 # 2e-3..5e-3 all ended at 0.87..1.0 (benchmarks/results/recipe_grid.jsonl)
 SCRATCH_LR = 3e-3
 
-
 def find_lr(learn, fname=None) -> float:
     "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
     try:
