@@ -8,7 +8,6 @@ from .settings import STATE, CHECKPOINT, BEST, HISTORY, read_state # here too, w
 
 __all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
 
-
 class StopFlag:
     "Set by a signal handler; read by `GracefulStop` after each batch"
     def __init__(self): self.signal = None

@@ -6,7 +6,6 @@ from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'map_stride', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
-
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
     def __init__(self, nf, # Channels of the body's output
