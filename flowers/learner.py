@@ -3,7 +3,7 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, LOSS_NAMES, check_arch, check_head, check_loss
+from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, LOSS_NAMES, check_arch, check_head, check_loss, check_pretrained
 from .density import PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
@@ -38,8 +38,7 @@ def resolve_pretrained(arch, # Architecture name
                        pretrained='auto', # 'auto': use ImageNet weights if available; 'yes': require them; 'no': random init
                       ) -> bool:
     "Whether to start from ImageNet weights; 'auto' warns once and falls back to random init when they're unavailable"
-    pretrained = {True:'yes', False:'no'}.get(pretrained, str(pretrained).lower())
-    if pretrained not in ('auto','yes','no'): raise FlowersError(f"--pretrained must be auto, yes or no, not {pretrained!r}")
+    pretrained = check_pretrained(pretrained)
     if pretrained=='no': return False
     if pretrained_available(arch): return True
     if pretrained=='yes': raise FlowersError(_missing_msg(arch))

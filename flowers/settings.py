@@ -3,8 +3,8 @@ import json
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
-__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'MIN_TRAIN_SIZE', 'OLDER',
-           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision',
+__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'OLDER',
+           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
@@ -14,6 +14,7 @@ MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (c
 LOSS_NAMES = ('mse','l1','huber')
 METHODS = ('squish','pad') # ways to make an image square that keep every head; cropping would cut some off
 PRECISIONS = ('auto','fp32','bf16','fp16')
+PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 OLDER = dict(head='pool', stride=16) # settings of runs saved before they were recorded
 STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
@@ -33,13 +34,19 @@ def check_loss(loss):
 
 def check_method(method):
     "Raise unless `method` is a resize method that keeps every head: 'squish' or 'pad'"
-    if method not in METHODS: raise FlowersDataError(f"method must be 'squish' or 'pad', not {method!r}: cropping would cut heads off")
+    if method not in METHODS: raise FlowersDataError(f"method must be {' or '.join(map(repr, METHODS))}, not {method!r}: cropping would cut heads off")
 
 def check_precision(precision, device=None):
     "Raise unless `precision` is one of `PRECISIONS` and runs on `device`"
     if precision not in PRECISIONS: raise FlowersError(f"precision must be {', '.join(PRECISIONS)}, not {precision!r}")
     if precision=='fp16' and device is not None and not str(device).startswith('cuda'):
         raise FlowersError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+
+def check_pretrained(pretrained) -> str:
+    "`pretrained` as one of `PRETRAINED` (True and False are 'yes' and 'no'); raises if it is none of them"
+    p = {True:'yes', False:'no'}.get(pretrained, str(pretrained).lower())
+    if p not in PRETRAINED: raise FlowersError(f"--pretrained must be {', '.join(PRETRAINED[:-1])} or {PRETRAINED[-1]}, not {pretrained!r}")
+    return p
 
 def check_lr(lr):
     "`lr` as a float, 'find' or None; raises if it is none of these"
@@ -51,7 +58,7 @@ def check_lr(lr):
 
 def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
-    check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_lr(a.lr)
+    check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):

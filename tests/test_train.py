@@ -112,6 +112,7 @@ def test_unknown_flag_exits_2(tmp_path):
     assert r.returncode==2 and 'unrecognized arguments: --epochz' in r.stderr
 
 @pytest.mark.parametrize('module,args,code', [('flowers.train', ['--epochs', '0'], 2), ('flowers.train', ['--resume', '.'], 2),
+                                              ('flowers.train', ['--pretrained', 'maybe'], 2),
                                               ('flowers.train', ['--help'], 0), ('flowers.synth', ['--help'], 0)])
 def test_command_lines_answer_before_torch_loads(tmp_path, module, args, code):
     "A typo, or --help, costs no wait: torch and fastai (~10 s of imports) load only for work that needs them"
