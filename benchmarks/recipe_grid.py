@@ -2,7 +2,7 @@
 
 Appends one JSON line per run to `OUT/grid.jsonl`: final and per-epoch validation MAE for fixed learning rates, batch
 sizes and precisions, and what `lr_find` suggests for several seeds. Not part of the tests."""
-import json, sys, time, warnings, torch
+import json, sys, time, warnings
 from pathlib import Path
 from fastai.vision.all import *
 from flowers.data import count_dls

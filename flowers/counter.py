@@ -4,7 +4,8 @@ from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError, check_int
 from .safe import load_safe, input_spec
-from .images import open_image, image_size, MIN_SIZE
+from .images import open_image, image_size
+from .settings import MIN_SIZE, model_file
 from .density import CountMapHead, FINE_STEP, map_stride, spread_cells, shifted, stitch, sharpen
 from .calibrate import fingerprint
 from .precision import auto_precision, check_precision
@@ -174,7 +175,7 @@ _warned = set()
 def load_pkl(fname) -> Learner:
     "fastai's `load_learner` with clear errors for missing, truncated or foreign files and missing packages"
     fname = Path(fname)
-    if not fname.is_file(): raise FlowersError(f"{fname}: model file not found")
+    model_file(fname)
     if fname not in _warned:
         warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; "
                       f"the safe format ({fname.with_name('model.safetensors')}) loads without pickle.")
@@ -193,8 +194,7 @@ def load_counter(path, # A run folder, `model.safetensors`, `model.json` or an `
                  device=None, # Default: CUDA if available, else the CPU
                 ) -> Counter:
     "A `Counter` from a trained model; a run folder loads its safe format when present"
-    path = Path(path)
-    if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
+    path = model_file(path)
     if path.suffix in ('.safetensors','.json'):
         model,meta,cal = load_safe(path)
         return Counter.from_spec(model, meta, meta=meta, precision=precision, device=device, calibration=cal)

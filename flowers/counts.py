@@ -6,7 +6,7 @@ from csv import Error as CSVError
 from pathlib import Path
 from PIL import Image
 from .errors import FlowersDataError
-from .images import open_image, decode_threads
+from .settings import decode_threads
 from .progress import progress
 
 __all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'read_points']
@@ -75,6 +75,7 @@ def _path_problem(fn, img_dir):
 
 def _image_problem(fn, img_dir, size=None):
     "Why image `fn` can't be opened, or None"
+    from .images import open_image # torch and fastai: `find_images` and the CLIs' checks need neither
     try: open_image(img_dir/fn, name=fn, size=size)
     except FlowersDataError as e: return str(e)
 

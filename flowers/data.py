@@ -4,7 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersDataError
-from .images import OpenImage, decode_threads
+from .images import OpenImage
+from .settings import decode_threads
 from .progress import progress
 from .density import pad_points, drop_points
 from .settings import check_method

@@ -1,14 +1,14 @@
 """One robust image opener for training, prediction and the web service."""
-import io, os, warnings, numpy as np, torch
+import io, warnings, numpy as np, torch
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
+from .settings import MIN_SIZE, decode_threads
 
 __all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'decode_threads']
 
 FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
-MIN_SIZE = 8 # pixels per side; smaller images can't show anything countable
 BACKGROUND = (255,255,255) # what transparent pixels are composited on
 
 def _name(src):
@@ -102,10 +102,6 @@ class OpenImage(Transform):
     input_types = (Path, str, bytes, bytearray, memoryview, np.ndarray, torch.Tensor, Image.Image, io.IOBase) # what `learn.predict` may be given
     def __init__(self, size:int=None): super().__init__(); self.size = size
     def encodes(self, src): return open_image(src, size=self.size)
-
-def decode_threads() -> int:
-    "Threads for decoding: Pillow releases the GIL while it decodes, so each core can decode while the model runs"
-    return max(2, min(8, os.cpu_count() or 1))
 
 def image_pixels(data:bytes) -> int:
     "Width x height from the header of encoded image `data`, without decoding it; 0 if unreadable (`open_image` will say why)"

@@ -2,15 +2,20 @@
 import os, sys, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from fastai.vision.all import *
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, user_errors
+from .settings import MIN_SIZE, model_file, decode_threads
 from .counts import IMG_EXTS, _read_csv, find_img_dir
-from .images import open_image, decode_threads, MIN_SIZE
 from .progress import progress
-from .counter import Counter, load_counter, load_pkl # here too, where scripts written before the split find them
+# torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
 __all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'take_shard', 'predict_table']
+
+def __getattr__(name):
+    "`flowers.counter`'s names, here too, where scripts written before the split find them"
+    if name not in ('Counter', 'load_counter', 'load_pkl'): raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import counter
+    return getattr(counter, name)
 
 def check_csv_out(out) -> Path:
     "Raise unless a CSV can be written to `out`: checked before counting, so no result is lost at the end"
@@ -85,6 +90,7 @@ def predict_table(counter, # A `Counter`
 def _tile_or_map(counter, item, name, tile, maps, j):
     "The count of `item` by windows (`tile`), its count map picture written into `maps`"
     from .report import save_count_map # matplotlib only when pictures are asked for
+    from .images import open_image
     if not maps: return counter.predict(item, tile=tile)
     cmap = counter.count_map(item, tile=tile)
     save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
@@ -109,12 +115,15 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         check_int('--bs', bs)
         if out: check_csv_out(out)
         if shard: take_shard([], shard)
+        if tile is not None: check_int('--tile', tile, MIN_SIZE)
+        model_file(model)
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
         if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
+        import torch
+        from .counter import load_counter
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        if tile is not None: check_int('--tile', tile, MIN_SIZE)
         if maps: Path(maps).mkdir(parents=True, exist_ok=True); counter._cells(torch.zeros(3, counter.size, counter.size, dtype=torch.uint8))
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')

@@ -4,6 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
+from .settings import model_file
 from .learner import ARCHS, get_arch
 from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model_args, map_stride
 from .calibrate import Calibration
@@ -86,8 +87,7 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     "The network rebuilt with `create_vision_model(..., pretrained=False)` and its weights, the metadata, and its `Calibration` (or None); no pickle"
     path = Path(path)
     weights,jfile = path.with_suffix('.safetensors'),path.with_suffix('.json')
-    for f in (weights,jfile):
-        if not f.is_file(): raise FlowersError(f"{f}: model file not found (the safe format needs both {weights.name} and {jfile.name})")
+    model_file(path)
     try: meta = json.loads(jfile.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise FlowersError(f"{jfile}: not valid JSON ({e})")
     if not isinstance(meta, dict) or meta.get('format')!=FORMAT: raise FlowersError(f"{jfile}: not a flowers model description (format {FORMAT})")

@@ -1,11 +1,11 @@
 """A training run's settings: what each may be, and what an interrupted run saved. No torch or fastai here, so a bad command line is refused at once."""
-import json
+import json, os
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
-__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'OLDER',
+__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
            'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
-           'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state']
+           'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
@@ -16,6 +16,7 @@ METHODS = ('squish','pad') # ways to make an image square that keep every head; 
 PRECISIONS = ('auto','fp32','bf16','fp16')
 PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
+MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
 OLDER = dict(head='pool', stride=16) # settings of runs saved before they were recorded
 STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
 
@@ -96,3 +97,18 @@ def resume_state(run) -> dict:
     if not (Path(run)/CHECKPOINT).is_file():
         raise FlowersError(f"--resume {run}: no {CHECKPOINT}; the run finished or stopped before its first epoch ended")
     return state
+
+def model_file(path, # A run folder, `model.safetensors`, `model.json` or an `export.pkl`
+              ) -> Path:
+    "The file a model loads from: a run folder's safe format when it has one, else its `export.pkl`; raises if it (or its pair) is missing"
+    path = Path(path)
+    if path.is_dir(): path = path/'model.safetensors' if (path/'model.safetensors').is_file() else path/'export.pkl'
+    pair = (path.with_suffix('.safetensors'), path.with_suffix('.json')) if path.suffix in ('.safetensors','.json') else ()
+    for f in pair or (path,):
+        if not f.is_file():
+            raise FlowersError(f"{f}: model file not found" + (f" (the safe format needs both {pair[0].name} and {pair[1].name})" if pair else ''))
+    return path
+
+def decode_threads() -> int:
+    "Threads for decoding: Pillow releases the GIL while it decodes, so each core can decode while the model runs"
+    return max(2, min(8, os.cpu_count() or 1))

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from fastcore.parallel import parallel
 from fastcore.script import call_parse
 from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline, circle
-from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, earth_colour, jitters, leaf_poly
+from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, jitters, leaf_poly
 from .progress import interactive
 from .errors import FlowersError, user_errors
 

@@ -1,5 +1,5 @@
 "Careless and hostile inputs to prediction, model files and the server: one clear message, nothing computed lost"
-import io, json, os, shutil, stat, struct, subprocess, sys, numpy as np, pandas as pd, pytest, torch
+import io, json, os, shutil, stat, struct, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from flowers import FlowersError
 from flowers.images import open_image

@@ -113,7 +113,9 @@ def test_unknown_flag_exits_2(tmp_path):
 
 @pytest.mark.parametrize('module,args,code', [('flowers.train', ['--epochs', '0'], 2), ('flowers.train', ['--resume', '.'], 2),
                                               ('flowers.train', ['--pretrained', 'maybe'], 2),
-                                              ('flowers.train', ['--help'], 0), ('flowers.synth', ['--help'], 0)])
+                                              ('flowers.train', ['--help'], 0), ('flowers.synth', ['--help'], 0),
+                                              ('flowers.predict', ['--help'], 0), ('flowers.predict', ['nomodel', '.'], 2),
+                                              ('flowers.predict', ['nomodel', '.', '--tile', '4'], 2)])
 def test_command_lines_answer_before_torch_loads(tmp_path, module, args, code):
     "A typo, or --help, costs no wait: torch and fastai (~10 s of imports) load only for work that needs them"
     run = (f"import runpy, sys\nsys.argv = ['{module}', *{args!r}]\ntry: runpy.run_module('{module}', run_name='__main__')\n"
