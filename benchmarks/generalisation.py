@@ -25,6 +25,7 @@ RECIPES = dict(
     pool = dict(head='pool'), # fastai's pooled head, trained from counts alone
     jitter = dict(aug=JITTER_AUG), # the previous default: also zoom-out, colour, blur, noise
     noaug = dict(aug=False),
+    squash = dict(aug=dict(min_aspect=.6)), # also the width or the height squashed to 0.6..1 of it: heads seen at an angle
 )
 
 def _count(learn, csv):

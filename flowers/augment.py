@@ -3,7 +3,7 @@ import math
 from functools import partial
 from fastai.vision.all import *
 
-__all__ = ['rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise', 'JITTER_AUG', 'count_tfms']
+__all__ = ['rotate_fit_mat', 'squash_mat', 'RotateFit', 'RandomBlur', 'RandomNoise', 'JITTER_AUG', 'count_tfms']
 
 def rotate_fit_mat(x:Tensor, # Batch the matrices are for
                    max_deg:float=10, # Largest rotation in degrees
@@ -17,14 +17,30 @@ def rotate_fit_mat(x:Tensor, # Batch the matrices are for
     m[:,:2,:2] *= (m[:,0,0].abs() + m[:,0,1].abs())[:,None,None]
     return m
 
+def squash_mat(x:Tensor, # Batch the matrices are for
+               min_aspect:float=1., # Shortest the squashed axis becomes, as a share of its length
+               p:float=0.5, # Probability of squashing each image
+               batch:bool=False, # The same for the whole batch
+              ):
+    "Matrices that shrink the width or the height (at random) to `min_aspect`..1 of it, padding: round heads become ellipses, as seen at an angle"
+    n = 1 if batch else x.size(0)
+    s = 1/mask_tensor(x.new_empty(n).uniform_(min_aspect, 1.), p=p, neutral=1., batch=batch).expand(x.size(0))
+    on_x = (x.new_empty(n).uniform_()<.5).expand(x.size(0))
+    sx,sy = torch.where(on_x, s, 1.),torch.where(on_x, 1., s) # a sampling step above 1 shrinks the picture: nothing leaves the frame
+    z = torch.zeros_like(s)
+    return affine_mat(sx, z, z, z, sy, z)
+
 class RotateFit(AffineCoordTfm):
-    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame, and zoom out to `min_scale`; pads with zeros"
+    "Rotate by at most `max_deg`, zooming out just enough that nothing leaves the frame, zoom out to `min_scale` and squash to `min_aspect`; pads with zeros"
     def __init__(self, max_deg=10, p=0.5, draw=None, size=None, mode='bilinear', batch=False,
                  min_scale=1., # Smallest scale of the zoom-out (fastai's `zoom_mat` below 1 never leaves the frame)
                  p_scale=0.5, # Probability of zooming out
+                 min_aspect=1., # Shortest a squashed side becomes (`squash_mat`)
+                 p_aspect=0.5, # Probability of squashing
                 ):
         fs = [partial(rotate_fit_mat, max_deg=max_deg, p=p, draw=draw, batch=batch)]
         if min_scale<1: fs.append(partial(zoom_mat, min_zoom=min_scale, max_zoom=1., p=p_scale, batch=batch))
+        if min_aspect<1: fs.append(partial(squash_mat, min_aspect=min_aspect, p=p_aspect, batch=batch))
         super().__init__(aff_fs=fs, size=size, mode=mode, pad_mode=PadMode.Zeros)
 
 class RandomBlur(RandTransform):
@@ -63,6 +79,7 @@ def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is
                max_lighting:float=0.2, # Largest change of brightness and contrast
                p_affine:float=0.75, # Probability of rotating each image
                min_scale:float=1., # Zoom out to as little as this scale, padding with zeros (never crops); e.g. 0.75
+               min_aspect:float=1., # Squash the width or the height to as little as this, padding with zeros: heads seen at an angle; e.g. 0.6
                max_saturation:float=0., # Largest change of colour saturation; e.g. 0.5
                max_hue:float=0., # Largest hue shift (fraction of the colour wheel); e.g. 0.1
                max_blur:float=0., # Largest Gaussian blur sigma in pixels of the batch; e.g. 1
@@ -72,7 +89,7 @@ def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is
     # the rest is off by default: with colour jitter the map learnt to count leaves and stones (empty fields up to 8 heads),
     # and without colour, zoom-out, blur and noise validation MAE fell on all 3 held-out family pairs, held-out MAE on 2 (README)
     tfms = [Dihedral(p=0.5, pad_mode=PadMode.Zeros)] # exact: no interpolation, no padding
-    if max_rotate or min_scale<1: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine, min_scale=min_scale))
+    if max_rotate or min_scale<1 or min_aspect<1: tfms.append(RotateFit(max_deg=max_rotate, p=p_affine, min_scale=min_scale, min_aspect=min_aspect))
     if max_lighting: tfms += [Brightness(max_lighting=max_lighting), Contrast(max_lighting=max_lighting)]
     if max_saturation: tfms.append(Saturation(max_lighting=max_saturation))
     if max_hue: tfms.append(Hue(max_hue=max_hue))

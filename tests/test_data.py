@@ -126,6 +126,16 @@ def test_zoom_out_keeps_whole_image():
     cols = (y[:,0]>0.5).any(1).float().argmax(1) # left edge of the shrunk image
     assert len(set(cols.tolist())) > 3 # placed anywhere, not only in the middle
 
+def test_squash_keeps_whole_image():
+    "Squashing shrinks the width or the height (heads seen at an angle), never both, and never cuts anything off"
+    torch.manual_seed(0)
+    x = TensorImage(torch.ones(16,3,64,64))
+    y = RotateFit(max_deg=0, p=0., min_aspect=0.5, p_aspect=1.)(x, split_idx=0)
+    cols,rows = ((y[:,0]>0.5).any(d).sum(1) for d in (1,2)) # columns and rows the picture still covers
+    assert ((cols==64) | (rows==64)).all() and (cols<60).any() and (rows<60).any()
+    area = y[:,0].sum((1,2))/64**2
+    assert (area > 0.5-0.03).all() and (area < 1.01).all() and area.std() > 0.02
+
 def test_blur_and_noise_keep_range_and_mean():
     "Blur and noise change pixels, not what is in the picture: range 0..1, brightness kept"
     torch.manual_seed(0)
