@@ -3,7 +3,7 @@ import os, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import check_lr, find_csv
+from .settings import check_lr, find_csv, default_schedule
 from .data import count_dls
 from .density import without_points
 from .learner import count_learner, resolve_pretrained
@@ -13,7 +13,7 @@ from .calibrate import calibrate
 from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
-from .precision import set_precision, to_fp32
+from .precision import resolve_precision, set_precision, to_fp32
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -92,6 +92,11 @@ def _train(a, out, state, args, t0):
         csv = find_csv(a.data) if _is_main() else None # rank 0 alone generates the default data set
         csv = broadcast_obj(csv)
         if _is_main(): remove_stale(out)
+        precision = resolve_precision(a.precision, default_device())
+        for k,v in default_schedule(precision).items(): # resolved once, and saved with the settings: a resumed run keeps them
+            if a[k] is not None: continue
+            a[k] = v
+            if args is not None: args[k] = v
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
                         method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
@@ -99,7 +104,7 @@ def _train(a, out, state, args, t0):
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, a.head, a.stride, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
-        precision = set_precision(learn, a.precision)
+        set_precision(learn, precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             if _is_main():

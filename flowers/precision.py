@@ -4,7 +4,7 @@ from fastai.vision.all import *
 from fastai.callback.channelslast import ChannelsLast
 from .settings import PRECISIONS, check_precision
 
-__all__ = ['PRECISIONS', 'bf16_cpu', 'auto_precision', 'check_precision', 'ChannelsLastFit', 'BF16Training', 'set_precision', 'to_fp32']
+__all__ = ['PRECISIONS', 'bf16_cpu', 'auto_precision', 'check_precision', 'resolve_precision', 'ChannelsLastFit', 'BF16Training', 'set_precision', 'to_fp32']
 
 
 def bf16_cpu() -> bool:
@@ -30,13 +30,19 @@ class BF16Training(Callback):
         self.autocast.__exit__(None, None, None)
         self.learn.pred = to_float(self.pred)
 
+def resolve_precision(precision, # 'auto', 'fp32', 'bf16' or 'fp16' (CUDA)
+                      device, # Where training runs
+                     ) -> str:
+    "`precision` checked for `device`, with 'auto' replaced by `auto_precision`"
+    check_precision(precision, device)
+    return auto_precision(device) if precision=='auto' else precision
+
 def set_precision(learn, # The `Learner` to train
                   precision='auto', # 'auto', 'fp32', 'bf16' or 'fp16' (CUDA)
                  ) -> str:
     "Train `learn` in `precision` ('auto': `auto_precision` of its device); returns the one used"
     device = learn.dls.device or 'cpu'
-    check_precision(precision, device)
-    if precision=='auto': precision = auto_precision(device)
+    precision = resolve_precision(precision, device)
     if precision=='fp16': learn.to_fp16() # load_learner undoes it on CPU
     if precision=='bf16': learn.add_cb(BF16Training())
     # oneDNN's CPU convolutions want NHWC (conv outputs follow the weights' layout), in fp32 too: a plain step 15% faster here, whole epochs 3-10% (README)

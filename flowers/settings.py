@@ -4,7 +4,7 @@ from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
-           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
@@ -18,6 +18,16 @@ PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
 OLDER = dict(head='pool', stride=16) # settings of runs saved before they were recorded
+# The default epochs and input size: what fits a 5-minute default run (data generation included) on 2 cores at the precision a
+# machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than fp32-only ones, and GPUs faster still:
+# spent on 96 px and 20 epochs, it lowered validation MAE and empty-field counts on all 3 held-out pairs, held-out MAE on 2 (README)
+SCHEDULES = dict(fp32=dict(epochs=15, size=64), fast=dict(epochs=20, size=96))
+
+def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
+                    ) -> dict:
+    "`epochs` and `size` of a default run in `precision`"
+    return SCHEDULES['fp32' if precision=='fp32' else 'fast']
+
 STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
 
 def check_arch(arch):
@@ -61,6 +71,7 @@ def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
     check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
+        if k in ('epochs','size') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
         raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")

@@ -5,6 +5,7 @@ from fastai.vision.all import load_learner
 from flowers.train import train
 from flowers.fitting import SCRATCH_LR
 from flowers.precision import auto_precision, BF16Training
+from flowers.settings import SCHEDULES, default_schedule
 from flowers.learner import weights_file
 
 RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
@@ -47,6 +48,13 @@ def test_random_init_defaults(flower_data, tmp_path):
     assert not any(isinstance(cb, BF16Training) for cb in learn.cbs)
     assert learn.dls.train.cache is None and learn.dls.valid.cache is None
     assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
+
+def test_default_schedule_follows_the_precision(flower_data, tmp_path):
+    "No --epochs: as many as fit the time budget in the precision training runs in, recorded in the run's reports"
+    train(flower_data[1], out=tmp_path, size=32, bs=8, pretrained='no', precision='fp32')
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
+    assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
     learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3, seed=7)
