@@ -5,10 +5,9 @@ from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersDataError
 from .images import OpenImage
-from .settings import decode_threads
+from .settings import check_method, decode_threads
 from .progress import progress
 from .density import pad_points, drop_points
-from .settings import check_method
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
 

@@ -96,12 +96,12 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         y_range = None
         if len(dls.train_ds.tls)>2: kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()
     pretrained = bool(pretrained) and weights is None
-    # MAE over the gathered predictions, as fastai's rmse and R2Score are: its plain `mae` averages per-batch values, and in a
-    # data-parallel run kept only rank 0's half of the validation set (history and the best checkpoint were 10% off the report)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
         margs = count_model_args(get_arch(arch), head, stride)
         cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
+        # MAE over the gathered predictions, as fastai's rmse and R2Score are: its plain `mae` averages per-batch values, and in a
+        # data-parallel run kept only rank 0's half of the validation set (history and the best checkpoint were 9% off the report)
         learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
                                metrics=[AccumMetric(mae), rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
     if cut is not None:
