@@ -134,6 +134,19 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     m = json.loads((out/'metrics.json').read_text())
     assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists()
 
+def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
+    "No --epochs: the CLI saves the epochs it chose for this precision, so --resume finishes that schedule, whatever the machine"
+    from flowers.settings import SCHEDULES
+    out = tmp_path/'run'
+    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--precision', 'fp32'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _,err = p.communicate(timeout=300)
+    assert p.returncode==130, err
+    args = json.loads((out/'state.json').read_text())['args']
+    assert args['epochs']==SCHEDULES['fp32']['epochs'] and args['size']==32 and args['precision']=='fp32'
+
 def test_resume_needs_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and 'only a run that was interrupted can be resumed' in r.stderr
