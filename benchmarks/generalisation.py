@@ -20,6 +20,7 @@ RESULTS = Path(__file__).parent/'results'
 # Recipes compared; each is a set of `train` arguments over the defaults
 RECIPES = dict(
     default = dict(),
+    plainhead = dict(context=0), # the count map's head without dilated layers: the default before this one
     map16 = dict(stride=16, epochs=10), # the count map one cell per 16 pixels: the default before this one
     r34 = dict(arch='resnet34', epochs=6), # resnet34 in the same time as the default
     pool = dict(head='pool'), # fastai's pooled head, trained from counts alone

@@ -1,29 +1,33 @@
 """Counting by maps: a head that predicts a count per location and adds them up, taught where the heads are when that is known."""
 import math
 from fastai.vision.all import *
-from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE
+from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
 
-__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'map_stride', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
+__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
     def __init__(self, nf, # Channels of the body's output
-                 hidden=128, # Channels of its one hidden layer
+                 hidden=128, # Channels of its hidden layers
+                 context=MAP_CONTEXT, # Dilated layers after the first (dilation 2, 4, ...), so each location sees its surroundings
                 ):
         super().__init__()
-        self.density = nn.Sequential(ConvLayer(nf, hidden, ks=3), nn.Conv2d(hidden, 1, 1), nn.Softplus())
+        # context tells a head from litter that looks like one: a leaf among many leaves is ground (README, Generalisation)
+        wide = [ConvLayer(hidden, hidden, ks=3, dilation=2**i, padding=2**i) for i in range(1, context+1)]
+        self.density = nn.Sequential(ConvLayer(nf, hidden, ks=3), *wide, nn.Conv2d(hidden, 1, 1), nn.Softplus())
 
     def forward(self, x): return self.density(x).sum((2,3))
 
 def count_model_args(arch, # A torchvision ResNet function
                      head='map', # One of `HEAD_TYPES`
                      stride=MAP_STRIDE, # Input pixels per cell of the count map: a key of `MAP_CUTS`
+                     context=MAP_CONTEXT, # Dilated layers in the count map's head
                     ) -> dict:
     "The `cut` and `custom_head` arguments of `vision_learner`/`create_vision_model` for `head`"
     if head=='pool': return {}
     body = create_body(arch(weights=None), cut=MAP_CUTS[stride])
-    return dict(cut=MAP_CUTS[stride], custom_head=CountMapHead(num_features_model(body)))
+    return dict(cut=MAP_CUTS[stride], custom_head=CountMapHead(num_features_model(body), context=context))
 
 def map_stride(model) -> int:
     "Input pixels per cell of the count map of `model` (body, `CountMapHead`), measured on a blank input"
@@ -32,6 +36,10 @@ def map_stride(model) -> int:
     with torch.no_grad(): n = model[0](p.new_zeros(1, 3, 64, 64)).shape[-1]
     model.train(was)
     return 64//n
+
+def map_context(head) -> int:
+    "Dilated layers of the `CountMapHead` `head`: 0 for those made before they were"
+    return len(head.density) - 3 # the first layer, the 1x1 convolution and the softplus
 
 def init_map_bias(model, # A model whose head is a `CountMapHead`
                   mean_count, # Mean training count

@@ -102,7 +102,7 @@ def _train(a, out, state, args, t0):
                         method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
-        learn = count_learner(dls, a.arch, a.head, a.stride, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        learn = count_learner(dls, a.arch, a.head, a.stride, a.context, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         set_precision(learn, precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
@@ -131,7 +131,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, head=a.head, size=a.size,
-                **({'stride': a.stride} if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
+                **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs

@@ -3,7 +3,7 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, LOSS_NAMES, check_arch, check_head, check_loss, check_pretrained
+from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_loss, check_pretrained
 from .density import PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
@@ -81,6 +81,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
                   arch='resnet34', # torchvision ResNet name (or model function)
                   head='map', # 'map': counts per location, summed (no upper limit; taught head positions when the data have them); 'pool': fastai's pooled head
                   stride=MAP_STRIDE, # Input pixels per cell of the count map ('map' head): 8 or 16
+                  context=MAP_CONTEXT, # Dilated layers in the count map's head, so each location sees its surroundings ('map' head)
                   pretrained=True, # Start the body from ImageNet weights (fastai's usual cache)
                   weights=None, # A local torchvision state dict for the body instead
                   loss='mse', # 'mse', 'l1' or 'huber'
@@ -89,7 +90,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
                   **kwargs, # Passed to `vision_learner`
                  ) -> Learner:
     "A `vision_learner` with one output trained to match the count"
-    check_loss(loss); check_head(head, stride)
+    check_loss(loss); check_head(head, stride, context)
     counts = dls.train_ds.tls[1] # targets only: no image is opened
     if head=='pool' and y_range is None: y_range = count_y_range(counts)
     if head=='map':
@@ -98,7 +99,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
     pretrained = bool(pretrained) and weights is None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
-        margs = count_model_args(get_arch(arch), head, stride)
+        margs = count_model_args(get_arch(arch), head, stride, context)
         cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
         # MAE over the gathered predictions, as fastai's rmse and R2Score are: its plain `mae` averages per-batch values, and in a
         # data-parallel run kept only rank 0's half of the validation set (history and the best checkpoint were 9% off the report)

@@ -4,9 +4,9 @@ from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
-from .settings import model_file
+from .settings import MAX_CONTEXT, model_file
 from .learner import ARCHS, get_arch
-from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model_args, map_stride
+from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model_args, map_stride, map_context
 from .calibrate import Calibration
 from .atomic import atomic_path, atomic_text
 
@@ -16,8 +16,8 @@ FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride') # what builds, feeds and qualifies the network: hashed with the weights
-_LATER_KEYS = ('head','stride') # hashed only when present, so that models saved before them still check
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride','context') # what builds, feeds and qualifies the network: hashed with the weights
+_LATER_KEYS = ('head','stride','context') # hashed only when present, so that models saved before them still check
 MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
 
 def _net_sha256(weights, meta):
@@ -38,6 +38,7 @@ def check_meta(meta:dict, # `model.json` as read
     if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
     if meta.get('head', 'pool') not in HEAD_TYPES: bad('head', f"one of {', '.join(HEAD_TYPES)}")
     if meta.get('stride', 16) not in MAP_CUTS: bad('stride', f"one of {', '.join(map(str, MAP_CUTS))}")
+    if meta.get('context', 0) not in range(MAX_CONTEXT+1): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
     y = meta.get('y_range')
     if meta.get('head', 'pool')=='pool' and not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
     if not (_num(meta.get('ps', 0.5)) and 0 <= meta.get('ps', 0.5) < 1): bad('ps', 'a dropout probability in [0, 1)')
@@ -59,7 +60,7 @@ def input_spec(learn) -> dict:
 def safe_meta(learn, arch, **extra) -> dict:
     "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
     if isinstance(learn.model[-1], CountMapHead):
-        return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', stride=map_stride(learn.model), **input_spec(learn), **extra)
+        return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', stride=map_stride(learn.model), context=map_context(learn.model[-1]), **input_spec(learn), **extra)
     y_range = learn.model[-1][-1]
     drops = [m.p for m in learn.model[-1].modules() if isinstance(m, nn.Dropout)]
     return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='pool', y_range=[float(y_range.low), float(y_range.high)],
@@ -103,7 +104,8 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     pool = dict(y_range=tuple(meta['y_range']), ps=meta.get('ps', 0.5)) if head=='pool' else {} # before `ps` was recorded: fastai's default
     arch = get_arch(meta['arch'])
     stride = meta.get('stride', 16) # count maps saved before `stride` was recorded had cells 16 pixels apart
-    model = create_vision_model(arch, meta['n_out'], pretrained=False, **pool, **count_model_args(arch, head, stride))
+    context = meta.get('context', 0) # and one plain layer in their heads before `context` was
+    model = create_vision_model(arch, meta['n_out'], pretrained=False, **pool, **count_model_args(arch, head, stride, context))
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
     try: cal = Calibration.from_meta(meta, cal)

@@ -32,6 +32,8 @@ def test_small_data_caps_batch_size_and_trains(flower_data, tmp_path):
     (['--valid-pct', '0'], '--valid-pct 0.0: must be between 0 and 1'),
     (['--valid-pct', '1.5'], '--valid-pct 1.5: must be between 0 and 1'),
     (['--stride', '12'], "--stride 12: a count map's cells are 8 or 16 pixels apart"),
+    (['--context', '9'], "--context 9: must be a whole number from 0 to 4"),
+    (['--context', '-1'], "--context -1: must be a whole number from 0 to 4"),
 ])
 def test_bad_numbers_are_refused_and_leave_no_folder(flower_data, tmp_path, args, msg):
     "Checked in-process, each one (the CLI's exit code is checked once below)"

@@ -85,15 +85,15 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr
 
-@pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16']])
+@pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16', '--context', '0']])
 def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args):
-    "fastai's pooled head, and the coarser map of earlier defaults: trained by the CLI, loaded by plain load_learner in a fresh process"
+    "fastai's pooled head, and the coarser map and plain head of earlier defaults: trained by the CLI, loaded by plain load_learner in a fresh process"
     out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8',
                         '--epochs', '1', '--pretrained', 'no', *args], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stderr
     meta,pool = json.loads((out/'model.json').read_text()),'pool' in args
-    assert meta['head']==('pool' if pool else 'map') and meta.get('stride')==(None if pool else 16)
+    assert meta['head']==('pool' if pool else 'map') and meta.get('stride')==(None if pool else 16) and meta.get('context')==(None if pool else 0)
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
@@ -102,7 +102,7 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args)
     if pool: assert safe.stride is None
     else:
         assert safe.stride==16 and abs(safe.count_map(img).sum() - safe.predict(img)) <= 0.01*max(1., safe.predict(img))
-        del meta['stride'] # as saved before the stride was recorded, when every map had 16
+        del meta['stride'], meta['context'] # as saved before they were recorded, when every map had 16 and one plain layer
         meta['net_sha256'] = _net_sha256(out/'model.safetensors', meta)
         (out/'model.json').write_text(json.dumps(meta))
         assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
