@@ -3,7 +3,7 @@ import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_loss, check_pretrained
+from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_context, check_loss, check_pretrained
 from .density import PointSupervision, count_model_args, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
@@ -90,7 +90,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
                   **kwargs, # Passed to `vision_learner`
                  ) -> Learner:
     "A `vision_learner` with one output trained to match the count"
-    check_loss(loss); check_head(head, stride, context)
+    check_loss(loss); check_head(head, stride); check_context(context)
     counts = dls.train_ds.tls[1] # targets only: no image is opened
     if head=='pool' and y_range is None: y_range = count_y_range(counts)
     if head=='map':

@@ -4,14 +4,14 @@ from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
-           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+           'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
 MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
 MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
-MAP_CONTEXT = 2 # dilated layers in the count map's head: held-out MAE and empty-field counts lower on all 3 held-out pairs (README)
+MAP_CONTEXT = 2 # dilated layers in the count map's head: at 96 px, held-out MAE and empty-field counts lower on all 3 held-out pairs (README)
 MAX_CONTEXT = 4 # dilation 16 already reaches past a 96 px image's 12 x 12 cells
 LOSS_NAMES = ('mse','l1','huber')
 METHODS = ('squish','pad') # ways to make an image square that keep every head; cropping would cut some off
@@ -20,14 +20,15 @@ PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
 OLDER = dict(head='pool', stride=16, context=0) # settings of runs saved before they were recorded
-# The default epochs and input size: what fits a 5-minute default run (data generation included) on 2 cores at the precision a
-# machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than fp32-only ones, and GPUs faster still:
-# spent on 96 px and 20 epochs, it lowered validation MAE and empty-field counts on all 3 held-out pairs, held-out MAE on 2 (README)
-SCHEDULES = dict(fp32=dict(epochs=15, size=64), fast=dict(epochs=20, size=96))
+# The default epochs, input size and head: what fits a 5-minute default run (data generation included) on 2 cores at the precision
+# a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than fp32-only ones, and GPUs faster still:
+# spent on 96 px and 20 epochs, it lowered validation MAE and empty-field counts on all 3 held-out pairs, held-out MAE on 2; there
+# the head's context won on all 3, where at 64 px (an 8 x 8 map) it was a tie that fp32 machines have no time for (README)
+SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0), fast=dict(epochs=20, size=96, context=MAP_CONTEXT))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
                     ) -> dict:
-    "`epochs` and `size` of a default run in `precision`"
+    "`epochs`, `size` and `context` of a default run in `precision`"
     return SCHEDULES['fp32' if precision=='fp32' else 'fast']
 
 STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
@@ -36,10 +37,13 @@ def check_arch(arch):
     "Raise unless `arch` names one of `ARCHS` (or is a model function)"
     if not callable(arch) and arch not in ARCHS: raise FlowersError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
 
-def check_head(head, stride=MAP_STRIDE, context=MAP_CONTEXT):
-    "Raise unless `head` names one of `HEAD_TYPES`, and `stride` and `context` are ones a count map can have"
+def check_head(head, stride=MAP_STRIDE):
+    "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
     if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
     if stride not in MAP_CUTS: raise FlowersError(f"--stride {stride!r}: a count map's cells are {' or '.join(map(str, MAP_CUTS))} pixels apart")
+
+def check_context(context):
+    "Raise unless `context` is a number of dilated layers a count map's head can have"
     if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context <= MAX_CONTEXT:
         raise FlowersError(f"--context {context!r}: must be a whole number from 0 to {MAX_CONTEXT} (dilated layers in the count map's head)")
 
@@ -73,10 +77,11 @@ def check_lr(lr):
 
 def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
-    check_arch(a.arch), check_head(a.head, a.stride, a.context), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
+    check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         if k in ('epochs','size') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
+    if a.context is not None: check_context(a.context)
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
         raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
 

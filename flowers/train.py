@@ -5,7 +5,7 @@ from fastcore.basics import AttrDict
 from fastcore.meta import delegates
 from fastcore.script import call_parse
 from .errors import user_errors
-from .settings import MAP_STRIDE, MAP_CONTEXT, OLDER, check_args, check_lr, find_csv, resume_state
+from .settings import MAP_STRIDE, OLDER, check_args, check_lr, find_csv, resume_state
 # torch and fastai load only once the settings are good (`flowers.fitting`): a bad command line is refused at once, not after ~10 s
 
 __all__ = ['find_csv', 'check_lr', 'train']
@@ -25,7 +25,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
           stride:int=MAP_STRIDE, # Input pixels per cell of the count map (--head map): 8 or 16
-          context:int=MAP_CONTEXT, # Dilated layers in the count map's head (--head map), so each place is counted in view of its surroundings: 0 to 4
+          context:int=None, # Dilated layers in the count map's head (--head map), so each place is counted in view of its surroundings: 0 to 4; default as for --size: 0 in fp32, 2 in bf16 or on a GPU
           size:int=None, # Images are resized to size x size; default: what fits 5 minutes in this machine's precision, 64 in fp32, 96 in bf16 or on a GPU
           bs:int=16, # Batch size (per process when data-parallel): on held-out families 16 beat 64, at the same speed per image on a CPU
           epochs:int=None, # Epochs (unfrozen epochs when fine-tuning); default as for --size: 15 in fp32, 20 in bf16 or on a GPU

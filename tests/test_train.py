@@ -54,6 +54,7 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path):
     train(flower_data[1], out=tmp_path, size=32, bs=8, pretrained='no', precision='fp32')
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
+    assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
