@@ -22,9 +22,9 @@ MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones ca
 OLDER = dict(head='pool', stride=16, context=0) # settings of runs saved before they were recorded
 # The default epochs, input size and head: what fits a 5-minute default run (data generation included) on 2 cores at the precision
 # a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than fp32-only ones, and GPUs faster still:
-# spent on 96 px and 20 epochs, it lowered validation MAE and empty-field counts on all 3 held-out pairs, held-out MAE on 2; there
-# the head's context won on all 3, where at 64 px (an 8 x 8 map) it was a tie that fp32 machines have no time for (README)
-SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0), fast=dict(epochs=20, size=96, context=MAP_CONTEXT))
+# spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were lower on all 3 held-out pairs than
+# at 96 px and 20 epochs, held-out MAE a tie; at 64 px (an 8 x 8 map) the context was a tie that fp32 machines have no time for (README)
+SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0), fast=dict(epochs=30, size=80, context=MAP_CONTEXT))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
                     ) -> dict:
