@@ -92,7 +92,10 @@ class Counter:
         pil = open_image(img)
         w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
         x = image2tensor(pil.resize((w,h), Image.BILINEAR))
-        core,m = max(st, self.size//st*st),2*st # each window sees `m` pixels around the part it counts: heads on its edge are whole
+        # each window is as large as a training image and counts its middle, `m` pixels in from its edges so that heads there are whole:
+        # windows larger than that showed the head's context more ground and heads than any training image, and mosaics lost 10 heads each
+        m = min(2, (self.size//st - 1)//2)*st # two cells, fewer where training images are only a few cells wide
+        core = self.size//st*st - 2*m
         out = torch.zeros(h//g, w//g)
         for y0 in range(0, h, core):
             for x0 in range(0, w, core):

@@ -69,8 +69,12 @@ def test_tiles(counters, flower_data):
     ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]
     mosaic = Image.new('RGB', (128,128))
     for i,im in enumerate(ims): mosaic.paste(im, (64*(i%2), 64*(i//2)))
-    c = counters[1]
-    n = c.predict(mosaic, tile=64)
+    c,sides = counters[1],[]
+    hook = c.model[0].register_forward_pre_hook(lambda mod, x: sides.append(max(x[0].shape[-2:])))
+    try: n = c.predict(mosaic, tile=64)
+    finally: hook.remove()
+    # no window larger than a training image: the head's context would see more ground and heads than it learnt from
+    assert len(sides) > 4 and max(sides) <= c.size
     m = c.count_map(mosaic, tile=64)
     assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
