@@ -113,7 +113,8 @@ def _train(a, out, state, args, t0):
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
-        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, {precision}, '
+        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
+              + (f'head context {a.context}, ' if a.head=='map' else '') + f'{precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
         guard = TrainingGuard()
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):

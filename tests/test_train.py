@@ -49,9 +49,11 @@ def test_random_init_defaults(flower_data, tmp_path):
     assert learn.dls.train.cache is None and learn.dls.valid.cache is None
     assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
 
-def test_default_schedule_follows_the_precision(flower_data, tmp_path):
-    "No --epochs: as many as fit the time budget in the precision training runs in, recorded in the run's reports"
+def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
+    "No --epochs: as many as fit the time budget in the precision training runs in, printed and recorded in the run's reports"
     train(flower_data[1], out=tmp_path, size=32, bs=8, pretrained='no', precision='fp32')
+    out = capsys.readouterr().out
+    assert f"{SCHEDULES['fp32']['epochs']} epochs" in out and f"head context {SCHEDULES['fp32']['context']}" in out
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
     assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
