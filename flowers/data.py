@@ -51,7 +51,7 @@ class CachedDL(TfmdDL):
 
 class CountDataLoaders(DataLoaders):
     "fastai's `DataLoaders`, whose empty copy (what `learn.export` keeps) decodes (image, count): a plain export then predicts"
-    def new_empty(self): return drop_points(super().new_empty())
+    def new_empty(self): return drop_points(super().new_empty(), keep=False)
 
 def cache_fits(n, # Number of images
                size, # Their size after resizing

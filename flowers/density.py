@@ -1,10 +1,11 @@
 """Counting by maps: a head that predicts a count per location and adds them up, taught where the heads are when that is known."""
 import math
 from fastai.vision.all import *
+from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
-           'map_deviance', 'PointSupervision', 'drop_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
+           'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
@@ -97,6 +98,10 @@ class PointSupervision(Callback):
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
         self.hook = None
+        # between fits the data decode (image, count), as `learn.predict`, `get_preds` and `show_results` need after `fit`
+        drop_points(self.learn.dls)
+
+    def before_train(self): restore_points(self.learn.dls) # the next fit is taught where the heads are again
 
     def before_batch(self):
         # the points are for this callback only: the loss and the metrics see (image, count) as without them
@@ -111,12 +116,30 @@ class PointSupervision(Callback):
         self.learn.loss_grad = self.count_weight*self.loss_grad + err
         self.learn.loss = self.loss_grad.clone()
 
-def drop_points(dls):
+def _loaders(dls):
+    "`dls`' own loaders, also while `DDPTrainer` has wrapped them for a fit"
+    return [dl.dl if isinstance(dl, DistributedDL) else dl for dl in dls.loaders]
+
+def drop_points(dls, # `DataLoaders` from `count_dls`
+                keep=True, # Keep what goes, for `restore_points`
+               ):
     "`dls` as data of (image, count) only, as `predict` decodes them: head positions are for training"
-    for dl in dls.loaders:
+    for dl in _loaders(dls):
         if len(dl.dataset.tls)<3: continue
+        cache = getattr(dl, 'cache', None)
+        if keep: dl.points_kept = dl.dataset.tls,cache
         dl.dataset.tls = dl.dataset.tls[:2]
-        if getattr(dl, 'cache', None): dl.cache = {k:v[:2] for k,v in dl.cache.items()}
+        if cache is not None: dl.cache = {k:v[:2] for k,v in cache.items()} # a new dict: the kept one stays as it was
+    return dls
+
+def restore_points(dls):
+    "`dls` with the head positions `drop_points` kept"
+    for dl in _loaders(dls):
+        kept = getattr(dl, 'points_kept', None)
+        if kept is None: continue
+        dl.dataset.tls,cache = kept
+        if cache is not None: dl.cache = cache
+        dl.points_kept = None
     return dls
 
 def without_points(learn):

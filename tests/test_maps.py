@@ -65,6 +65,26 @@ def test_point_targets_count_each_head_in_its_cell():
     assert t.shape==(2, 1, 4, 8) and t.sum((1,2,3)).tolist()==[3., 1.]
     assert t[0,0,0,0]==1 and t[0,0,2,5]==2 and t[1,0,1,7]==1
 
+def test_predict_after_fit_and_points_again(flower_data):
+    "fastai's own flow: `learn.predict` right after `fit` (the data held head positions), and a later fit is taught them again"
+    from fastai.vision.all import Callback, first, risinstance
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.density import PointSupervision
+    from flowers.predict import Counter
+    class Taught(Callback):
+        order = PointSupervision.order+1
+        def before_fit(self): self.seen = []
+        def before_batch(self):
+            if self.training: self.seen.append(first(self.learn.cbs.filter(risinstance(PointSupervision))).pts is not None)
+    learn = count_learner(count_dls(flower_data[1], size=32, bs=8, num_workers=0), pretrained=False)
+    taught,img = Taught(),flower_data[0]/'images'/'00003.jpg'
+    for _ in range(2):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=taught)
+        assert taught.seen and all(taught.seen)
+        count = float(learn.predict(img)[0][0])
+        assert count == pytest.approx(Counter.from_learner(learn, precision='fp32').predict(img), rel=1e-3, abs=1e-3)
+
 def test_tiles(counters, flower_data):
     ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]
     mosaic = Image.new('RGB', (128,128))
