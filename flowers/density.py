@@ -98,7 +98,7 @@ class PointSupervision(Callback):
     def after_fit(self):
         if self.hook is not None: self.hook.remove()
         self.hook = None
-        # between fits the data decode (image, count), as `learn.predict`, `get_preds` and `show_results` need after `fit`
+        # between fits the data decode (image, count), as `learn.predict` and `get_preds` need straight after `fit`
         drop_points(self.learn.dls)
 
     def before_train(self): restore_points(self.learn.dls) # the next fit is taught where the heads are again
