@@ -65,7 +65,7 @@ class Counter:
     def _forward(self, xs, feats=False):
         "Counts for a list of uint8 tensors; with `feats`, also their `fingerprint` features"
         with torch.inference_mode():
-            counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype())
+            counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype(), features=feats)
             return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
 
     def _density(self, xs):
@@ -156,7 +156,7 @@ class Counter:
             # a path is iterable too: its characters would each be "counted"
             raise FlowersError(f"predict_batch takes a list of images, not one {type(items).__name__}; use predict(img) or predict_batch([img])")
         from .predict import predict_table # the table's decoding threads and error rows, which import this module
-        df = predict_table(self, list(items), bs=bs, show_progress=False)
+        df = predict_table(self, list(items), bs=bs, show_progress=False, unusual=False)
         bad = df['error'][df['error']!='']
         if len(bad): raise FlowersError(bad.iloc[0])
         return df['count'].to_numpy(np.float32)

@@ -56,10 +56,12 @@ def predict_table(counter, # A `Counter`
                   level=None, # Add `low`,`high` columns: an interval holding the true count with this probability (e.g. 0.9)
                   tile=None, # Count each image in windows of `tile` pixels at the training scale (`Counter.predict`)
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
+                  unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
     cal = counter.calibration
+    flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names = [str(o) for o in (names or items)]
     counts,feats,errors = np.full(len(items), np.nan),{},['']*len(items)
@@ -73,13 +75,14 @@ def predict_table(counter, # A `Counter`
                 x = f.result()
                 if isinstance(x, FlowersError): errors[j] = str(x)
                 else: xs.append(x); idx.append(j)
-            if xs: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
+            if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
+            elif xs: counts[idx] = counter._forward(xs)
     if tile or maps:
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
             if not errors[j]: counts[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j)
     df = pd.DataFrame({'image': names, 'count': counts})
     if level is not None: df['low'],df['high'] = cal.interval(counts, level)
-    if cal is not None:
+    if flag:
         ok = sorted(feats)
         flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok]) if ok else ([],[])
         df['unusual'],df['note'] = False,''

@@ -147,6 +147,8 @@ def test_decoding_threads_keep_order_and_errors(counters, flower_data, tmp_path)
     df = predict_table(counters[1], items, bs=4, show_progress=False)
     assert list(df['image'])==[str(i) for i in items] and (df['error']!='').sum()==1 and 'bad.jpg' in df['error'][7]
     assert np.allclose(df['count'].drop(index=7), [counters[1].predict(i) for i in imgs], atol=1e-4)
+    plain = predict_table(counters[1], items, bs=4, show_progress=False, unusual=False) # counts only: no features computed
+    assert 'unusual' in df and 'unusual' not in plain and plain['count'].equals(df['count']) and plain['error'].equals(df['error'])
 
 # Intervals and unusual images (the must-show numbers are measured by benchmarks/calibration.py on a real run)
 def test_calibration_recorded(trained):
