@@ -1,7 +1,8 @@
 """Does counting transfer to flowers and grounds never seen in training? Leave families out, test on them.
 
 For each held-out (head family, background family) pair: train on fields drawn without either, then count fields drawn
-only from them, and empty fields of every background family. Several recipes run side by side on the same data.
+only from them, and empty fields of every background family; and then the fields of another renderer (`foreign.py`),
+in a style the generator never draws. Several recipes run side by side on the same data.
 
     python benchmarks/generalisation.py                        # the default recipe, three held-out pairs
     python benchmarks/generalisation.py --recipes default,jitter --pairs cluster:pebbles
@@ -9,12 +10,13 @@ only from them, and empty fields of every background family. Several recipes run
 import json, sys, time, numpy as np, pandas as pd
 from pathlib import Path
 from fastcore.script import call_parse
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flowers.synth import make_flowers, HEADS, BACKGROUNDS
 from flowers.train import train
 from flowers.predict import Counter
 from flowers.report import count_metrics
 from flowers.augment import JITTER_AUG
+from foreign import foreign_set, measure
 
 RESULTS = Path(__file__).parent/'results'
 # Recipes compared; each is a set of `train` arguments over the defaults
@@ -52,20 +54,24 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, **kw) -> list:
         y,p = _count(learn, te)
         train_mean = float(pd.read_csv(tr)['count'].mean())
         empty = {b: float(_count(learn, c)[1].mean()) for b,c in empties.items()}
+        fr = measure(Counter.from_learner(learn, precision='fp32'), foreign_set(root/'foreign'))
         rows.append(dict(recipe=name, held_out=f'{head}+{bg}', valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
                          held_out_bias=float((p-y).mean()), constant_mae=float(np.abs(y-train_mean).mean()),
-                         empty_max=max(empty.values()), empty=empty, seconds=round(fit_s, 1)))
+                         empty_max=max(empty.values()), empty=empty, foreign_mae=fr['mae'], foreign_bias=fr['bias'],
+                         foreign_empty=float(np.mean(list(fr['empty'].values()))), seconds=round(fit_s, 1)))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
+def _foreign(r): return f"{r['foreign_mae']:.2f}, {r['foreign_empty']:.2f}" if 'foreign_mae' in r else '' # rows from before it
+
 def _table(rows) -> str:
     "A markdown table of the results, one row per recipe and held-out pair"
-    lines = ['| recipe | held out | valid MAE | held-out MAE | held-out bias | always-the-mean MAE | empty fields, largest mean (background) | train s |',
-             '|---|---|---|---|---|---|---|---|']
+    lines = ['| recipe | held out | valid MAE | held-out MAE | held-out bias | always-the-mean MAE | empty fields, largest mean (background) | foreign style MAE, empty | train s |',
+             '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         b = max(r['empty'], key=r['empty'].get)
         lines.append(f"| {r['recipe']} | {r['held_out']} | {r['valid_mae']:.2f} | {r['held_out_mae']:.2f} | {r['held_out_bias']:+.2f} | "
-                     f"{r['constant_mae']:.2f} | {r['empty_max']:.2f} ({b}) | {r['seconds']:.0f} |")
+                     f"{r['constant_mae']:.2f} | {r['empty_max']:.2f} ({b}) | {_foreign(r)} | {r['seconds']:.0f} |")
     return '\n'.join(lines)
 
 def write_results(rows, name='generalisation'):
