@@ -132,7 +132,9 @@ def _slant(artists, ax, x, y, k):
         else: # a scatter: move its points, keep its markers
             o = a.get_offsets(); a.set_offsets(np.stack([o[:,0], y + (o[:,1]-y)*k], 1))
 
-def foreign_field(count, seed, style=None, ground=None, layout=None):
+def foreign_field(count, seed, style=None, ground=None, layout=None,
+                  head=None, # Head radius as a share of the shorter side (default: 0.05..0.16 at random); e.g. 0.3 for a close-up
+                 ):
     "One field: (PIL image, head style, ground, layout)"
     rng = np.random.default_rng(seed)
     w,h = (int(v) for v in rng.integers(180, 321, 2))
@@ -142,7 +144,7 @@ def foreign_field(count, seed, style=None, ground=None, layout=None):
     fig = plt.figure(figsize=(w/100, h/100), dpi=100)
     ax = fig.add_axes((0,0,1,1)); ax.set_xlim(0, w); ax.set_ylim(h, 0); ax.axis('off')
     _ground(rng, ax, ground, w, h)
-    r0 = min(w,h)*rng.uniform(.05, .16)
+    r0 = min(w,h)*(head or rng.uniform(.05, .16))
     _distractors(rng, ax, w, h, r0)
     xy,rs = _place(rng, count, w, h, r0, layout) if count else (np.zeros((0,2)), [])
     col = _hue(rng)
@@ -196,6 +198,24 @@ def foreign_set(path, n=300):
         t = time.time(); make_foreign(path, n=n); print(f"made the foreign set in {path} in {time.time()-t:.0f} s")
     return Path(path)
 
+def closeups(counter, # A `flowers.predict.Counter`
+             heads=(.12, .2, .28, .36), # Head radii to try, as shares of the shorter side (the generator's reach 0.24)
+             n=40, # Fields of 1..4 scattered heads for each
+             zoom=None, # Count with `tile` this many times the longer side: the image shrunk by `zoom` before counting
+             seed=5000, # First seed
+            ) -> dict:
+    "MAE and bias of the count in fields of 1..4 heads of each size in `heads`: how far past the training's head sizes counting holds"
+    out = {}
+    for r in heads:
+        t,p = [],[]
+        for i in range(n):
+            try: img,*_ = foreign_field(1 + i%4, seed+i, layout='scattered', head=r)
+            except RuntimeError: continue # heads too large to place apart in this frame
+            t.append(1 + i%4); p.append(counter.predict(img, tile=round(max(img.size)*zoom)) if zoom else counter.predict(img))
+        e = np.array(p) - np.array(t)
+        out[r] = dict(n=len(t), mae=round(float(np.abs(e).mean()), 2), bias=round(float(e.mean()), 2))
+    return out
+
 def draw_picture(fname, # Image file to write
             seed=0, # First seed
             cell=(160, 120), # Size of each field in the picture
@@ -224,9 +244,16 @@ def main(runs:str='', # Run folders to measure, comma-separated
          n:int=300, # Fields with heads
          out:str='foreign', # Results name in benchmarks/results
          picture:bool=False, # Also draw benchmarks/results/foreign.jpg: each style in each layout
+         closeup:bool=False, # Instead: close-ups of 1..4 heads, counted as they are and shrunk to half (`tile` twice the longer side)
         ):
     "Make the foreign-style test set if absent, and measure each run's model on it"
     from flowers.counter import load_counter
+    if closeup:
+        res = {run: {'as is': closeups(load_counter(run, precision='fp32')), 'shrunk to half': closeups(load_counter(run, precision='fp32'), zoom=2)}
+               for run in filter(None, runs.split(','))}
+        (RESULTS/'closeups.json').write_text(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=1))
+        return
     path,rows = foreign_set(path, n),[]
     if picture: draw_picture(RESULTS/'foreign.jpg')
     for run in filter(None, runs.split(',')):
