@@ -48,10 +48,12 @@ class RandomBlur(RandTransform):
     order,split_idx = 45,0
     def __init__(self, max_sigma=1., # Largest blur, in pixels of the batch
                  p=0.3): # Probability of blurring each image
-        store_attr(); super().__init__(p=1.)
+        # `RandTransform`'s own `p` (per batch) stays 1 and keeps its name: stored as `p`, ours was overwritten and every image blurred
+        super().__init__(p=1.)
+        self.max_sigma,self.p_each = max_sigma,p
     def encodes(self, x:TensorImage):
         b,c,h,w = x.shape
-        sig = x.new_empty(b).uniform_(0.3, self.max_sigma)*(torch.rand(b, device=x.device)<self.p)
+        sig = x.new_empty(b).uniform_(0.3, self.max_sigma)*(torch.rand(b, device=x.device)<self.p_each)
         k = int(2*math.ceil(2*self.max_sigma)+1)
         t = torch.arange(k, device=x.device, dtype=x.dtype) - k//2
         g = torch.exp(-t[None]**2/(2*sig.clamp_min(1e-3)[:,None]**2))
@@ -67,9 +69,10 @@ class RandomNoise(RandTransform):
     order,split_idx = 50,0
     def __init__(self, max_std=0.05, # Largest noise standard deviation (pixels are 0..1)
                  p=0.5): # Probability of adding noise to each image
-        store_attr(); super().__init__(p=1.)
+        super().__init__(p=1.) # per batch; ours is per image (see `RandomBlur`)
+        self.max_std,self.p_each = max_std,p
     def encodes(self, x:TensorImage):
-        std = x.new_empty(x.size(0)).uniform_(0, self.max_std)*(torch.rand(x.size(0), device=x.device)<self.p)
+        std = x.new_empty(x.size(0)).uniform_(0, self.max_std)*(torch.rand(x.size(0), device=x.device)<self.p_each)
         return (x + torch.randn_like(x)*std[:,None,None,None]).clamp(0, 1)
 
 # `count_tfms` arguments for photos that vary more than their training set: also zoom-out, colour, blur and noise (the previous default)

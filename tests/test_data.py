@@ -148,6 +148,14 @@ def test_blur_and_noise_keep_range_and_mean():
     assert b.std() < x.std() # blurring smooths
     assert torch.equal(RandomBlur(p=1.)(x, split_idx=1), x) # never at validation or prediction
 
+def test_blur_and_noise_touch_a_share_p_of_the_images():
+    "`p` is per image: with p=0.3 about 30% of a large batch change, the rest stay exactly as they were"
+    torch.manual_seed(0)
+    x = TensorImage(torch.rand(400,3,8,8)*0.5 + 0.25)
+    for tfm,p in ((RandomBlur(p=.3), .3), (RandomNoise(p=.5), .5)):
+        changed = (tfm(x, split_idx=0) != x).flatten(1).any(1).float().mean()
+        assert abs(changed - p) < 0.08, (type(tfm).__name__, float(changed))
+
 def test_show_batch_titles_counts(flower_data):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
