@@ -109,7 +109,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
          interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9
-         tile:int=None, # For images larger than the training images: count windows of PX pixels at the training scale, with no upper limit
+         tile:int=None, # For images larger than the training images: count windows of PX pixels at the training scale, with no upper limit; twice the longer side shrinks a close-up to half
          maps:str=None, # Write a picture of each image with its count map (where it counted) into this folder
         ):
     "Count things in images with a trained model"

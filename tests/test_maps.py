@@ -99,6 +99,17 @@ def test_tiles(counters, flower_data):
     assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
 
+def test_tile_past_the_image_shrinks_a_close_up(counters, flower_data):
+    "`tile` twice the longer side: one window, the image at half the model's size, as README's close-ups advise; the map still sums to the count"
+    img = Image.open(flower_data[0]/'images'/'00002.jpg').convert('RGB').resize((64,48))
+    c,sides = counters[1],[]
+    hook = c.model[0].register_forward_pre_hook(lambda mod, x: sides.append(max(x[0].shape[-2:])))
+    try: n = c.predict(img, tile=128)
+    finally: hook.remove()
+    assert sides==[max(c.stride, round(c.size/2/c.stride)*c.stride)] and n >= 0
+    m = c.count_map(img, tile=128, fine=False)
+    assert m.shape==(48,64) and abs(m.sum() - n) <= 0.01*max(1., n)
+
 def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     imgs = [str(flower_data[0]/'images'/f'{i:05d}.jpg') for i in range(3)]
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), *imgs, '--maps', str(tmp_path/'maps'), '--tile', '64',
