@@ -48,7 +48,7 @@ class RandomBlur(RandTransform):
     order,split_idx = 45,0
     def __init__(self, max_sigma=1., # Largest blur, in pixels of the batch
                  p=0.3): # Probability of blurring each image
-        # `RandTransform`'s own `p` (per batch) stays 1 and keeps its name: stored as `p`, ours was overwritten and every image blurred
+        # ours is per image and needs its own name: `RandTransform.__init__` sets `p` (per batch), so a stored `p` became 1 and blurred every image
         super().__init__(p=1.)
         self.max_sigma,self.p_each = max_sigma,p
     def encodes(self, x:TensorImage):
