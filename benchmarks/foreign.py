@@ -198,28 +198,27 @@ def foreign_set(path, n=300):
         t = time.time(); make_foreign(path, n=n); print(f"made the foreign set in {path} in {time.time()-t:.0f} s")
     return Path(path)
 
+ZOOMS = {1: 'as is', 2: 'shrunk to half'} # how close-ups are counted: `tile` this many times the longer side, or plainly for 1
+
 def closeups(counter, # A `flowers.predict.Counter`
              heads=(.12, .2, .28, .36), # Head radii to try, as shares of the shorter side (the generator's reach 0.24)
              n=40, # Fields of 1..4 scattered heads for each
-             zoom=None, # Count with `tile` this many times the longer side: the image shrunk by `zoom` before counting
              seed=5000, # First seed
             ) -> dict:
-    "MAE and bias of the count in fields of 1..4 heads of each size in `heads`: how far past the training's head sizes counting holds"
-    out = {}
+    "MAE and bias, for each of `ZOOMS`, of the count in fields of 1..4 heads of each size in `heads`: how far past the training's head sizes counting holds"
+    errs = {z:{} for z in ZOOMS}
     for r in heads:
-        t,p = [],[]
         for i in range(n):
             try: img,*_ = foreign_field(1 + i%4, seed+i, layout='scattered', head=r)
             except RuntimeError: continue # heads too large to place apart in this frame
-            t.append(1 + i%4); p.append(counter.predict(img, tile=round(max(img.size)*zoom)) if zoom else counter.predict(img))
-        e = np.array(p) - np.array(t)
-        out[r] = dict(n=len(t), mae=round(float(np.abs(e).mean()), 2), bias=round(float(e.mean()), 2))
-    return out
+            for z in ZOOMS: errs[z].setdefault(r, []).append(counter.predict(img, tile=round(max(img.size)*z) if z>1 else None) - (1 + i%4))
+    return {ZOOMS[z]: {r: dict(n=len(e), mae=round(float(np.abs(e).mean()), 2), bias=round(float(np.mean(e)), 2)) for r,e in d.items()}
+            for z,d in errs.items()}
 
 def draw_picture(fname, # Image file to write
-            seed=0, # First seed
-            cell=(160, 120), # Size of each field in the picture
-           ):
+                 seed=0, # First seed
+                 cell=(160, 120), # Size of each field in the picture
+                ):
     "One field of each head style (rows) in each layout (columns), with 12 heads each"
     w,h = cell
     grid = Image.new('RGB', (w*len(LAYOUTS), h*len(STYLES)))
@@ -249,8 +248,7 @@ def main(runs:str='', # Run folders to measure, comma-separated
     "Make the foreign-style test set if absent, and measure each run's model on it"
     from flowers.counter import load_counter
     if closeup:
-        res = {run: {'as is': closeups(load_counter(run, precision='fp32')), 'shrunk to half': closeups(load_counter(run, precision='fp32'), zoom=2)}
-               for run in filter(None, runs.split(','))}
+        res = {run: closeups(load_counter(run, precision='fp32')) for run in filter(None, runs.split(','))}
         (RESULTS/'closeups.json').write_text(json.dumps(res, indent=2))
         print(json.dumps(res, indent=1))
         return

@@ -32,10 +32,9 @@ RECIPES = dict(
     squash = dict(aug=dict(min_aspect=.6)), # also the width or the height squashed to 0.6..1 of it: heads seen at an angle
 )
 
-def _count(learn, csv):
+def _count(counter, csv):
     "True and predicted counts for every image of `csv`"
     df = pd.read_csv(csv)
-    counter = Counter.from_learner(learn, precision='fp32')
     return df['count'].to_numpy(), counter.predict_batch([csv.parent/'images'/f for f in df['image']])
 
 def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, **kw) -> list:
@@ -52,10 +51,11 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, **kw) -> list:
         learn = train(tr, out=d/f'run-{name}', pretrained='no', seed=seed, **{**kw, **RECIPES[name]})
         fit_s = time.time()-t
         valid = json.loads((d/f'run-{name}'/'metrics.json').read_text())
-        y,p = _count(learn, te)
+        counter = Counter.from_learner(learn, precision='fp32') # one for every set this model counts
+        y,p = _count(counter, te)
         train_mean = float(pd.read_csv(tr)['count'].mean())
-        empty = {b: float(_count(learn, c)[1].mean()) for b,c in empties.items()}
-        fr = measure(Counter.from_learner(learn, precision='fp32'), foreign_set(root/'foreign'))
+        empty = {b: float(_count(counter, c)[1].mean()) for b,c in empties.items()}
+        fr = measure(counter, foreign_set(root/'foreign'))
         rows.append(dict(recipe=name, held_out=f'{head}+{bg}', seed=seed, valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
                          held_out_bias=float((p-y).mean()), constant_mae=float(np.abs(y-train_mean).mean()),
                          empty_max=max(empty.values()), empty=empty, foreign_mae=fr['mae'], foreign_bias=fr['bias'],
