@@ -37,11 +37,11 @@ def _count(counter, csv):
     df = pd.read_csv(csv)
     return df['count'].to_numpy(), counter.predict_batch([csv.parent/'images'/f for f in df['image']])
 
-def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, **kw) -> list:
+def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', **kw) -> list:
     "Train each recipe without `head` and `bg`, and measure it on them and on empty fields of every background"
     heads,bgs = [h for h in HEADS if h!=head],[b for b in BACKGROUNDS if b!=bg]
     d = root/(f'{head}-{bg}' + (f'-seed{seed}' if seed else '')) # seed 0 where the benchmark always kept it
-    tr = make_flowers(d/'train', n=n, seed=seed, heads=heads, backgrounds=bgs, show_progress=False)
+    tr = make_flowers(d/'train', n=n, seed=seed, heads=heads, backgrounds=bgs, layouts=layouts, show_progress=False)
     te = make_flowers(d/'test', n=n_test, seed=seed+1, heads=[head], backgrounds=[bg], show_progress=False)
     empties = {b: make_flowers(d/f'empty-{b}', n=n_empty, max_count=0, seed=seed+2, backgrounds=[b], show_progress=False)
                for b in BACKGROUNDS}
@@ -102,6 +102,7 @@ def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:
          out:str=None, # Results name in benchmarks/results (default: generalisation)
          epochs:int=None, # Override the recipes' epochs
          size:int=None, # Override the recipes' input size
+         layouts:str='flat', # Layouts of the training fields; held-out and empty fields are flat, as in every earlier row
         ):
     "Leave-family-out training and testing of the training recipes"
     kw = {k:v for k,v in dict(epochs=epochs, size=size).items() if v is not None}
@@ -110,7 +111,7 @@ def main(pairs:str='cluster:pebbles,star:foliage,tilted:grain', # Held-out head:
     for seed in map(int, seeds.split(',')):
         for pair in pairs.split(','):
             h,b = pair.split(':')
-            rows += run_pair(h, b, recipes.split(','), Path(root), n, n_test, n_empty, seed, **kw)
+            rows += run_pair(h, b, recipes.split(','), Path(root), n, n_test, n_empty, seed, layouts, **kw)
             write_results(rows, name) # after each pair: a long run stopped early keeps what it measured
     print(_table(rows))
 

@@ -142,13 +142,14 @@ def head_parts(rng, # Random generator
                kind, # A key of `HEADS`
                x, y, r, # Centre and radius in pixels
                col, ccol, # Petal and centre colours
+               squash=1., # Height kept after all else: a head foreshortened in a field seen at an angle
               ) -> list:
     "Polygons (flat lists of pixel coordinates), fills and outlines of one head, rotated, tilted and placed"
     parts = HEADS[kind](rng, col, ccol)
     tilt = rng.uniform(.35, .7) if kind=='tilted' else rng.uniform(.85, 1)
     a,b = rng.uniform(0, 2*math.pi, 2)
     if kind=='spike': b = rng.uniform(-.4, .4) # spikes stand roughly upright
-    m = (_rot(b) @ np.diag([1, tilt]) @ _rot(a) if kind!='spike' else _rot(b)).T*r
+    m = (_rot(b) @ np.diag([1, tilt]) @ _rot(a) if kind!='spike' else _rot(b)).T*r @ np.diag([1, squash])
     flat = (np.concatenate([p for p,_,_ in parts]) @ m + (x, y)).ravel().tolist() # one transform for every part
     ends = np.cumsum([2*len(p) for p,_,_ in parts]).tolist()
     return [(flat[a:b], f, o) for a,b,(_,f,o) in zip([0]+ends, ends, parts)]

@@ -11,12 +11,16 @@ from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, jitters, leaf_po
 from .progress import interactive
 from .errors import FlowersError, user_errors
 
-__all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'check_families', 'render_field', 'flower_field',
+__all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'LAYOUTS', 'check_families', 'render_field', 'flower_field',
            'make_flowers', 'read_stamp', 'is_current']
 
 SYNTH_VERSION = 3 # bump whenever the same seed would draw different images: older data sets are then regenerated
 STAMP = 'synth.json'
 _SS = 2 # supersampling: heads are drawn at 2x, then downsampled, for anti-aliased edges
+# 'flat': a field seen from above, heads of one size; 'depth': seen at an angle, heads shrinking and foreshortened towards the top.
+# Only 'flat' unless asked: 'depth' in training counted fields at an angle better, and empty ground more, on all 3 held-out pairs (README)
+LAYOUTS = ('flat', 'depth')
+DEPTH_P = .3 # share of fields seen at an angle when both layouts are drawn
 
 def check_families(names, known, what) -> list:
     "`names` (a list, a comma-separated string, or None for all) checked against `known`"
@@ -76,6 +80,12 @@ def _clutter(rng, d, w, h, r0, col, ss):
             d.polygon((petal*(.35, .25)@m + (x,y)).ravel().tolist(), fill=tuple(int(v*rng.uniform(.7, 1)) for v in col))
         else: d.polygon((petal*(1, .3)@m + (x,y)).ravel().tolist(), fill=tuple(int(v*rng.uniform(.7, 1)) for v in col))
 
+def _depth(seed, layouts) -> tuple:
+    "Size and height kept by the farthest heads (the top edge) of a field seen at an angle, or None for one seen from above"
+    rng = np.random.default_rng([seed, 1]) # a stream of its own: fields seen from above are drawn as before layouts were
+    if layouts==['flat'] or (len(layouts)>1 and rng.random() >= DEPTH_P): return None
+    return rng.uniform(.35, .7),rng.uniform(.45, .85)
+
 def _rot2(t): return np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
 
 def _stone_colour(rng):
@@ -88,9 +98,11 @@ def render_field(count:int, # Number of flower heads in the picture
                  seed:int=0, # Random seed: the same seed gives the same picture
                  heads=None, # Head families to draw from (default: all of `HEADS`)
                  backgrounds=None, # Background families to draw from (default: all of `BACKGROUNDS`)
+                 layouts='flat', # Layouts to draw from (a list, comma-separated, or None for all of `LAYOUTS`)
                 ) -> tuple:
     "A field of exactly `count` heads: the RGB image, head (x, y, r) in its pixels, and its families"
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
+    depth = _depth(seed, check_families(layouts, LAYOUTS, 'layout'))
     rng = np.random.default_rng(seed)
     w,h = (size,size) if isinstance(size, int) else size
     bg = backgrounds[rng.integers(len(backgrounds))]
@@ -103,6 +115,9 @@ def render_field(count:int, # Number of flower heads in the picture
     _clutter(rng, d, w, h, r0, cols[0][0], _SS)
     xy,rs = _place(rng, count, w, h, r0) if count else (np.zeros((0,2)), np.zeros(0))
     xy,rs = xy*_SS,rs*_SS
+    near = xy[:,1]/(h*_SS) if depth else 0 # 0 at the top edge (far), 1 at the bottom (near)
+    size,squash = (depth[0] + (1-depth[0])*near, depth[1] + (1-depth[1])*near) if depth else (1,np.ones(count))
+    rs = rs*size
     if rng.random() < .7: # stems
         for (x,y),r,c in zip(xy, rs, jitters(rng, leaf_colour(rng), count, 20)):
             a = rng.uniform(.3, math.pi-.3)
@@ -113,9 +128,9 @@ def render_field(count:int, # Number of flower heads in the picture
     for i,((x,y),r) in enumerate(zip(xy, rs)):
         k = int(rng.integers(len(kinds)))
         fam.append(kinds[k])
-        draw_parts(d, head_parts(rng, kinds[k], x, y, r, *cols[k]))
+        draw_parts(d, head_parts(rng, kinds[k], x, y, r, *cols[k], squash=squash[i]))
         x,y,rc = x/_SS,y/_SS,r*.7/_SS
-        md.ellipse((x-rc, y-rc, x+rc, y+rc), fill=i+1) # the head's core, for the visibility check
+        md.ellipse((x-rc, y-rc*squash[i], x+rc, y+rc*squash[i]), fill=i+1) # the head's core, for the visibility check
     # occluding leaves in front, each kept only while every head it covers stays at least half visible
     full = np.bincount(np.asarray(mask).ravel(), minlength=count+1)
     for _ in range(int(rng.integers(0, 7))):
@@ -131,12 +146,13 @@ def render_field(count:int, # Number of flower heads in the picture
     arr = np.asarray(img, np.float32)*_light(rng, w, h)*cast.astype(np.float32)
     arr += rng.standard_normal(arr.shape, np.float32)*rng.uniform(0, 8) # sensor noise
     pts = np.concatenate([xy/_SS, rs[:,None]/_SS], 1) if count else np.zeros((0,3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), pts, dict(background=bg, heads='+'.join(sorted(set(fam))))
+    info = dict(background=bg, heads='+'.join(sorted(set(fam))), layout='depth' if depth else 'flat')
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), pts, info
 
 def flower_field(count:int, # Number of flower heads in the picture
                  size=128, # Width and height in pixels, or a (width, height) pair
                  seed:int=0, # Random seed: the same seed gives the same picture
-                 **kwargs, # `heads` and `backgrounds` families, passed to `render_field`
+                 **kwargs, # `heads`, `backgrounds` and `layouts` families, passed to `render_field`
                 ) -> Image.Image:
     "A photo-like RGB image of a field holding exactly `count` recognisable flower heads"
     return render_field(count, size, seed, **kwargs)[0]
@@ -153,11 +169,12 @@ def _shape(rng, size, vary):
     a,s = math.exp(rng.uniform(math.log(2/3), math.log(3/2))),rng.uniform(.8, 1.25)
     return max(16, round(size*s*math.sqrt(a))),max(16, round(size*s/math.sqrt(a)))
 
-def _write_one(item, out, seed, size, vary, heads, backgrounds):
+def _write_one(item, out, seed, size, vary, heads, backgrounds, layouts):
     "Render and write image `i` holding `count` heads, `item` being `(i, count)`; returns its counts row and its points"
     i,count = item
     rng = np.random.default_rng([seed, i])
-    img,pts,info = render_field(int(count), _shape(rng, size, vary), int(rng.integers(2**63)), heads=heads, backgrounds=backgrounds)
+    img,pts,info = render_field(int(count), _shape(rng, size, vary), int(rng.integers(2**63)), heads=heads, backgrounds=backgrounds,
+                                layouts=layouts)
     fn = f'{i:05d}.jpg'
     (out/'images'/fn).write_bytes(_jpeg(img, rng.integers(40, 96)))
     return dict(image=fn, count=int(count), **info), [(fn, *p) for p in np.round(pts, 2).tolist()]
@@ -182,17 +199,19 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
                  min_count:int=0, # Fewest heads in an image
                  heads=None, # Head families (default: all of `HEADS`); leave some out to test on them
                  backgrounds=None, # Background families (default: all of `BACKGROUNDS`)
+                 layouts='flat', # Layouts (None for all of `LAYOUTS`): fields seen from above ('flat') or at an angle ('depth')
                  vary_size:bool=True, # Vary width and height (0.8..1.25 x `size`, aspect 2:3..3:2) instead of squares
                  show_progress:bool=True, # Show a progress bar
                  n_workers:int=None, # Processes drawing images (default: one per core, at most 4)
                 ) -> Path:
     "Write a synthetic flower-count data set to `out`; returns the path of its CSV"
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
+    layouts = check_families(layouts, LAYOUTS, 'layout')
     out = Path(out)
     (out/'images').mkdir(parents=True, exist_ok=True)
     if not 0 <= min_count <= max_count: raise FlowersError(f"counts must satisfy 0 <= min_count <= max_count, not {min_count}..{max_count}")
     counts = np.random.default_rng(seed).integers(min_count, max_count+1, n)
-    f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds)
+    f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds, layouts=layouts)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
     if multiprocessing.current_process().daemon: n_workers = 0 # a pool's worker may not start processes
     res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers if n>=64 else 0, progress=show_progress and interactive(),
@@ -202,7 +221,7 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
     pd.DataFrame([p for _,ps in res for p in ps], columns=['image','x','y','r']).to_csv(out/'points.csv', index=False)
     stamp = dict(version=SYNTH_VERSION, n=n, size=size, min_count=min_count, max_count=max_count, seed=seed, heads=heads,
-                 backgrounds=backgrounds, vary_size=vary_size)
+                 backgrounds=backgrounds, layouts=layouts, vary_size=vary_size)
     (out/STAMP).write_text(json.dumps(stamp, indent=2))
     return out/'counts.csv'
 
@@ -217,9 +236,11 @@ def main(out:str, # Folder to write `images/`, `counts.csv`, `points.csv` and `s
          min_count:int=0, # Fewest heads in an image
          heads:str=None, # Comma-separated head families (default: all)
          backgrounds:str=None, # Comma-separated background families (default: all)
+         layouts:str='flat', # Comma-separated layouts: flat (seen from above), depth (seen at an angle)
          square:bool=False, # Square images of exactly --size, instead of varied sizes and aspect ratios
         ):
     "Generate a synthetic flower-field counting data set"
     with user_errors():
-        csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, min_count=min_count, heads=heads, backgrounds=backgrounds, vary_size=not square)
+        csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, min_count=min_count, heads=heads, backgrounds=backgrounds, layouts=layouts,
+                           vary_size=not square)
     print(f'Wrote {n} images, {csv} and {csv.with_name("points.csv")}')

@@ -1,7 +1,7 @@
 import json, subprocess, sys, numpy as np, pandas as pd, pytest
 from PIL import Image
 from flowers import FlowersError
-from flowers.synth import flower_field, render_field, make_flowers, HEADS, BACKGROUNDS, SYNTH_VERSION
+from flowers.synth import flower_field, render_field, make_flowers, HEADS, BACKGROUNDS, LAYOUTS, SYNTH_VERSION
 from flowers.data import default_data
 
 def _files(path): return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
@@ -14,7 +14,7 @@ def test_cli_is_deterministic(tmp_path):
     a,b = _files(tmp_path/'a'),_files(tmp_path/'b')
     assert len(a)==15 and a==b # 12 images, counts.csv, points.csv, synth.json
     df = pd.read_csv(tmp_path/'a'/'counts.csv')
-    assert list(df.columns)==['image','count','background','heads'] and all((tmp_path/'a'/'images'/f).is_file() for f in df.image)
+    assert list(df.columns)==['image','count','background','heads','layout'] and all((tmp_path/'a'/'images'/f).is_file() for f in df.image)
     assert json.loads((tmp_path/'a'/'synth.json').read_text())['version']==SYNTH_VERSION
 
 def test_processes_write_the_same_files(tmp_path):
@@ -78,6 +78,21 @@ def test_families_can_be_held_out(tmp_path):
     only = pd.read_csv(make_flowers(tmp_path/'only', n=20, size=48, heads=['star'], backgrounds=['grass'], show_progress=False))
     assert set(only['background'])=={'grass'} and set(only['heads'].dropna())=={'star'}
     assert len(HEADS) >= 8 and len(BACKGROUNDS) >= 5
+
+def test_fields_seen_at_an_angle(tmp_path):
+    "'depth' fields: heads smaller and flatter towards the top; a flat field is drawn alike whether 'depth' may be drawn or not"
+    both,flat = [pd.read_csv(make_flowers(tmp_path/k, n=80, size=96, seed=4, show_progress=False, **kw)) for k,kw in (('both',dict(layouts='flat,depth')),('flat',{}))]
+    assert set(both['layout'])==set(LAYOUTS) and 0.15 < (both['layout']=='depth').mean() < 0.45 and set(flat['layout'])=={'flat'} # the default
+    for f in both['image'][both['layout']=='flat']: assert (tmp_path/'both'/'images'/f).read_bytes()==(tmp_path/'flat'/'images'/f).read_bytes()
+    corr = lambda g: np.corrcoef(g['y'], g['r'])[0,1] # radius against height in the image: 0 top, positive when nearer heads are larger
+    def mean_corr(d, kind):
+        pts,df = pd.read_csv(tmp_path/d/'points.csv'),pd.read_csv(tmp_path/d/'counts.csv')
+        pts = pts[pts['image'].isin(df['image'][(df['layout']==kind) & (df['count'] >= 6)])]
+        return np.mean([corr(g) for _,g in pts.groupby('image')])
+    assert mean_corr('both', 'depth') > 0.6 and abs(mean_corr('flat', 'flat')) < 0.2
+    only = pd.read_csv(make_flowers(tmp_path/'depth', n=10, size=48, layouts='depth', show_progress=False))
+    assert set(only['layout'])=={'depth'}
+    with pytest.raises(FlowersError, match="unknown layout 'tilt'"): make_flowers(tmp_path/'x', n=2, layouts='tilt')
 
 def test_unknown_family_is_a_clear_error(tmp_path):
     with pytest.raises(FlowersError, match="unknown head family 'tulip'"): make_flowers(tmp_path, n=2, heads=['tulip'])
