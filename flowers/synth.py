@@ -83,7 +83,7 @@ def _clutter(rng, d, w, h, r0, col, ss):
 def _depth(seed, layouts) -> tuple:
     "Size and height kept by the farthest heads (the top edge) of a field seen at an angle, or None for one seen from above"
     rng = np.random.default_rng([seed, 1]) # a stream of its own: fields seen from above are drawn as before layouts were
-    if layouts==['flat'] or (len(layouts)>1 and rng.random() >= DEPTH_P): return None
+    if 'depth' not in layouts or ('flat' in layouts and rng.random() >= DEPTH_P): return None
     return rng.uniform(.35, .7),rng.uniform(.45, .85)
 
 def _rot2(t): return np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
@@ -116,8 +116,8 @@ def render_field(count:int, # Number of flower heads in the picture
     xy,rs = _place(rng, count, w, h, r0) if count else (np.zeros((0,2)), np.zeros(0))
     xy,rs = xy*_SS,rs*_SS
     near = xy[:,1]/(h*_SS) if depth else 0 # 0 at the top edge (far), 1 at the bottom (near)
-    size,squash = (depth[0] + (1-depth[0])*near, depth[1] + (1-depth[1])*near) if depth else (1,np.ones(count))
-    rs = rs*size
+    shrink,squash = (depth[0] + (1-depth[0])*near, depth[1] + (1-depth[1])*near) if depth else (1,np.ones(count))
+    rs = rs*shrink
     if rng.random() < .7: # stems
         for (x,y),r,c in zip(xy, rs, jitters(rng, leaf_colour(rng), count, 20)):
             a = rng.uniform(.3, math.pi-.3)

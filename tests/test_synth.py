@@ -90,9 +90,11 @@ def test_fields_seen_at_an_angle(tmp_path):
         pts = pts[pts['image'].isin(df['image'][(df['layout']==kind) & (df['count'] >= 6)])]
         return np.mean([corr(g) for _,g in pts.groupby('image')])
     assert mean_corr('both', 'depth') > 0.6 and abs(mean_corr('flat', 'flat')) < 0.2
-    only = pd.read_csv(make_flowers(tmp_path/'depth', n=10, size=48, layouts='depth', show_progress=False))
-    assert set(only['layout'])=={'depth'}
-    with pytest.raises(FlowersError, match="unknown layout 'tilt'"): make_flowers(tmp_path/'x', n=2, layouts='tilt')
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'depth'), '--n', '10', '--size', '48', '--layouts', 'depth'], capture_output=True, text=True)
+    assert r.returncode==0, r.stderr
+    assert set(pd.read_csv(tmp_path/'depth'/'counts.csv')['layout'])=={'depth'}
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--layouts', 'tilt'], capture_output=True, text=True)
+    assert r.returncode==2 and "unknown layout 'tilt'" in r.stderr and 'Traceback' not in r.stderr
 
 def test_unknown_family_is_a_clear_error(tmp_path):
     with pytest.raises(FlowersError, match="unknown head family 'tulip'"): make_flowers(tmp_path, n=2, heads=['tulip'])
