@@ -1,8 +1,8 @@
-"""Errors a user can cause, and how command lines report them."""
+"""Errors a user can cause, and how command lines read and report them."""
 import sys, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'user_errors']
+__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'options_first', 'user_errors']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -20,6 +20,22 @@ def check_int(name, # The flag, e.g. '--bs'
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
         raise FlowersError(f"{name} {v!r}: must be a whole number of at least {lo}{hint}")
     return v
+
+def options_first(args, # A command line's arguments, without the program's name
+                  flags=(), # Its options that take no value
+                 ) -> list:
+    "`args` with every option (and its value) moved before the rest, in order: `model --tile 512 a.jpg b.jpg` as `--tile 512 model a.jpg b.jpg`"
+    # argparse takes no positional after an option once one positional takes many (`*inputs`): `a.jpg` would be "unrecognized"
+    opts,rest,last,it = [],[],[],iter(args)
+    for a in it:
+        if a=='--': rest += [a, *it]
+        elif not a.startswith('--') and a!='-h': rest.append(a)
+        elif a in (*flags, '-h', '--help', '--pdb') or '=' in a: opts.append(a)
+        else:
+            v = next(it, None) # its value, even one like '-5'
+            if v is None: last = [a] # left last, where argparse says it wants a value
+            else: opts += [a, v]
+    return opts + rest + last
 
 def _one_line(message, category, filename, lineno, line=None): return f'warning: {message}\n'
 

@@ -3,7 +3,7 @@ import os, sys, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
-from .errors import FlowersError, check_int, user_errors
+from .errors import FlowersError, check_int, options_first, user_errors
 from .settings import MIN_SIZE, model_file, decode_threads
 from .counts import IMG_EXTS, _read_csv, find_img_dir
 from .progress import progress
@@ -99,7 +99,8 @@ def _tile_or_map(counter, item, name, tile, maps, j):
     save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
     return float(cmap.sum())
 
-if __name__=='__main__': sys.argv[0] = 'python -m flowers.predict' # the usage line argparse prints
+FLAGS = ('--fp32',) # the options of `main` that take no value: its bool parameters
+if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first(sys.argv[1:], flags=FLAGS)] # the usage line argparse prints; options among the files
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl

@@ -117,6 +117,16 @@ def test_cli_usage_errors(trained, tmp_path):
     assert find_images([tmp_path])==([], []) # the CLI then says "no images found"
     with pytest.raises(FlowersError, match='model file not found'): load_counter(tmp_path/'nomodel')
 
+def test_options_among_the_files():
+    "The predict command line takes options anywhere: each keeps its value, the files keep their order, and `main`'s every flag is known to take none"
+    import inspect
+    from flowers.errors import options_first
+    from flowers.predict import FLAGS, main
+    args = ['run', '--tile', '-5', 'a.jpg', '--fp32', 'b.jpg', '--out=o.csv', '--', '--c.jpg']
+    assert options_first(args, FLAGS)==['--tile', '-5', '--fp32', '--out=o.csv', 'run', 'a.jpg', 'b.jpg', '--', '--c.jpg']
+    assert options_first(['run', 'a.jpg', '--out'])==['run', 'a.jpg', '--out'] # argparse then says --out wants a value
+    assert set(FLAGS)=={f'--{k}' for k,p in inspect.signature(main).parameters.items() if p.annotation is bool}
+
 @pytest.fixture(scope='module')
 def camera_jpeg(flower_data, tmp_path_factory):
     "A field upscaled to a 2400x1800 camera-like JPEG"
