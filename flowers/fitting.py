@@ -1,9 +1,9 @@
 """A training run once its settings are checked: the data, the learner, the learning rate, fastai's recipe, export and reports."""
-import os, shutil, sys, time
+import shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import check_lr, find_csv, default_schedule
+from .settings import check_lr, find_csv, default_schedule, check_folder
 from .data import count_dls
 from .density import without_points
 from .learner import count_learner, resolve_pretrained
@@ -49,14 +49,7 @@ def pick_lr(lr, # A number, 'find' (lr_find's valley), or None for the recipe's 
 
 def _is_main(): return rank_distrib()==0
 
-def check_out(out) -> bool:
-    "Raise unless run folder `out` can be written; returns whether it is new (removed again if the run fails)"
-    if out.exists() and not out.is_dir(): raise FlowersError(f"--out {out}: is a file, not a folder; pick another name")
-    new = not out.exists()
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise FlowersError(f"--out {out}: can't create the folder ({e.strerror})") from None
-    if not os.access(out, os.W_OK|os.X_OK): raise FlowersError(f"--out {out}: this folder is not writable")
-    return new
+check_out = check_folder # its name from before it checked `--maps` too
 
 class TrainingGuard(Callback):
     "Stop, with a clear message, a fit whose loss stops being a number; count the optimiser steps taken"
@@ -77,7 +70,7 @@ def run(a, # The checked settings of `flowers.train.train`
     "Train, export and report, as `flowers.train.train` (which checks the settings first); data-parallel when launched so"
     setup_ddp()
     out = broadcast_obj(Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))) # rank 0's clock names the folder
-    new = check_out(out) if _is_main() else False
+    new = check_folder(out) if _is_main() else False # a new one is removed again if the run fails
     try: return _train(a, out, state, args, t0 or time.time())
     except BaseException as e:
         # a run that failed, or was aborted before its first epoch ended, leaves no half-empty folder behind

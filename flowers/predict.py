@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors
-from .settings import MIN_SIZE, model_file, decode_threads
+from .settings import MIN_SIZE, check_folder, model_file, decode_threads
 from .counts import IMG_EXTS, _read_csv, find_img_dir
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
@@ -124,11 +124,12 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
+        if maps: check_folder(maps, '--maps')
         if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
         import torch
         from .counter import load_counter
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        if maps: Path(maps).mkdir(parents=True, exist_ok=True); counter._cells(torch.zeros(3, counter.size, counter.size, dtype=torch.uint8))
+        if maps: counter._cells(torch.zeros(3, counter.size, counter.size, dtype=torch.uint8))
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))

@@ -5,7 +5,7 @@ from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
            'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
-           'check_lr', 'check_args', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
+           'check_lr', 'check_args', 'check_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
@@ -98,6 +98,18 @@ def find_csv(data) -> Path:
         raise FlowersError(f"--data {data}: no counts.csv in this folder" + (f" (found {', '.join(c.name for c in csvs)}; pass one)" if csvs else ''))
     if not data.exists(): raise FlowersError(f"--data {data}: no such file or folder")
     return data
+
+def check_folder(path, # A folder to write into; made, with its parents, if absent
+                 flag='--out', # The option that named it, for the message
+                ) -> bool:
+    "Raise unless folder `path` can be written; returns whether it is new"
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise FlowersError(f"{flag} {path}: is a file, not a folder; pick another name")
+    new = not path.exists()
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise FlowersError(f"{flag} {path}: can't create the folder ({e.strerror})") from None
+    if not os.access(path, os.W_OK|os.X_OK): raise FlowersError(f"{flag} {path}: this folder is not writable")
+    return new
 
 def read_state(run) -> dict:
     "The resumable state of run folder `run`, or {}"

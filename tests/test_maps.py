@@ -121,6 +121,11 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     assert len(pngs)==3 and all(Image.open(p).size[0] > 50 for p in pngs)
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr
+    (tmp_path/'notes.txt').write_text('mine')
+    for maps,says in ((tmp_path/'notes.txt', 'is a file'), (tmp_path/'notes.txt'/'maps', "can't create")): # checked before anything is counted
+        r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--maps', str(maps)], capture_output=True, text=True, timeout=300)
+        assert r.returncode==2 and f'--maps {maps}: {says}' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert (tmp_path/'notes.txt').read_text()=='mine'
 
 @pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16', '--context', '0']])
 def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args):
