@@ -148,7 +148,8 @@ def fingerprints(model, dl) -> tuple:
 def _fit_block(f, shrink):
     "Mean and shrunk-covariance precision of features `f` (n x d)"
     mean = f.mean(0)
-    cov = np.cov(f - mean, rowvar=False).reshape(f.shape[1], f.shape[1])
+    # one training image has no spread to measure: all its weight is then on the small ridge below, so far is far in every direction
+    cov = np.cov(f - mean, rowvar=False).reshape(f.shape[1], f.shape[1]) if len(f)>1 else np.zeros((f.shape[1], f.shape[1]))
     cov = (1-shrink)*cov + shrink*np.trace(cov)/len(cov)*np.eye(len(cov)) + 1e-6*np.eye(len(cov))
     return mean,np.linalg.inv(cov)
 

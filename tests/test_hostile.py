@@ -21,6 +21,18 @@ def test_small_data_caps_batch_size_and_trains(flower_data, tmp_path):
     m = _strict_json(out/'metrics.json')
     assert m['bs']==64 and (out/'export.pkl').is_file()
 
+def test_one_training_image_still_flags_unusual_photos(flower_data, tmp_path):
+    "--valid-pct 0.98 leaves one training image: no spread to estimate, yet a noise picture must still be flagged, not every flag lost to NaN"
+    import warnings, numpy as np
+    from flowers.predict import Counter
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning) # numpy's covariance of one row warns, then gives NaN
+        learn = train(flower_data[0], out=tmp_path, pretrained='no', size=32, epochs=1, valid_pct=.98, workers=0)
+    assert len(learn.dls.train_ds)==1
+    c = Counter.from_learner(learn, precision='fp32')
+    noise = (np.random.default_rng(0).random((64, 64, 3))*255).astype(np.uint8)
+    assert c.is_unusual(noise)
+
 @pytest.mark.parametrize('args,msg', [
     (['--epochs', '0'], '--epochs 0: must be a whole number of at least 1'),
     (['--epochs', '-1'], '--epochs -1: must be a whole number of at least 1'),
