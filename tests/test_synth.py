@@ -107,6 +107,15 @@ def test_min_count_sets_the_fewest_heads(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--min-count', '6', '--max-count', '5'], capture_output=True, text=True)
     assert r.returncode==2 and 'min_count <= max_count' in r.stderr and 'Traceback' not in r.stderr
 
+@pytest.mark.parametrize('kw,msg', [(dict(n=-1), '--n -1: must be a whole number of at least 0'), (dict(size=5), '--size 5: must be a whole number of at least 32'),
+                                    (dict(max_count=100_000), '--max-count 100000: at most 1024 heads')]) # a negative n was a traceback, 100000 heads drew for hours
+def test_numbers_no_data_set_can_have(tmp_path, kw, msg):
+    with pytest.raises(FlowersError, match=msg): make_flowers(tmp_path/'x', show_progress=False, **{'n': 2, **kw})
+    assert not (tmp_path/'x').exists() # refused before any folder is made
+    args = [a for k,v in kw.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr
+
 def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     "A set without this generator's stamp is never silently reused as the default"
     (tmp_path/'images').mkdir(parents=True)
