@@ -115,14 +115,14 @@ class Counter:
                   fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
                  ) -> np.ndarray:
         "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
-        if tile: cells,(w,h) = self._tiled_cells(img, tile, fine)
+        if tile is not None: cells,(w,h) = self._tiled_cells(img, tile, fine)
         else:
             if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for its size and its pixels
             x = self._tensor(img)
             (w,h),cells = image_size(img),self._cells(x)
             if fine: cells = self._fine(x, cells)
         if max_side and max(w,h) > max_side: w,h = [max(1, round(v*max_side/max(w,h))) for v in (w,h)]
-        return spread_cells(cells, w, h, pad=self.method=='pad' and not tile)
+        return spread_cells(cells, w, h, pad=self.method=='pad' and tile is None)
 
     def _calibration(self):
         if self.calibration is None: raise FlowersError("this model has no calibration (trained before intervals were recorded); train it again")
@@ -145,7 +145,7 @@ class Counter:
                 tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window
                ) -> float:
         "The count in one image; with `tile`, without the training counts' range as a limit"
-        if tile: return float(self._tiled_cells(img, tile)[0].sum())
+        if tile is not None: return float(self._tiled_cells(img, tile)[0].sum())
         return float(self._forward([self._tensor(img)])[0])
 
     def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes

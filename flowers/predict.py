@@ -60,6 +60,7 @@ def predict_table(counter, # A `Counter`
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
+    if tile is not None: check_int('--tile', tile, MIN_SIZE) # before any image is decoded, as one error, not one per row
     cal = counter.calibration
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
@@ -77,7 +78,7 @@ def predict_table(counter, # A `Counter`
                 else: xs.append(x); idx.append(j)
             if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
             elif xs: counts[idx] = counter._forward(xs)
-    if tile or maps:
+    if tile is not None or maps:
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
             if not errors[j]: counts[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j)
     df = pd.DataFrame({'image': names, 'count': counts})

@@ -98,6 +98,10 @@ def test_tiles(counters, flower_data):
     m = c.count_map(mosaic, tile=64)
     assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
+    from flowers import FlowersError
+    from flowers.predict import predict_table
+    for f in (c.predict, c.count_map, lambda im, tile: predict_table(c, [im], tile=tile, show_progress=False)):
+        with pytest.raises(FlowersError, match='--tile 0: must be a whole number of at least'): f(mosaic, tile=0) # as the CLI: not silently untiled
 
 def test_tile_past_the_image_shrinks_a_close_up(counters, flower_data):
     "`tile` twice the longer side: one window, the image at half the model's size, as README's close-ups advise; the map still sums to the count"
