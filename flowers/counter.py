@@ -150,13 +150,14 @@ class Counter:
 
     def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
                       bs=64, # Batch size
+                      tile=None, # Count each image in windows of `tile` of its pixels at the training scale, as `predict`
                      ) -> np.ndarray:
         "Counts for many images, `bs` at a time; raises naming the first unreadable image"
         if isinstance(items, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(items, np.ndarray) and items.ndim!=4):
             # a path is iterable too: its characters would each be "counted"
             raise FlowersError(f"predict_batch takes a list of images, not one {type(items).__name__}; use predict(img) or predict_batch([img])")
         from .predict import predict_table # the table's decoding threads and error rows, which import this module
-        df = predict_table(self, list(items), bs=bs, show_progress=False, unusual=False)
+        df = predict_table(self, list(items), bs=bs, show_progress=False, unusual=False, tile=tile)
         bad = df['error'][df['error']!='']
         if len(bad): raise FlowersError(bad.iloc[0])
         return df['count'].to_numpy(np.float32)

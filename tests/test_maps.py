@@ -98,6 +98,7 @@ def test_tiles(counters, flower_data):
     m = c.count_map(mosaic, tile=64)
     assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
+    assert np.allclose(c.predict_batch([mosaic, ims[0]], tile=64), [n, c.predict(ims[0], tile=64)], atol=1e-4)
     from flowers import FlowersError
     from flowers.predict import predict_table
     for f in (c.predict, c.count_map, lambda im, tile: predict_table(c, [im], tile=tile, show_progress=False)):
