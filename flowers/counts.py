@@ -164,12 +164,13 @@ def read_points(df, # A clean counts `DataFrame` from `read_counts`
     except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None
     if not {'image','x','y'} <= set(pts.columns):
         warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
+    pts[['x','y']] = pts[['x','y']].apply(pd.to_numeric, errors='coerce') # a word where a number should be: not finite, below
     groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby('image')}
     empty = np.zeros((0,2), 'float32')
     xy = [groups.get(fn, empty) for fn in df[fn_col]]
     bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
     if bad:
-        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts; training from the counts only")
+        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts, or aren't numbers; training from the counts only")
         return None
     with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(_image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
     return pd.Series([p*2/np.array(sz, 'float32') - 1 for p,sz in zip(xy, sizes)], index=df.index, dtype=object)

@@ -82,6 +82,21 @@ def test_batch_shapes(flower_data, aug):
     x,y = count_dls(flower_data[1], size=32, bs=8, points=False).one_batch()
     assert y.shape==(8,)
 
+@pytest.mark.parametrize('points,says', [(None, None), ('image,x,y,r\n', "don't match their counts"), (b'\xff\xfe\x00junk', 'not readable'),
+                                         ('image,u,v\n', 'needs the columns image, x and y'), ('word', "aren't numbers")])
+def test_points_that_cannot_be_used_are_said_and_left_out(flower_data, tmp_path, points, says):
+    "A points.csv from another tool may be anything: the counts still train, and a warning says why the points don't"
+    src = flower_data[0]
+    shutil.copytree(src, tmp_path/'d')
+    f = tmp_path/'d'/'points.csv'
+    if points=='word': # a non-number where a coordinate should be was a traceback
+        p = pd.read_csv(f).astype({'x': object}); p.loc[0,'x'] = 'left'; p.to_csv(f, index=False)
+    elif isinstance(points, bytes): f.write_bytes(points)
+    elif points: f.write_text(points)
+    df = read_counts(tmp_path/'d'/'counts.csv')
+    if says is None: assert read_points(df) is not None; return
+    with pytest.warns(UserWarning, match=says): assert read_points(df) is None
+
 def test_split_follows_seed(flower_data):
     split = lambda seed: sorted(count_dls(flower_data[1], size=32, seed=seed).valid.items.index)
     assert split(1)==split(1) and split(1)!=split(2) and len(split(1))==int(48*0.2)
