@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import base64, math, sys, threading
+import base64, math, socket, sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -13,7 +13,7 @@ from .images import image_pixels
 from .predict import load_counter, predict_table
 from .report import map_png
 
-__all__ = ['MB', 'MP', 'create_app', 'serve']
+__all__ = ['MB', 'MP', 'create_app', 'listen', 'serve']
 
 MB,MP = 1024*1024,1_000_000
 MAP_SIDE = 256 # pixels on the longest side of a count map sent to the page: it is smooth, and is stretched over the photo
@@ -118,6 +118,17 @@ def create_app(counter, # A `Counter`, loaded once
     async def page(request): return HTMLResponse(PAGE)
     return Starlette(routes=[Route('/', page), Route('/api/count', count, methods=['POST']), Route('/health', health)])
 
+def listen(host, # Address to listen on
+           port, # Port; 0 lets the system pick a free one
+          ) -> socket.socket:
+    "A socket listening on `host`:`port`, opened before the model loads: a port in use or an unknown host is one clear error, at once"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0] # IPv4 or IPv6, as `host` is written
+        return socket.create_server((host, port), family=family)
+    except (OSError, UnicodeError) as e:
+        raise FlowersError(f"--host {host} --port {port}: can't listen there ({getattr(e, 'strerror', None) or e}); "
+                           f"pick another --port (0 lets the system choose), or --host 127.0.0.1") from None
+
 def serve(model, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
           host='127.0.0.1', # Address to listen on; loopback by default
           port=8000, # Port
@@ -132,10 +143,12 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
     for k,v in dict(max_upload_mb=max_upload_mb, max_request_mb=max_request_mb, max_megapixels=max_megapixels,
                     max_request_megapixels=max_request_megapixels).items():
         if not v > 0: raise FlowersError(f"--{k.replace('_','-')} {v}: must be above 0")
+    sock = listen(host, port)
     counter = load_counter(model)
-    print(f'Counting with {counter}; open http://{host}:{port}/', flush=True)
-    uvicorn.run(create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels),
-                host=host, port=port, log_level='warning')
+    port = sock.getsockname()[1] # the one the system picked, for port 0
+    print(f"Counting with {counter}; open http://{f'[{host}]' if ':' in host else host}:{port}/", flush=True)
+    app = create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels)
+    uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
 
 if __name__=='__main__': sys.argv[0] = 'python -m flowers.serve' # the usage line argparse prints
 

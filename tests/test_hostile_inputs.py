@@ -203,3 +203,11 @@ def test_pixel_budget(app, counter, flower_data):
 def test_port_out_of_range(trained, port, msg):
     "Checked before the model loads, in-process (the CLI's `user_errors` turns it into exit 2 like every FlowersError)"
     with pytest.raises(FlowersError, match=msg): serve(trained, port=port)
+
+def test_port_in_use_or_unknown_host(trained):
+    "One message before the model loads: uvicorn said it after loading, with exit 3"
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen()
+        with pytest.raises(FlowersError, match=f"--port {s.getsockname()[1]}: can't listen there .*pick another --port"): serve(trained, port=s.getsockname()[1])
+    with pytest.raises(FlowersError, match="--host 999.1.1.1 --port 8000: can't listen there"): serve(trained, host='999.1.1.1')

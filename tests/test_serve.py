@@ -1,20 +1,20 @@
 "The web page and JSON API, against a real server on 127.0.0.1 in a subprocess."
-import base64, io, os, shutil, socket, subprocess, sys, time, pytest, httpx, numpy as np
+import base64, io, os, shutil, subprocess, sys, time, pytest, httpx, numpy as np
 from PIL import Image
 from concurrent.futures import ThreadPoolExecutor
 from flowers.predict import load_counter
 from flowers.report import map_rgba
 from flowers.serve import MAP_SIDE
 
-def _free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
 @pytest.fixture(scope='module')
 def server(trained):
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, '-m', 'flowers.serve', str(trained), '--port', str(port), '--max-upload-mb', '1'],
+    # port 0: the system picks a free one, and the server says which (it used to print port 0)
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.serve', str(trained), '--port', '0', '--max-upload-mb', '1'],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f'http://127.0.0.1:{port}'
+    for line in p.stdout:
+        if 'open http://' in line: break
+    url = line.split('open ')[-1].strip().rstrip('/')
+    assert url.startswith('http://127.0.0.1:') and not url.endswith(':0'), line
     for _ in range(300):
         try:
             if httpx.get(url+'/health', timeout=1).status_code==200: break
