@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import base64, math, socket, sys, threading
+import base64, errno, math, socket, sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -126,8 +126,9 @@ def listen(host, # Address to listen on
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0] # IPv4 or IPv6, as `host` is written
         return socket.create_server((host, port), family=family)
     except (OSError, UnicodeError) as e:
-        raise FlowersError(f"--host {host} --port {port}: can't listen there ({getattr(e, 'strerror', None) or e}); "
-                           f"pick another --port (0 lets the system choose), or --host 127.0.0.1") from None
+        fix = ("pick another --port (0 lets the system choose)" if getattr(e, 'errno', None) in (errno.EADDRINUSE, errno.EACCES)
+               else "check --host (127.0.0.1, the default, serves this machine only)")
+        raise FlowersError(f"--host {host} --port {port}: can't listen there ({getattr(e, 'strerror', None) or e}); {fix}") from None
 
 def serve(model, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
           host='127.0.0.1', # Address to listen on; loopback by default
