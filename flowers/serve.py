@@ -132,7 +132,7 @@ def listen(host, # Address to listen on
 
 def serve(model, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
           host='127.0.0.1', # Address to listen on; loopback by default
-          port=8000, # Port
+          port=8000, # Port; 0 lets the system pick a free one (the printed address says which)
           max_upload_mb=20., # Largest single image in MB
           max_request_mb=100., # Largest request in MB
           max_megapixels=64., # Largest single image in megapixels
@@ -144,19 +144,19 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
     for k,v in dict(max_upload_mb=max_upload_mb, max_request_mb=max_request_mb, max_megapixels=max_megapixels,
                     max_request_megapixels=max_request_megapixels).items():
         if not v > 0: raise FlowersError(f"--{k.replace('_','-')} {v}: must be above 0")
-    sock = listen(host, port)
-    counter = load_counter(model)
-    port = sock.getsockname()[1] # the one the system picked, for port 0
-    print(f"Counting with {counter}; open http://{f'[{host}]' if ':' in host else host}:{port}/", flush=True)
-    app = create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels)
-    uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
+    with listen(host, port) as sock: # closed again if the model fails to load, as when the server stops
+        counter = load_counter(model)
+        port = sock.getsockname()[1] # the one the system picked, for port 0
+        print(f"Counting with {counter}; open http://{f'[{host}]' if ':' in host else host}:{port}/", flush=True)
+        app = create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels)
+        uvicorn.Server(uvicorn.Config(app, log_level='warning')).run(sockets=[sock])
 
 if __name__=='__main__': sys.argv[0] = 'python -m flowers.serve' # the usage line argparse prints
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
          host:str='127.0.0.1', # Address to listen on; loopback by default
-         port:int=8000, # Port
+         port:int=8000, # Port; 0 lets the system pick a free one (the printed address says which)
          max_upload_mb:float=20., # Largest single image in MB
          max_request_mb:float=100., # Largest request in MB
          max_megapixels:float=64., # Largest single image in megapixels (decoding costs memory by pixels, not bytes)
