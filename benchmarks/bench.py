@@ -186,6 +186,15 @@ def camera(n=16, bs=16, model=None):
     r['peak memory (MB)'] = _peak_mb()
     return r
 
+def maps(n=16, model=None):
+    "`--maps` on 12 MP photos: seconds a photo for its count and its count map picture, and the process's peak memory"
+    warnings.filterwarnings('ignore')
+    from flowers.predict import predict_table
+    paths,c = sorted((_camera(n)/'images').glob('*.jpg')),_counter(model)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter(); predict_table(c, paths, maps=d, show_progress=False)
+        return {'photos': n, 'seconds a photo': round((time.perf_counter()-t)/n, 2), 'peak memory (MB)': _peak_mb()}
+
 def folder(n=1000, size=64, bs=64, model=None):
     "A folder of `n` 12 MP photos: prediction images/s, training's time to its first batch (pre-flight check included) and first epoch"
     warnings.filterwarnings('ignore')
@@ -234,6 +243,7 @@ def main(out:str='benchmarks/results', # Folder for results.json and results.md
     for size in (128, 224): res['parts'][f'inference, {size} px (images/s unless noted)'] = _run(infer, size)
     res['parts']['training, 64 px (images/s)'] = _run(train_speed)
     res['parts']['camera photos, 12 MP JPEG, 64 px model'] = _run(camera, 16, 16, model)
+    res['parts']['count map pictures of camera photos (--maps), 64 px model'] = _run(maps, 16, model)
     if photos: res['parts'][f'a folder of {photos} camera photos, 64 px model'] = _run(folder, photos, 64, 64, model)
     if full: res['parts']['default training run'] = _run(time_to_mae)
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -94,9 +94,9 @@ def predict_table(counter, # A `Counter`
 def _tile_or_map(counter, item, name, tile, maps, j):
     "The count of `item` by windows (`tile`), its count map picture written into `maps`"
     if not maps: return counter.predict(item, tile=tile)
-    from .report import save_count_map # matplotlib only when pictures are asked for
+    from .report import save_count_map, PICTURE_SIDE # matplotlib only when pictures are asked for
     from .images import open_image
-    cmap = counter.count_map(item, tile=tile)
+    cmap = counter.count_map(item, tile=tile, max_side=PICTURE_SIDE)
     save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
     return float(cmap.sum())
 

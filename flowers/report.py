@@ -8,7 +8,7 @@ from .images import open_image
 from .density import CountMapHead
 from .counter import Counter
 
-__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'map_rgba', 'map_png', 'save_count_map', 'plot_worst', 'versions', 'write_report']
+__all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'map_rgba', 'map_png', 'PICTURE_SIDE', 'save_count_map', 'plot_worst', 'versions', 'write_report']
 
 def save_fig(fig, fname, dpi=100):
     "Save `fig` to `fname` atomically, and close it"
@@ -52,9 +52,24 @@ def show_count_map(img, # The image, as `open_image` gives it
                    alpha=0.55, # Opacity of the map where it counts most
                   ):
     "The photo with its count map over it, more opaque where more is counted; returns the axes"
-    ax = show_image(img, ax=ax, title=title if title is not None or cmap is None else f'{cmap.sum():.1f}')
-    if cmap is not None and cmap.max() > 0: ax.imshow(map_rgba(cmap, alpha))
+    title = title if title is not None or cmap is None else f'{cmap.sum():.1f}'
+    img,cmap = _for_picture(img, cmap)
+    ax = show_image(img, ax=ax, title=title)
+    w,h = img.size
+    # over the whole photo whatever the map's size: a smaller map (`max_side`) used to sit in the photo's top left corner
+    if cmap is not None and cmap.max() > 0: ax.imshow(map_rgba(cmap, alpha), extent=(-.5, w-.5, h-.5, -.5))
     return ax
+
+PICTURE_SIDE = 800 # pixels on the longer side of a photo or map as drawn, at most: 4 inches at 200 dpi, the most `save_count_map` uses
+
+def _fit(wh, side): return tuple(max(1, round(v*side/max(wh))) for v in wh)
+
+def _for_picture(img, cmap, side=PICTURE_SIDE):
+    "`img` and `cmap` shrunk to at most `side` pixels a side: a 12 MP photo's map coloured at full size took 4 GB to draw 800 pixels"
+    if max(img.size) > side: img = img.resize(_fit(img.size, side), Image.BILINEAR)
+    if cmap is not None and max(cmap.shape) > side:
+        cmap = np.asarray(Image.fromarray(cmap.astype(np.float32), 'F').resize(_fit(cmap.shape[::-1], side), Image.BOX))
+    return img,cmap
 
 def map_rgba(cmap:np.ndarray, # A count map (`Counter.count_map`)
              alpha=0.55, # Opacity where it counts most

@@ -132,6 +132,25 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
         assert r.returncode==2 and f'--maps {maps}: {says}' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert (tmp_path/'notes.txt').read_text()=='mine'
 
+def test_map_pictures_of_large_photos_are_drawn_small_and_in_place(trained, counters, flower_data, tmp_path):
+    "A photo larger than any picture is drawn, with its map, at most PICTURE_SIDE a side; a map of any size covers the whole photo"
+    import matplotlib; matplotlib.use('Agg')
+    from flowers.report import show_count_map, save_count_map, PICTURE_SIDE
+    from flowers.images import open_image
+    big = tmp_path/'big.jpg' # a camera photo's size, drawn on from a field
+    Image.open(flower_data[0]/'images'/'00003.jpg').convert('RGB').resize((2400, 1800)).save(big)
+    c,img = counters[1],open_image(big)
+    for cmap in (c.count_map(big), c.count_map(big, max_side=256)):
+        ax = show_count_map(img, cmap)
+        photo,drawn = ax.images
+        assert max(photo.get_array().shape[:2]) <= PICTURE_SIDE and max(drawn.get_array().shape[:2]) <= PICTURE_SIDE
+        assert drawn.get_extent()==photo.get_extent() # the map lies over the whole photo, not in a corner of it
+        assert ax.get_title()==f'{cmap.sum():.1f}' # titled with the whole map's count, before it was shrunk to draw
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(big), '--maps', str(tmp_path/'maps'), '--out', str(tmp_path/'c.csv')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    assert abs(pd.read_csv(tmp_path/'c.csv')['count'][0] - c.predict(big)) <= 0.01*max(1., c.predict(big))
+
 @pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16', '--context', '0']])
 def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args):
     "fastai's pooled head, and the coarser map and plain head of earlier defaults: trained by the CLI, loaded by plain load_learner in a fresh process"
