@@ -99,7 +99,7 @@ def plot_worst(preds:pd.DataFrame, img_dir, fname=None, n=9, counter=None):
     axs = subplots(int(np.ceil(len(worst)/3)), 3, figsize=(9, 3.2*np.ceil(len(worst)/3)))[1].flatten()
     for ax,(_,r) in zip(axs, worst.iterrows()):
         img = open_image(Path(img_dir)/r['image'])
-        show_count_map(img, counter.count_map(img) if counter is not None else None, ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
+        show_count_map(img, counter.count_map(img, max_side=PICTURE_SIDE) if counter is not None else None, ax=ax, title=f"true {r['count']:g} / pred {r['predicted']:.1f}")
     for ax in axs[len(worst):]: ax.axis('off')
     if fname is None: return plt.gcf()
     save_fig(plt.gcf(), fname, dpi=72)
