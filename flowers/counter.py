@@ -84,6 +84,15 @@ class Counter:
         d = sharpen(stitch(self._density(shifted(x, st)), *x.shape[-2:], st), st)
         return d*(cells.sum()/d.sum().clamp_min(1e-12))
 
+    def _window_cells(self, wins, bs=16):
+        "The count map's cells of each of `wins`, those of one size `bs` at a time: one window a call took 3x as long"
+        cells,by_shape = [None]*len(wins),{}
+        for i,win in enumerate(wins): by_shape.setdefault(tuple(win.shape), []).append(i)
+        for idx in by_shape.values():
+            for k in range(0, len(idx), bs):
+                for i,d in zip(idx[k:k+bs], self._density([wins[i] for i in idx[k:k+bs]])): cells[i] = d
+        return cells
+
     def _tiled_cells(self, img, tile, fine=False):
         "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window"
         tile = check_int('--tile', tile, MIN_SIZE)
@@ -97,16 +106,14 @@ class Counter:
         m = min(2, (self.size//st - 1)//2)*st # two cells, fewer where training images are only a few cells wide
         core = self.size//st*st - 2*m
         out = torch.zeros(h//g, w//g)
-        for y0 in range(0, h, core):
-            for x0 in range(0, w, core):
-                wy,wx = max(0, y0-m),max(0, x0-m)
-                win = x[:, wy:y0+core+m, wx:x0+core+m]
-                d = self._cells(win)
-                c = d[(y0-wy)//st:(y0-wy+core)//st, (x0-wx)//st:(x0-wx+core)//st]
-                if fine: # the window's fine cells, holding what its plain ones count
-                    d = self._fine(win, d)[(y0-wy)//g:(y0-wy+core)//g, (x0-wx)//g:(x0-wx+core)//g]
-                    c = d*(c.sum()/d.sum().clamp_min(1e-12))
-                out[y0//g:(y0+core)//g, x0//g:(x0+core)//g] = c
+        spots = [(y0, x0, max(0, y0-m), max(0, x0-m)) for y0 in range(0, h, core) for x0 in range(0, w, core)]
+        wins = [x[:, wy:y0+core+m, wx:x0+core+m] for y0,x0,wy,wx in spots]
+        for (y0,x0,wy,wx),win,d in zip(spots, wins, self._window_cells(wins)):
+            c = d[(y0-wy)//st:(y0-wy+core)//st, (x0-wx)//st:(x0-wx+core)//st]
+            if fine: # the window's fine cells, holding what its plain ones count
+                d = self._fine(win, d)[(y0-wy)//g:(y0-wy+core)//g, (x0-wx)//g:(x0-wx+core)//g]
+                c = d*(c.sum()/d.sum().clamp_min(1e-12))
+            out[y0//g:(y0+core)//g, x0//g:(x0+core)//g] = c
         return out,pil.size
 
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
