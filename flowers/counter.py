@@ -131,6 +131,16 @@ class Counter:
         if max_side and max(w,h) > max_side: w,h = [max(1, round(v*max_side/max(w,h))) for v in (w,h)]
         return spread_cells(cells, w, h, pad=self.method=='pad' and tile is None)
 
+    def show_count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                       tile=None, # Count in windows, as `predict`
+                       ax=None, # Axes to draw on (default: a new figure)
+                       **kwargs, # Passed to `flowers.report.show_count_map`: `title`, `alpha`
+                      ):
+        "Where it counted, to look at: the image with its count map over it, titled with the count; returns the axes"
+        from .report import show_count_map, PICTURE_SIDE # matplotlib only when a picture is asked for
+        if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for the photo and its map
+        return show_count_map(open_image(img), self.count_map(img, tile=tile, max_side=PICTURE_SIDE), ax=ax, **kwargs)
+
     def _calibration(self):
         if self.calibration is None: raise FlowersError("this model has no calibration (trained before intervals were recorded); train it again")
         return self.calibration

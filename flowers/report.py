@@ -53,11 +53,14 @@ def show_count_map(img, # The image, as `open_image` gives it
                   ):
     "The photo with its count map over it, more opaque where more is counted; returns the axes"
     title = title if title is not None or cmap is None else f'{cmap.sum():.1f}'
+    w,h = img.size
     img,cmap = _for_picture(img, cmap)
     ax = show_image(img, ax=ax, title=title)
-    w,h = img.size
-    # over the whole photo whatever the map's size: a smaller map (`max_side`) used to sit in the photo's top left corner
-    if cmap is not None and cmap.max() > 0: ax.imshow(map_rgba(cmap, alpha), extent=(-.5, w-.5, h-.5, -.5))
+    # in the photo's own pixels, however small it is drawn, so that points in them (true head centres, say) land where they are;
+    # and a smaller map (`max_side`) over the whole photo: it used to sit in its top left corner
+    whole = (-.5, w-.5, h-.5, -.5)
+    ax.images[-1].set_extent(whole)
+    if cmap is not None and cmap.max() > 0: ax.imshow(map_rgba(cmap, alpha), extent=whole)
     return ax
 
 PICTURE_SIDE = 800 # pixels on the longer side of a photo or map as drawn, at most: 4 inches at 200 dpi, the most `save_count_map` uses

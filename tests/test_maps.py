@@ -1,5 +1,5 @@
 "Count maps and counting by windows, through the public calls and the CLI"
-import json, subprocess, sys, pytest, torch, numpy as np, pandas as pd
+import io, json, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
@@ -144,8 +144,11 @@ def test_map_pictures_of_large_photos_are_drawn_small_and_in_place(trained, coun
         ax = show_count_map(img, cmap)
         photo,drawn = ax.images
         assert max(photo.get_array().shape[:2]) <= PICTURE_SIDE and max(drawn.get_array().shape[:2]) <= PICTURE_SIDE
-        assert drawn.get_extent()==photo.get_extent() # the map lies over the whole photo, not in a corner of it
+        assert drawn.get_extent()==photo.get_extent()==[-.5, 2399.5, 1799.5, -.5] # the map over the whole photo, in its own pixels
         assert ax.get_title()==f'{cmap.sum():.1f}' # titled with the whole map's count, before it was shrunk to draw
+    for src in (big, io.BytesIO(big.read_bytes())): # in one call from the counter, a stream too
+        ax = c.show_count_map(src)
+        assert abs(float(ax.get_title()) - c.predict(big)) <= .051 and all(max(i.get_array().shape[:2]) <= PICTURE_SIDE for i in ax.images)
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(big), '--maps', str(tmp_path/'maps'), '--out', str(tmp_path/'c.csv')],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
