@@ -11,10 +11,17 @@ from .density import pad_points, drop_points
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
 
-__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'read_counts', 'find_img_dir', 'CountDataLoaders', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
+__all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'data_dir', 'read_counts', 'find_img_dir', 'CountDataLoaders', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
            'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
-DATA_DIR = Path(__file__).resolve().parents[1]/'data'
+DATA_DIR = Path(__file__).resolve().parents[1]/'data' # `data/` of a source checkout, which holds its README.md
+
+def data_dir() -> Path:
+    "Where the default data set goes: `data/` of a source checkout, else fastai's data folder (`~/.fastai/data`, or `$FASTAI_HOME/data`)"
+    if (DATA_DIR/'README.md').is_file(): return DATA_DIR
+    # installed from a wheel, `DATA_DIR` is site-packages/data: no place for 2,000 images, and not writable in a system Python
+    from fastai.data.external import fastai_path
+    return fastai_path('data')
 
 class CachedDL(TfmdDL):
     "A `TfmdDL` keeping each item after its item transforms: an image is decoded and resized once per run, not every epoch"
@@ -144,11 +151,11 @@ def default_data(n:int=2000, # Number of images to generate if absent
                  size:int=128, # Their typical size in pixels
                  max_count:int=20, # Largest count
                  seed:int=0, # Generation seed
-                 path=None, # Where the data set lives (default `data/flowers`)
+                 path=None, # Where the data set lives (default `data/flowers` in a source checkout, else fastai's data folder)
                 ) -> Path:
     "CSV of the default synthetic data set, generated first if absent or made by another generator version"
     from .synth import make_flowers, read_stamp, is_current, SYNTH_VERSION, STAMP
-    path = Path(path or DATA_DIR/'flowers')
+    path = Path(path or data_dir()/'flowers')
     csv = path/'counts.csv'
     if is_current(path, n=n, size=size, max_count=max_count, seed=seed): return csv
     if csv.is_file():

@@ -1,4 +1,5 @@
-import json, subprocess, sys, numpy as np, pandas as pd, pytest
+import json, os, subprocess, sys, numpy as np, pandas as pd, pytest
+from pathlib import Path
 from PIL import Image
 from flowers import FlowersError
 from flowers.synth import flower_field, render_field, make_flowers, HEADS, BACKGROUNDS, LAYOUTS, SYNTH_VERSION
@@ -127,6 +128,21 @@ def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     before = csv.stat().st_mtime_ns
     default_data(n=6, size=32, path=tmp_path)
     assert csv.stat().st_mtime_ns==before and capsys.readouterr().out==''
+
+def test_installed_package_keeps_its_data_out_of_site_packages(tmp_path):
+    "Installed, not run from a checkout, the default data set goes to fastai's data folder, not site-packages/data"
+    import shutil, sysconfig
+    root,site = Path(__file__).resolve().parents[1],tmp_path/'site'
+    shutil.copytree(root/'flowers', site/'flowers', ignore=shutil.ignore_patterns('__pycache__')) # the package as pip lays it out
+    env = {**os.environ, 'PYTHONPATH': f"{site}{os.pathsep}{sysconfig.get_paths()['purelib']}", 'FASTAI_HOME': str(tmp_path/'fastai')}
+    code = "import flowers; from flowers.data import default_data; csv = default_data(n=2, size=32); print(flowers.__file__); print(csv)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert r.returncode==0, r.stderr
+    where,csv = r.stdout.splitlines()[-2:]
+    assert Path(where).is_relative_to(site) and Path(csv)==tmp_path/'fastai'/'data'/'flowers'/'counts.csv' and Path(csv).is_file()
+    assert not (site/'data').exists()
+    from flowers.data import data_dir
+    assert data_dir()==root/'data' # in this checkout, as before
 
 def _draw_in_worker(out):
     from flowers.synth import make_flowers
