@@ -1,8 +1,8 @@
 """Errors a user can cause, and how command lines read and report them."""
-import sys, warnings
+import signal, sys, threading, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'options_first', 'user_errors']
+__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'options_first', 'user_errors', 'term_interrupts']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -48,3 +48,14 @@ def user_errors():
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     finally: warnings.formatwarning = old
+
+def _interrupt(signum, frame): raise KeyboardInterrupt
+
+@contextmanager
+def term_interrupts():
+    "While inside, SIGTERM stops the main thread as Ctrl-C does, so that `with` blocks (a process pool's) clean up"
+    # SIGTERM's default kills only this process: a pool's workers, forked, then waited forever on its queue with ~500 MB each
+    if threading.current_thread() is not threading.main_thread(): yield; return # signals reach the main thread only
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, old)

@@ -9,7 +9,7 @@ from fastcore.script import call_parse
 from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline, circle
 from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, jitters, leaf_poly
 from .progress import interactive
-from .errors import FlowersError, check_int, user_errors
+from .errors import FlowersError, check_int, user_errors, term_interrupts
 from .settings import MIN_TRAIN_SIZE
 
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'LAYOUTS', 'check_families', 'render_field', 'flower_field',
@@ -218,8 +218,9 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds, layouts=layouts)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
     if multiprocessing.current_process().daemon: n_workers = 0 # a pool's worker may not start processes
-    res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers if n>=64 else 0, progress=show_progress and interactive(),
-                   chunksize=16, threadpool=False)
+    with term_interrupts():
+        res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers if n>=64 else 0, progress=show_progress and interactive(),
+                       chunksize=16, threadpool=False)
     # fastcore's process pool hands back nothing, not an exception, when its workers fail: never write a short data set
     if len(res)!=n: raise RuntimeError(f"drawing {n} images with {n_workers} processes returned {len(res)}; try n_workers=0")
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
@@ -245,6 +246,7 @@ def main(out:str, # Folder to write `images/`, `counts.csv`, `points.csv` and `s
         ):
     "Generate a synthetic flower-field counting data set"
     with user_errors():
-        csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, min_count=min_count, heads=heads, backgrounds=backgrounds, layouts=layouts,
-                           vary_size=not square)
+        try: csv = make_flowers(out, n=n, size=size, max_count=max_count, seed=seed, min_count=min_count, heads=heads, backgrounds=backgrounds,
+                                layouts=layouts, vary_size=not square)
+        except KeyboardInterrupt: print(f'Interrupted: {out} holds some images but no counts.csv yet', file=sys.stderr); sys.exit(130)
     print(f'Wrote {n} images, {csv} and {csv.with_name("points.csv")}')

@@ -144,6 +144,31 @@ def test_installed_package_keeps_its_data_out_of_site_packages(tmp_path):
     from flowers.data import data_dir
     assert data_dir()==root/'data' # in this checkout, as before
 
+def _in_session(sid) -> list:
+    "Processes of session `sid`, from /proc (procps' pgrep may be absent)"
+    def _sid(stat):
+        try: return int(stat.read_text().rsplit(')', 1)[1].split()[3]) # pid (comm) state ppid pgrp session ...
+        except (OSError, IndexError, ValueError): return None # gone meanwhile
+    return [d.name for d in Path('/proc').iterdir() if d.name.isdigit() and _sid(d/'stat')==sid]
+
+def test_sigterm_while_drawing_leaves_no_processes(tmp_path):
+    "SIGTERM (a scheduler's, `kill`'s) while the pool draws: the CLI stops and its drawing processes with it (they were left waiting forever)"
+    import signal, time
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.synth', str(tmp_path/'d'), '--n', '20000'], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        while not ((tmp_path/'d'/'images').is_dir() and len(list((tmp_path/'d'/'images').iterdir())) >= 50): # the pool is drawing
+            assert p.poll() is None and time.sleep(.2) is None
+        p.send_signal(signal.SIGTERM)
+        err = p.communicate(timeout=60)[1]
+        time.sleep(1)
+        left = _in_session(p.pid)
+        assert p.returncode==130 and 'Interrupted' in err and 'Traceback' not in err and not left, (p.returncode, err, left)
+        assert not (tmp_path/'d'/'counts.csv').exists() # never a short data set
+    finally:
+        try: os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+
 def _draw_in_worker(out):
     from flowers.synth import make_flowers
     return len(pd.read_csv(make_flowers(out, n=70, size=48, show_progress=False)))
