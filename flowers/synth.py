@@ -1,5 +1,5 @@
 """Synthetic flower fields: many kinds of heads on many kinds of ground, with a known count and head positions."""
-import colorsys, json, math, multiprocessing, os, sys, numpy as np, pandas as pd
+import colorsys, json, math, multiprocessing, os, signal, sys, numpy as np, pandas as pd
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -172,6 +172,8 @@ def _shape(rng, size, vary):
 
 def _write_one(item, out, seed, size, vary, heads, backgrounds, layouts):
     "Render and write image `i` holding `count` heads, `item` being `(i, count)`; returns its counts row and its points"
+    # Ctrl-C reaches a terminal's whole process group: the main process alone stops the pool, which hung once when its workers stopped too
+    if multiprocessing.parent_process() is not None: signal.signal(signal.SIGINT, signal.SIG_IGN)
     i,count = item
     rng = np.random.default_rng([seed, i])
     img,pts,info = render_field(int(count), _shape(rng, size, vary), int(rng.integers(2**63)), heads=heads, backgrounds=backgrounds,
