@@ -40,6 +40,7 @@ def fingerprint(model, # fastai's (body, head) network
                 x, # The same images as the network takes them (normalised)
                 dtype=None, # Autocast the body to this type
                 features=True, # False: the counts alone (None for the features), skipping the statistics (about 10% of the time)
+                cells=False, # The count map's cells, (bs, h, w), in place of the counts (a count-map head only)
                ) -> tuple:
     "Counts, and features that say what the images look like: pixel statistics, every residual stage's channel means and spreads, and texture"
     fs = [pixel_stats(x01.float())] if features else []
@@ -52,7 +53,8 @@ def fingerprint(model, # fastai's (body, head) network
     if hasattr(head, 'density'): # a count map's hidden layer is what the counting sees: a block of its own (it flags noise)
         h = head.density[0](x.float())
         if features: fs.append(torch.cat([h.mean((2,3)), h.std((2,3))], 1))
-        counts = head.density[1:](h).sum((2,3)).flatten()
+        counts = head.density[1:](h)[:,0]
+        if not cells: counts = counts.sum((1,2))
     else: counts = model[1:](x.float()).float().flatten()
     if not features: return counts,None,[]
     fs.append(texture_stats(x01.float())) # last: calibrations made before it ignore it
@@ -110,9 +112,17 @@ class Calibration:
     def unusual(self, feats, pred) -> tuple:
         "Flags, and a short note for each flagged image: unlike the training images, or more heads than any of them"
         far,high = self.distance(feats) > self.threshold,np.asarray(pred) > self.max_count
-        notes = [('unlike the training images; the count may be meaningless' if f else '') +
-                 ('; ' if f and h else '') + (f'more than the largest training count ({self.max_count:g})' if h else '') for f,h in zip(far, high)]
+        notes = ['; '.join(['unlike the training images; the count may be meaningless']*int(f) + [f'more than the largest training count ({self.max_count:g})']*int(h))
+                 for f,h in zip(far, high)]
         return far|high,notes
+
+    def unusual_windows(self, feats, pred) -> tuple:
+        "A flag and a note for one image counted window by window, from its windows' `feats` and counts `pred`"
+        # each window is counted as a training image is, so each is compared with them: a mosaic of fields squeezed into one
+        # input looks like no training image, and a total is meant to pass the training counts
+        far,high = bool(np.median(self.distance(feats)) > self.threshold),bool((np.asarray(pred) > self.max_count).any())
+        return far or high,'; '.join(['most of its windows are unlike the training images; the count may be meaningless']*int(far) +
+                                     [f'a window holds more than the largest training count ({self.max_count:g})']*int(high))
 
     def to_meta(self) -> tuple:
         "What `model.json` records, and the tensors that go into `model.safetensors`"

@@ -68,13 +68,13 @@ class Counter:
             counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype(), features=feats)
             return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
 
-    def _density(self, xs):
-        "The count map's cells, (n, h, w), for a list of uint8 tensors of one size"
+    def _density(self, xs, feats=False):
+        "The count map's cells, (n, h, w), for a list of uint8 tensors of one size; with `feats`, also their `fingerprint` features"
         if not isinstance(self.model[1], CountMapHead):
             raise FlowersError("this model has fastai's pooled head (--head pool), which makes no count map; train with --head map")
         with torch.inference_mode():
-            with torch.autocast(self.device.type, dtype=self._dtype(), enabled=self._dtype() is not None): f = self.model[0](self._input(xs)[1])
-            return self.model[1].density(f.float())[:,0].float().cpu()
+            cells,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype(), features=feats, cells=True)
+            return (cells.float().cpu(), f.cpu().numpy()) if feats else cells.float().cpu()
 
     def _cells(self, x): return self._density([x])[0]
 
@@ -84,17 +84,19 @@ class Counter:
         d = sharpen(stitch(self._density(shifted(x, st)), *x.shape[-2:], st), st)
         return d*(cells.sum()/d.sum().clamp_min(1e-12))
 
-    def _window_cells(self, wins, bs=16):
-        "The count map's cells of each of `wins`, those of one size `bs` at a time: one window a call took 3x as long"
-        cells,by_shape = [None]*len(wins),{}
+    def _window_cells(self, wins, bs=16, feats=False):
+        "The count map's cells of each of `wins`, those of one size `bs` at a time (one window a call took 3x as long); and their features or None"
+        cells,fs,by_shape = [None]*len(wins),[None]*len(wins),{}
         for i,win in enumerate(wins): by_shape.setdefault(tuple(win.shape), []).append(i)
         for idx in by_shape.values():
             for k in range(0, len(idx), bs):
-                for i,d in zip(idx[k:k+bs], self._density([wins[i] for i in idx[k:k+bs]])): cells[i] = d
-        return cells
+                part = idx[k:k+bs]
+                d,f = self._density([wins[i] for i in part], feats=True) if feats else (self._density([wins[i] for i in part]), [None]*len(part))
+                for i,di,fi in zip(part, d, f): cells[i],fs[i] = di,fi
+        return cells,(np.stack(fs) if feats else None)
 
-    def _tiled_cells(self, img, tile, fine=False):
-        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window"
+    def _tiled_cells(self, img, tile, fine=False, feats=False):
+        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window, and its size (with `feats`, the windows' features and counts too)"
         tile = check_int('--tile', tile, MIN_SIZE)
         st = self.stride
         g = FINE_STEP if fine else st
@@ -108,13 +110,14 @@ class Counter:
         out = torch.zeros(h//g, w//g)
         spots = [(y0, x0, max(0, y0-m), max(0, x0-m)) for y0 in range(0, h, core) for x0 in range(0, w, core)]
         wins = [x[:, wy:y0+core+m, wx:x0+core+m] for y0,x0,wy,wx in spots]
-        for (y0,x0,wy,wx),win,d in zip(spots, wins, self._window_cells(wins)):
+        cells,fs = self._window_cells(wins, feats=feats)
+        for (y0,x0,wy,wx),win,d in zip(spots, wins, cells):
             c = d[(y0-wy)//st:(y0-wy+core)//st, (x0-wx)//st:(x0-wx+core)//st]
             if fine: # the window's fine cells, holding what its plain ones count
                 d = self._fine(win, d)[(y0-wy)//g:(y0-wy+core)//g, (x0-wx)//g:(x0-wx+core)//g]
                 c = d*(c.sum()/d.sum().clamp_min(1e-12))
             out[y0//g:(y0+core)//g, x0//g:(x0+core)//g] = c
-        return out,pil.size
+        return (out,pil.size,fs,np.array([float(d.sum()) for d in cells])) if feats else (out,pil.size)
 
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
                   tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)

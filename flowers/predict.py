@@ -1,5 +1,5 @@
 """Counting many images: `predict_table`, and `python -m flowers.predict`."""
-import os, sys, numpy as np, pandas as pd
+import os, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
@@ -65,7 +65,26 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names = [str(o) for o in (names or items)]
-    counts,feats,errors = np.full(len(items), np.nan),{},['']*len(items)
+    counts,feats,errors,by_windows = np.full(len(items), np.nan),{},['']*len(items),{}
+    if tile is not None: # each image counted, and flagged, window by window
+        for j in progress(range(len(items)), show=show_progress and len(items)>1):
+            try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j, flag)
+            except FlowersError as e: errors[j] = str(e)
+    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, show_progress)
+    df = pd.DataFrame({'image': names, 'count': counts})
+    # the interval's guarantee is for whole images like the validation set: a total of windows, which can pass every training count, has none
+    if level is not None: df['low'],df['high'] = cal.interval(counts, level) if tile is None else (np.nan, np.nan)
+    if flag:
+        ok = sorted(feats)
+        flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok]) if ok else ([],[])
+        df['unusual'],df['note'] = False,''
+        df.loc[ok, 'unusual'],df.loc[ok, 'note'] = flags,notes
+        for j,(f,n) in by_windows.items(): df.loc[j, ['unusual', 'note']] = f,n
+    df['error'] = errors
+    return df
+
+def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, show_progress):
+    "Count `items` whole, `bs` at a time, decoding the next batch meanwhile, into `counts` (`feats` with `flag`) and `errors`; maps into `maps`"
     with ThreadPoolExecutor(decode_threads()) as ex:
         decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
         ahead = decode(0) if len(items) else []
@@ -78,27 +97,24 @@ def predict_table(counter, # A `Counter`
                 else: xs.append(x); idx.append(j)
             if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
             elif xs: counts[idx] = counter._forward(xs)
-    if tile is not None or maps:
+    if maps:
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
-            if not errors[j]: counts[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j)
-    df = pd.DataFrame({'image': names, 'count': counts})
-    if level is not None: df['low'],df['high'] = cal.interval(counts, level)
-    if flag:
-        ok = sorted(feats)
-        flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok]) if ok else ([],[])
-        df['unusual'],df['note'] = False,''
-        df.loc[ok, 'unusual'],df.loc[ok, 'note'] = flags,notes
-    df['error'] = errors
-    return df
+            if not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, j)
 
-def _tile_or_map(counter, item, name, tile, maps, j):
-    "The count of `item` by windows (`tile`), its count map picture written into `maps`"
-    if not maps: return counter.predict(item, tile=tile)
-    from .report import save_count_map, PICTURE_SIDE # matplotlib only when pictures are asked for
-    from .images import open_image
-    cmap = counter.count_map(item, tile=tile, max_side=PICTURE_SIDE)
-    save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
-    return float(cmap.sum())
+def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
+    "The count of `item` (by windows with `tile`), its count map picture written into `maps`; and with `flag` and `tile`, (unusual, note) from its windows"
+    why = None
+    if tile is not None and flag:
+        cells,_,fs,window_counts = counter._tiled_cells(item, tile, feats=True)
+        count,why = float(cells.sum()),counter.calibration.unusual_windows(fs, window_counts)
+    elif not maps: return counter.predict(item, tile=tile),why
+    if maps:
+        from .report import save_count_map, PICTURE_SIDE # matplotlib only when pictures are asked for
+        from .images import open_image
+        cmap = counter.count_map(item, tile=tile, max_side=PICTURE_SIDE)
+        save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
+        count = float(cmap.sum())
+    return count,why
 
 FLAGS = ('--fp32',) # the options of `main` that take no value: its bool parameters
 if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first(sys.argv[1:], flags=FLAGS)] # the usage line argparse prints; options among the files
@@ -110,7 +126,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
-         interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9
+         interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9 (none for counts by --tile)
          tile:int=None, # For images larger than the training images: count windows of PX pixels at the training scale, with no upper limit; twice the longer side shrinks a close-up to half
          maps:str=None, # Write a picture of each image with its count map (where it counted) into this folder
         ):
@@ -121,6 +137,8 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if out: check_csv_out(out)
         if shard: take_shard([], shard)
         if tile is not None: check_int('--tile', tile, MIN_SIZE)
+        if tile is not None and interval is not None:
+            warnings.warn("--interval with --tile: low and high are left empty; the interval is calibrated on whole images like the validation set, not on totals of windows")
         model_file(model)
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))

@@ -90,7 +90,7 @@ def test_tiles(counters, flower_data):
     mosaic = Image.new('RGB', (128,128))
     for i,im in enumerate(ims): mosaic.paste(im, (64*(i%2), 64*(i//2)))
     c,sides = counters[1],[]
-    hook = c.model[0].register_forward_pre_hook(lambda mod, x: sides.extend([max(x[0].shape[-2:])]*len(x[0]))) # a side per window, in batches or not
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([max(x[0].shape[-2:])]*len(x[0]))) # a side per window, in batches or not
     try: n = c.predict(mosaic, tile=64)
     finally: hook.remove()
     # no window larger than a training image: the head's context would see more ground and heads than it learnt from
@@ -108,7 +108,7 @@ def test_tile_past_the_image_shrinks_a_close_up(counters, flower_data):
     "`tile` twice the longer side: one window, the image at half the model's size, as README's close-ups advise; the map still sums to the count"
     img = Image.open(flower_data[0]/'images'/'00002.jpg').convert('RGB').resize((64,48))
     c,sides = counters[1],[]
-    hook = c.model[0].register_forward_pre_hook(lambda mod, x: sides.extend([max(x[0].shape[-2:])]*len(x[0]))) # a side per window, in batches or not
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([max(x[0].shape[-2:])]*len(x[0]))) # a side per window, in batches or not
     try: n = c.predict(img, tile=128)
     finally: hook.remove()
     assert sides==[max(c.stride, round(c.size/2/c.stride)*c.stride)] and n >= 0

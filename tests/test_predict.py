@@ -180,6 +180,32 @@ def test_more_heads_than_trained_on_is_flagged(counters):
     flags,notes = cal.unusual(np.concatenate(cal.means)[None], [1.])
     assert not flags[0] and notes[0]==''
 
+def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, trained, flower_data, tmp_path):
+    "A total of windows may pass every training count, and a mosaic squeezed into one input looks like no training image: each window is judged"
+    c = counters[1]
+    cal = c.calibration
+    _,fields = c._forward([c._tensor(f) for f in valid_images[:4]], feats=True)
+    flagged,_ = cal.unusual(fields, np.zeros(4))
+    ok = fields[~flagged] # windows like the training images
+    assert len(ok)
+    flag,note = cal.unusual_windows(ok, np.full(len(ok), cal.max_count)) # their total is far above the largest training count
+    assert not flag and note==''
+    flag,note = cal.unusual_windows(ok, [cal.max_count + 1] + [0]*(len(ok)-1))
+    assert flag and note=='a window holds more than the largest training count (8)'
+    noise = [torch.randint(0, 256, (3, c.size, c.size), dtype=torch.uint8) for _ in range(3)] # noise in most windows
+    _,far = c._forward(noise, feats=True)
+    flag,note = cal.unusual_windows(np.concatenate([far, ok[:1]]), np.zeros(4))
+    assert flag and note.startswith('most of its windows are unlike the training images')
+    # through the CLI: rows by tiles say whether they are unusual from their windows, and carry no interval, with a warning that says why
+    mosaic = Image.new('RGB', (128, 128))
+    for i,f in enumerate(valid_images[:4]): mosaic.paste(Image.open(f).convert('RGB').resize((64, 64)), (64*(i%2), 64*(i//2)))
+    mosaic.save(tmp_path/'mosaic.png')
+    r = run_predict(trained, tmp_path/'mosaic.png', flower_data[0]/'images'/'00000.jpg', '--tile', '64', '--interval', '0.9', '--out', tmp_path/'o.csv')
+    assert r.returncode==0 and '--interval with --tile' in r.stderr, r.stderr
+    df = pd.read_csv(tmp_path/'o.csv', keep_default_na=False)
+    assert list(df.columns)==['image','count','low','high','unusual','note','error'] and (df[['low','high']]=='').all().all()
+    assert 'largest training count' not in df['note'][0] or 'a window' in df['note'][0] # never the total's own
+
 def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path):
     r = run_predict(trained, flower_data[1], '--interval', '0.9', '--out', tmp_path/'o.csv')
     assert r.returncode==0, r.stderr
