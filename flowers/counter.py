@@ -68,10 +68,13 @@ class Counter:
             counts,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype(), features=feats)
             return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
 
-    def _density(self, xs, feats=False):
-        "The count map's cells, (n, h, w), for a list of uint8 tensors of one size; with `feats`, also their `fingerprint` features"
+    def _need_map(self):
         if not isinstance(self.model[1], CountMapHead):
             raise FlowersError("this model has fastai's pooled head (--head pool), which makes no count map; train with --head map")
+
+    def _density(self, xs, feats=False):
+        "The count map's cells, (n, h, w), for a list of uint8 tensors of one size; with `feats`, also their `fingerprint` features"
+        self._need_map()
         with torch.inference_mode():
             cells,f,_ = fingerprint(self.model, *self._input(xs), dtype=self._dtype(), features=feats, cells=True)
             return (cells.float().cpu(), f.cpu().numpy()) if feats else cells.float().cpu()
@@ -156,8 +159,13 @@ class Counter:
         low,high = self._calibration().interval([count], level)
         return count,float(low[0]),float(high[0])
 
-    def is_unusual(self, img) -> bool:
+    def is_unusual(self, img, # A path, `PIL.Image`, numpy array or raw bytes
+                   tile=None, # Judge it as counted in windows (`predict(img, tile)`): by its windows, each against the training images
+                  ) -> bool:
         "Does `img` look unlike every training image (its features are far from theirs), or have more heads than any?"
+        if tile is not None:
+            _,_,feats,counts = self._tiled_cells(img, tile, feats=True)
+            return self._calibration().unusual_windows(feats, counts)[0]
         counts,feats = self._forward([self._tensor(img)], feats=True)
         return bool(self._calibration().unusual(feats, counts)[0][0])
 

@@ -60,7 +60,7 @@ def predict_table(counter, # A `Counter`
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
-    if tile is not None: check_int('--tile', tile, MIN_SIZE) # before any image is decoded, as one error, not one per row
+    if tile is not None: check_int('--tile', tile, MIN_SIZE), counter._need_map() # before any image is decoded, as one error, not one per row
     cal = counter.calibration
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
@@ -145,10 +145,9 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
         if maps: check_folder(maps, '--maps')
         if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
-        import torch
         from .counter import load_counter
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        if maps: counter._cells(torch.zeros(3, counter.size, counter.size, dtype=torch.uint8))
+        if maps: counter._need_map()
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))

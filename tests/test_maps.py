@@ -168,7 +168,11 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args)
     assert r.returncode==0, r.stderr
     safe = load_counter(out/'model.safetensors', precision='fp32')
     assert abs(float(r.stdout.strip().splitlines()[-1]) - safe.predict(img)) < 1e-3
-    if pool: assert safe.stride is None
+    if pool:
+        assert safe.stride is None
+        for args in (['--tile', '64'], ['--maps', str(tmp_path/'maps')]): # no map to count by or show: one message, before any image
+            r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(out), str(img), *args], capture_output=True, text=True, timeout=300)
+            assert r.returncode==2 and "pooled head" in r.stderr and 'Traceback' not in r.stderr, r.stderr
     else:
         assert safe.stride==16 and abs(safe.count_map(img).sum() - safe.predict(img)) <= 0.01*max(1., safe.predict(img))
         del meta['stride'], meta['context'] # as saved before they were recorded, when every map had 16 and one plain layer

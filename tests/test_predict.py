@@ -205,6 +205,7 @@ def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, tra
     df = pd.read_csv(tmp_path/'o.csv', keep_default_na=False)
     assert list(df.columns)==['image','count','low','high','unusual','note','error'] and (df[['low','high']]=='').all().all()
     assert 'largest training count' not in df['note'][0] or 'a window' in df['note'][0] # never the total's own
+    assert c.is_unusual(tmp_path/'mosaic.png', tile=64)==(str(df['unusual'][0])=='True') # the same judgement in Python
 
 def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path):
     r = run_predict(trained, flower_data[1], '--interval', '0.9', '--out', tmp_path/'o.csv')
