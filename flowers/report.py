@@ -76,8 +76,11 @@ def _for_picture(img, cmap, side=PICTURE_SIDE):
 
 def map_rgba(cmap:np.ndarray, # A count map (`Counter.count_map`)
              alpha=0.55, # Opacity where it counts most
+             soften=0.025, # Blur for the eye, as a share of the map's longer side: a sharpened map's peaks are a pixel or two wide
             ) -> np.ndarray:
     "`cmap` coloured to lay over its photo: H x W x 4 floats in 0..1, more opaque where more is counted"
+    from scipy.ndimage import gaussian_filter
+    if soften: cmap = gaussian_filter(np.asarray(cmap, np.float32), soften*max(cmap.shape)) # the picture only: no count changes
     top = cmap.max() if cmap.max() > 0 else 1.
     rgba = plt.get_cmap('magma')(cmap/top)
     rgba[...,3] = alpha*np.sqrt(cmap/top) # transparency follows the map, so empty ground stays as photographed

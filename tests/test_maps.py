@@ -132,6 +132,13 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
         assert r.returncode==2 and f'--maps {maps}: {says}' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert (tmp_path/'notes.txt').read_text()=='mine'
 
+def test_a_sharp_peak_shows_in_the_picture():
+    "A sharpened map holds a head in a pixel or two: its picture spreads it where an eye finds it, and leaves empty ground clear"
+    from flowers.report import map_rgba
+    m = np.zeros((200, 300), np.float32); m[100, 150] = 1.
+    a = map_rgba(m)[..., 3]
+    assert (a > .1).sum() >= 50 and a[100, 150]==a.max() and a[:, :100].max() < 1e-3
+
 def test_map_pictures_of_large_photos_are_drawn_small_and_in_place(trained, counters, flower_data, tmp_path):
     "A photo larger than any picture is drawn, with its map, at most PICTURE_SIDE a side; a map of any size covers the whole photo"
     import matplotlib; matplotlib.use('Agg')
