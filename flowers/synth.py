@@ -170,10 +170,10 @@ def _shape(rng, size, vary):
     a,s = math.exp(rng.uniform(math.log(2/3), math.log(3/2))),rng.uniform(.8, 1.25)
     return max(16, round(size*s*math.sqrt(a))),max(16, round(size*s/math.sqrt(a)))
 
-def _write_one(item, out, seed, size, vary, heads, backgrounds, layouts):
+def _write_one(item, out, seed, size, vary, heads, backgrounds, layouts, pooled=False):
     "Render and write image `i` holding `count` heads, `item` being `(i, count)`; returns its counts row and its points"
     # Ctrl-C reaches a terminal's whole process group: the main process alone stops the pool, which hung once when its workers stopped too
-    if multiprocessing.parent_process() is not None: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pooled: signal.signal(signal.SIGINT, signal.SIG_IGN)
     i,count = item
     rng = np.random.default_rng([seed, i])
     img,pts,info = render_field(int(count), _shape(rng, size, vary), int(rng.integers(2**63)), heads=heads, backgrounds=backgrounds,
@@ -217,12 +217,11 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     out = Path(out)
     (out/'images').mkdir(parents=True, exist_ok=True)
     counts = np.random.default_rng(seed).integers(min_count, max_count+1, n)
-    f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds, layouts=layouts)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
-    if multiprocessing.current_process().daemon: n_workers = 0 # a pool's worker may not start processes
+    if multiprocessing.current_process().daemon or n<64: n_workers = 0 # a pool's worker may not start processes; a few images aren't worth one
+    f = partial(_write_one, out=out, seed=seed, size=size, vary=vary_size, heads=heads, backgrounds=backgrounds, layouts=layouts, pooled=n_workers>0)
     with term_interrupts():
-        res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers if n>=64 else 0, progress=show_progress and interactive(),
-                       chunksize=16, threadpool=False)
+        res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers, progress=show_progress and interactive(), chunksize=16, threadpool=False)
     # fastcore's process pool hands back nothing, not an exception, when its workers fail: never write a short data set
     if len(res)!=n: raise RuntimeError(f"drawing {n} images with {n_workers} processes returned {len(res)}; try n_workers=0")
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
