@@ -57,6 +57,7 @@ def predict_table(counter, # A `Counter`
                   tile=None, # Count each image in windows of `tile` pixels at the training scale (`Counter.predict`)
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
                   unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
+                  ids=None, # Each image's number in the picture names of `maps` (default 0, 1, ...): shards of one list never reuse one
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
@@ -64,13 +65,13 @@ def predict_table(counter, # A `Counter`
     cal = counter.calibration
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
-    names = [str(o) for o in (names or items)]
+    names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
     counts,feats,errors,by_windows = np.full(len(items), np.nan),{},['']*len(items),{}
     if tile is not None: # each image counted, and flagged, window by window
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
-            try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, j, flag)
+            try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, ids[j], flag)
             except FlowersError as e: errors[j] = str(e)
-    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, show_progress)
+    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress)
     df = pd.DataFrame({'image': names, 'count': counts})
     # the interval's guarantee is for whole images like the validation set: a total of windows, which can pass every training count, has none
     if level is not None: df['low'],df['high'] = cal.interval(counts, level) if tile is None else (np.nan, np.nan)
@@ -83,7 +84,7 @@ def predict_table(counter, # A `Counter`
     df['error'] = errors
     return df
 
-def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, show_progress):
+def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress):
     "Count `items` whole, `bs` at a time, decoding the next batch meanwhile, into `counts` (`feats` with `flag`) and `errors`; maps into `maps`"
     with ThreadPoolExecutor(decode_threads()) as ex:
         decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
@@ -99,7 +100,7 @@ def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, show_pr
             elif xs: counts[idx] = counter._forward(xs)
     if maps:
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
-            if not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, j)
+            if not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j])
 
 def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
     "The count of `item` (by windows with `tile`), its count map picture written into `maps`; and with `flag` and `tile`, (unusual, note) from its windows"
@@ -144,11 +145,12 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
         if maps: check_folder(maps, '--maps')
-        if shard: items = take_shard(items, shard) # may be empty: more jobs than images still gives every job its (empty) part
+        ids = range(len(items)) # numbers in the whole list, for the map pictures' names: jobs writing into one folder never share one
+        if shard: items,ids = take_shard(items, shard),take_shard(ids, shard) # may be empty: more jobs than images still gives every job its (empty) part
         from .counter import load_counter
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
         if maps: counter._need_map()
-        df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps)
+        df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids)
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
         n_bad = int((df['error']!='').sum())

@@ -1,5 +1,5 @@
 "Data-parallel training with torchrun: 2 processes on the CPU (gloo), as on several GPUs (nccl)"
-import json, re, subprocess, sys, pandas as pd, pytest
+import json, re, shutil, subprocess, sys, pandas as pd, pytest
 from flowers.data import count_dls
 from flowers.predict import find_images, take_shard, load_counter, predict_table
 from flowers import FlowersError
@@ -62,6 +62,16 @@ def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
     assert [len(p) for p in parts]==[24,24]
     both = pd.concat(parts).sort_values('image').reset_index(drop=True)
     pd.testing.assert_frame_equal(both, whole.sort_values('image').reset_index(drop=True), check_exact=False, atol=1e-4)
+
+def test_shards_write_their_map_pictures_side_by_side(trained, flower_data, tmp_path):
+    "Jobs of an array writing --maps into one folder: photos of one name in two folders (a camera's IMG_0001 each day) both keep their picture"
+    for day in ('day1', 'day2'):
+        (tmp_path/day).mkdir()
+        shutil.copy(flower_data[0]/'images'/'00000.jpg', tmp_path/day/'IMG_0001.jpg')
+    for k in (0, 1): # each job's first image
+        r = run_predict(trained, tmp_path/'day1', tmp_path/'day2', '--shard', f'{k}/2', '--maps', tmp_path/'maps')
+        assert r.returncode==0, r.stderr
+    assert sorted(p.name for p in (tmp_path/'maps').iterdir())==['00000-IMG_0001.png', '00001-IMG_0001.png'] # numbered as in the whole list
 
 @pytest.mark.parametrize('shard', ['3/3', '5/2', 'a/b', '2', '1/0', '-1/2'])
 def test_bad_shard(shard):
