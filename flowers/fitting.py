@@ -3,7 +3,7 @@ import shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import check_lr, find_csv, default_schedule, check_folder
+from .settings import check_lr, find_csv, default_schedule, check_folder, new_run_folder
 from .data import count_dls
 from .density import without_points
 from .learner import count_learner, resolve_pretrained
@@ -69,8 +69,9 @@ def run(a, # The checked settings of `flowers.train.train`
        ) -> Learner:
     "Train, export and report, as `flowers.train.train` (which checks the settings first); data-parallel when launched so"
     setup_ddp()
-    out = broadcast_obj(Path(out or Path('models')/time.strftime('run-%Y%m%d-%H%M%S'))) # rank 0's clock names the folder
-    new = check_folder(out) if _is_main() else False # a new one is removed again if the run fails
+    made = out is None and _is_main()
+    out = broadcast_obj(new_run_folder() if made else out and Path(out)) # rank 0 names the folder
+    new = (check_folder(out) or made) if _is_main() else False # a new one is removed again if the run fails
     try: return _train(a, out, state, args, t0 or time.time())
     except BaseException as e:
         # a run that failed, or was aborted before its first epoch ended, leaves no half-empty folder behind

@@ -1,11 +1,11 @@
 """A training run's settings: what each may be, and what an interrupted run saved. No torch or fastai here, so a bad command line is refused at once."""
-import json, os
+import itertools, json, os, time
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
            'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
-           'check_lr', 'check_args', 'check_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
+           'check_lr', 'check_args', 'check_folder', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
@@ -110,6 +110,16 @@ def check_folder(path, # A folder to write into; made, with its parents, if abse
     except OSError as e: raise FlowersError(f"{flag} {path}: can't create the folder ({e.strerror})") from None
     if not os.access(path, os.W_OK|os.X_OK): raise FlowersError(f"{flag} {path}: this folder is not writable")
     return new
+
+def new_run_folder(root='models') -> Path:
+    "A new folder `root/run-DATE-TIME`, made here: `-2`, `-3`, ... after it when another run took that second's name"
+    base = Path(root)/time.strftime('run-%Y%m%d-%H%M%S')
+    for i in itertools.count(1):
+        path = base if i==1 else base.with_name(f'{base.name}-{i}')
+        # made without `exist_ok`, so two runs started in one second (a sweep's loop) can't both take it: one deleted the other's files
+        try: path.mkdir(parents=True); return path
+        except FileExistsError: continue
+        except OSError as e: raise FlowersError(f"--out {path}: can't create the folder ({e.strerror}); give --out") from None
 
 def read_state(run) -> dict:
     "The resumable state of run folder `run`, or {}"

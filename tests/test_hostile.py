@@ -92,6 +92,15 @@ def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path):
     r = run_cli('--data', csv, '--img-dir', flower_data[0]/'images', '--out', out, *BASE)
     assert r.returncode==2 and (out/'notes.txt').read_text()=='mine'
 
+def test_default_run_folders_are_never_shared(flower_data, tmp_path):
+    "Runs started in one second (a sweep's loop) each get their own default folder; a default folder a failed run made is removed again"
+    from flowers.settings import new_run_folder
+    got = [new_run_folder(tmp_path/'models') for _ in range(5)]
+    assert len(set(got))==5 and all(p.is_dir() and not any(p.iterdir()) and p.name.startswith('run-') for p in got)
+    csv = _csv(tmp_path, flower_data, is_valid='true') # no training rows: refused once the data is read, after the folder is made
+    r = run_cli('--data', csv, '--img-dir', flower_data[0]/'images', *BASE, cwd=tmp_path)
+    assert r.returncode==2 and sorted((tmp_path/'models').iterdir())==got
+
 def test_diverging_loss_stops_the_fit(flower_data):
     "A loss that stops being a number ends the fit with a clear error (train() then exports nothing)"
     import torch
