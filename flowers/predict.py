@@ -144,6 +144,8 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         items,missing = find_images(inputs)
         if missing: raise FlowersError('; '.join(missing))
         if not items: raise FlowersError(f"no images found in {', '.join(inputs)} (looked for {', '.join(IMG_EXTS)})")
+        if out and Path(out).resolve() in {Path(p).resolve() for p in (*inputs, *items)}: # `--out counts.csv` given counts.csv: the true counts were lost
+            raise FlowersError(f"--out {out}: is one of the inputs, and would be overwritten by the counts; give another file name")
         if maps: check_folder(maps, '--maps')
         ids = range(len(items)) # numbers in the whole list, for the map pictures' names: jobs writing into one folder never share one
         if shard: items,ids = take_shard(items, shard),take_shard(ids, shard) # may be empty: more jobs than images still gives every job its (empty) part

@@ -124,6 +124,18 @@ def test_predict_out_checked_before_counting(trained, flower_data, tmp_path):
     assert r.returncode==2 and 'is a folder' in r.stderr and 'Traceback' not in r.stderr and 'Wrote' not in r.stdout
     with pytest.raises(FlowersError, match='does not exist; create it first'): check_csv_out(tmp_path/'missing'/'out.csv')
 
+def test_predict_never_writes_over_its_inputs(trained, flower_data, tmp_path):
+    "`--out` naming the CSV being counted (with the user's true counts) or one of the photos is refused, and the file is as it was"
+    csv = tmp_path/'mine.csv'
+    csv.write_text('image,count\n' + ''.join(f"{flower_data[0]/'images'/f'{i:05d}.jpg'},3\n" for i in range(3)))
+    photo = tmp_path/'photo.jpg'
+    shutil.copy(flower_data[0]/'images'/'00000.jpg', photo)
+    for inputs,out in (([csv], csv), ([photo], photo), ([tmp_path], photo)):
+        before = out.read_bytes()
+        r = run_predict(trained, *inputs, '--out', out)
+        assert r.returncode==2 and 'is one of the inputs' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+        assert out.read_bytes()==before
+
 # Server: limits applied while a request streams in, by bytes and by pixels
 import asyncio
 from flowers.serve import create_app, serve, MB
