@@ -164,5 +164,5 @@ def default_data(n:int=2000, # Number of images to generate if absent
               f" or other settings ({STAMP}); regenerating it with version {SYNTH_VERSION}")
         shutil.rmtree(path/'images', ignore_errors=True) # ours, git-ignored: no stale images may stay behind
     else: print(f"Default data set not found at {path}: generating {n} synthetic flower fields (about {size} px, counts 0..{max_count})")
-    make_flowers(path, n=n, size=size, max_count=max_count, seed=seed)
+    make_flowers(path, n=n, size=size, max_count=max_count, seed=seed, replace=True) # ours: its stale images were removed above
     return csv

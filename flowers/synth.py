@@ -206,6 +206,7 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
                  vary_size:bool=True, # Vary width and height (0.8..1.25 x `size`, aspect 2:3..3:2) instead of squares
                  show_progress:bool=True, # Show a progress bar
                  n_workers:int=None, # Processes drawing images (default: one per core, at most 4)
+                 replace:bool=False, # Write over a `counts.csv` this generator did not write (else refused: it may be someone's own data set)
                 ) -> Path:
     "Write a synthetic flower-count data set to `out`; returns the path of its CSV"
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
@@ -215,6 +216,8 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     # placing n heads takes n^2 steps, and past this they shrink under 1.5 px: a typo's 100000 would draw for hours
     if max_count > (size//4)**2: raise FlowersError(f"--max-count {max_count}: at most {(size//4)**2} heads can be told apart in a {size} px image; use a larger --size")
     out = Path(out)
+    if not replace and (out/'counts.csv').is_file() and not (out/STAMP).is_file(): # its images/00000.jpg.. too would be drawn over
+        raise FlowersError(f"{out} holds a counts.csv that flowers.synth did not write (it has no {STAMP}); give an empty or new folder")
     (out/'images').mkdir(parents=True, exist_ok=True)
     counts = np.random.default_rng(seed).integers(min_count, max_count+1, n)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers

@@ -117,6 +117,18 @@ def test_numbers_no_data_set_can_have(tmp_path, kw, msg):
     r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), *args], capture_output=True, text=True, timeout=120)
     assert r.returncode==2 and msg in r.stderr and 'Traceback' not in r.stderr
 
+def test_never_draws_over_a_users_data_set(tmp_path):
+    "A folder with a counts.csv the generator did not write is someone's data: refused, exit 2, every file as it was; its own sets are redrawn"
+    mine = tmp_path/'mine'
+    (mine/'images').mkdir(parents=True)
+    (mine/'images'/'00000.jpg').write_bytes(b'my photo')
+    (mine/'counts.csv').write_text('image,count\n00000.jpg,7\n')
+    before = _files(mine)
+    r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(mine), '--n', '3'], capture_output=True, text=True, timeout=120)
+    assert r.returncode==2 and 'did not write' in r.stderr and 'Traceback' not in r.stderr and _files(mine)==before
+    make_flowers(tmp_path/'ours', n=3, size=32, show_progress=False)
+    assert len(pd.read_csv(make_flowers(tmp_path/'ours', n=4, size=32, show_progress=False)))==4 # a set it made: drawn again
+
 def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     "A set without this generator's stamp is never silently reused as the default"
     (tmp_path/'images').mkdir(parents=True)
