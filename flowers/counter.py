@@ -69,6 +69,7 @@ class Counter:
             return (counts.cpu().numpy(), f.cpu().numpy()) if feats else counts.cpu().numpy()
 
     def _need_map(self):
+        "Raise unless the model makes a count map (fastai's pooled head makes none)"
         if not isinstance(self.model[1], CountMapHead):
             raise FlowersError("this model has fastai's pooled head (--head pool), which makes no count map; train with --head map")
 
