@@ -4,7 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError, check_int
 from .safe import load_safe, input_spec
-from .images import open_image, image_size
+from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
 from .density import CountMapHead, FINE_STEP, map_stride, spread_cells, shifted, stitch, sharpen
 from .calibrate import fingerprint
@@ -135,7 +135,7 @@ class Counter:
             x = self._tensor(img)
             (w,h),cells = image_size(img),self._cells(x)
             if fine: cells = self._fine(x, cells)
-        if max_side and max(w,h) > max_side: w,h = [max(1, round(v*max_side/max(w,h))) for v in (w,h)]
+        if max_side and max(w,h) > max_side: w,h = fit_size((w,h), max_side)
         return spread_cells(cells, w, h, pad=self.method=='pad' and tile is None)
 
     def show_count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes

@@ -6,7 +6,7 @@ from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 from .settings import MIN_SIZE, decode_threads
 
-__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'decode_threads']
+__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'fit_size', 'decode_threads']
 
 FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
 BACKGROUND = (255,255,255) # what transparent pixels are composited on
@@ -75,6 +75,12 @@ def _array(a, name):
         raise FlowersDataError(f"{name}: an array of shape {tuple(a.shape)} is not an image; give HxW, HxWx3 or HxWx4")
     try: return Image.fromarray(a if a.dtype==np.uint8 else _scale16(a))
     except (TypeError, ValueError) as e: raise FlowersDataError(f"{name}: not an image array ({e})") from None
+
+def fit_size(wh, # (width, height)
+             side:int, # The longer side wanted
+            ) -> tuple:
+    "`wh` scaled so that its longer side is `side`, each side at least 1"
+    return tuple(max(1, round(v*side/max(wh))) for v in wh)
 
 def shrink(img:Image.Image, size:int) -> Image.Image:
     "`img` box-reduced by a whole factor to no less than twice `size` on its shorter side: a cheap first step of a large resize"

@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
-from .images import open_image
+from .images import open_image, fit_size
 from .density import CountMapHead
 from .counter import Counter
 
@@ -65,13 +65,11 @@ def show_count_map(img, # The image, as `open_image` gives it
 
 PICTURE_SIDE = 800 # pixels on the longer side of a photo or map as drawn, at most: 4 inches at 200 dpi, the most `save_count_map` uses
 
-def _fit(wh, side): return tuple(max(1, round(v*side/max(wh))) for v in wh)
-
 def _for_picture(img, cmap, side=PICTURE_SIDE):
     "`img` and `cmap` shrunk to at most `side` pixels a side: a 12 MP photo's map coloured at full size took 4 GB to draw 800 pixels"
-    if max(img.size) > side: img = img.resize(_fit(img.size, side), Image.BILINEAR)
+    if max(img.size) > side: img = img.resize(fit_size(img.size, side), Image.BILINEAR)
     if cmap is not None and max(cmap.shape) > side:
-        cmap = np.asarray(Image.fromarray(cmap.astype(np.float32), 'F').resize(_fit(cmap.shape[::-1], side), Image.BOX))
+        cmap = np.asarray(Image.fromarray(cmap.astype(np.float32), 'F').resize(fit_size(cmap.shape[::-1], side), Image.BOX))
     return img,cmap
 
 def map_rgba(cmap:np.ndarray, # A count map (`Counter.count_map`)
