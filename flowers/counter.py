@@ -100,7 +100,7 @@ class Counter:
         return cells,(np.stack(fs) if feats else None)
 
     def _tiled_cells(self, img, tile, fine=False, feats=False):
-        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window, and its size (with `feats`, the windows' features and counts too)"
+        "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window; its size; the windows' features (with `feats`, else None) and counts"
         tile = check_int('--tile', tile, MIN_SIZE)
         st = self.stride
         g = FINE_STEP if fine else st
@@ -121,7 +121,7 @@ class Counter:
                 d = self._fine(win, d)[(y0-wy)//g:(y0-wy+core)//g, (x0-wx)//g:(x0-wx+core)//g]
                 c = d*(c.sum()/d.sum().clamp_min(1e-12))
             out[y0//g:(y0+core)//g, x0//g:(x0+core)//g] = c
-        return (out,pil.size,fs,np.array([float(d.sum()) for d in cells])) if feats else (out,pil.size)
+        return out,pil.size,fs,np.array([float(d.sum()) for d in cells])
 
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
                   tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)
@@ -129,7 +129,7 @@ class Counter:
                   fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
                  ) -> np.ndarray:
         "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
-        if tile is not None: cells,(w,h) = self._tiled_cells(img, tile, fine)
+        if tile is not None: cells,(w,h),*_ = self._tiled_cells(img, tile, fine)
         else:
             if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for its size and its pixels
             x = self._tensor(img)
