@@ -10,6 +10,7 @@ from .progress import progress
 from .density import pad_points, drop_points
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
+from . import show # fastai's show_results and plot_top_losses for counts, wherever a counting `dls` is
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'data_dir', 'read_counts', 'find_img_dir', 'CountDataLoaders', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
            'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']

@@ -4,7 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
 from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_context, check_loss, check_pretrained
-from .density import PointSupervision, count_model_args, init_map_bias
+from .density import PointSupervision, count_model_args, drop_points, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
            'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
@@ -92,7 +92,9 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
     "A `vision_learner` with one output trained to match the count"
     check_loss(loss); check_head(head, stride); check_context(context)
     counts = dls.train_ds.tls[1] # targets only: no image is opened
-    if head=='pool' and y_range is None: y_range = count_y_range(counts)
+    if head=='pool':
+        if y_range is None: y_range = count_y_range(counts)
+        drop_points(dls, keep=False) # head positions teach only the map: fastai's loss takes (pred, count)
     if head=='map':
         y_range = None
         if len(dls.train_ds.tls)>2: kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()

@@ -211,3 +211,28 @@ def test_cache_filled_before_workers(flower_data):
 
 def test_cache_only_when_it_fits():
     assert cache_fits(2000, 64) and not cache_fits(10**9, 224)
+
+@pytest.mark.parametrize('head', ['map', 'pool'])
+def test_show_results_and_top_losses(flower_data, head):
+    "fastai's own `learn.show_results()` and `plot_top_losses` (fastai's image method for them fails under plum)"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from fastai.vision.all import Interpretation
+    from flowers.learner import count_learner
+    dls = count_dls(flower_data[1], size=32, bs=4)
+    learn = count_learner(dls, head=head, pretrained=False)
+    learn.fit(1, 1e-4) # as a REPL user would, with the head positions of `count_dls` in the data
+    learn.show_results(max_n=4, shuffle=False)
+    b = dls.valid.new(shuffle=False).one_batch()
+    preds = learn.get_preds(dl=[b])[0].flatten()
+    titles = [ax.get_title() for ax in plt.gcf().axes if ax.get_title()]
+    assert titles==[f'{float(t):.1f} / {float(p):.1f}' for t,p in zip(b[1][:4], preds[:4])]
+    plt.close('all')
+    interp = Interpretation.from_learner(learn)
+    interp.plot_top_losses(3)
+    losses,idx = interp.top_losses(3)
+    valid = dls.valid_ds.items.iloc[idx.tolist()]
+    titles = [ax.get_title() for ax in plt.gcf().axes if ax.get_title()]
+    assert [float(t.split(' / ')[1]) for t in titles]==[float(c) for c in valid['count']]
+    assert [float(t.split(' / ')[2]) for t in titles]==pytest.approx([round(float(l), 2) for l in losses], abs=.006)
+    plt.close('all')
