@@ -6,7 +6,7 @@ from csv import Error as CSVError
 from pathlib import Path
 from PIL import Image
 from .errors import FlowersDataError
-from .settings import decode_threads
+from .settings import decode_threads, find_csv
 from .progress import progress
 
 __all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'read_points']
@@ -105,7 +105,7 @@ def _problem_msg(csv, problems, what):
     more = f"\n  ... and {n-50} more" if n>50 else ''
     return f"{csv}: {n} bad row{'s'*(n!=1)}{what}:\n{lines}{more}"
 
-def read_counts(csv, # CSV file with one row per image
+def read_counts(csv, # CSV file with one row per image, or a folder holding `counts.csv` (as `train` takes it)
                 img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
@@ -115,6 +115,7 @@ def read_counts(csv, # CSV file with one row per image
                ) -> pd.DataFrame:
     "Read and check a counts CSV: a clean `DataFrame`, or one `FlowersDataError` listing every problem"
     csv = Path(csv)
+    if csv.is_dir(): csv = find_csv(csv) # a data folder, as `train` takes it
     if not csv.is_file(): raise FlowersDataError(f"{csv}: file not found")
     df = _read_csv(csv)
     _check_cols(df, csv, fn_col, label_col)

@@ -112,7 +112,7 @@ def _fit_bs(bs, sizes, csv, valid_col) -> int:
         bs = n_train
     return bs
 
-def count_dls(csv, # CSV file with one row per image
+def count_dls(csv, # CSV file with one row per image, or a folder holding `counts.csv`
               img_dir=None, # Folder the image names are relative to (default: `images/` beside the CSV, else the CSV's folder)
               fn_col='image', # Column holding image file names
               label_col='count', # Column holding the counts

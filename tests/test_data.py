@@ -1,6 +1,7 @@
 import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
 from fastai.vision.all import TensorImage, set_seed
 from flowers.data import *
+from flowers import FlowersError
 from flowers.augment import JITTER_AUG
 
 @pytest.fixture
@@ -22,6 +23,13 @@ def test_good_csv(flower_data):
     df = read_counts(csv)
     assert len(df)==48 and df['count'].dtype==np.float32
     assert df.attrs['img_dir']==(path/'images').resolve()
+
+def test_data_folder(flower_data, tmp_path):
+    "A folder is read as `train` reads it: its counts.csv"
+    path,csv = flower_data
+    pd.testing.assert_frame_equal(read_counts(path), read_counts(csv))
+    assert count_dls(path, size=32, bs=8).train_ds.items.equals(count_dls(csv, size=32, bs=8).train_ds.items)
+    with pytest.raises(FlowersError, match='no counts.csv'): read_counts(tmp_path)
 
 def test_missing_file(tmp_path): assert 'file not found' in _err(tmp_path/'nope.csv')
 def test_empty_file(ds): assert 'the file is empty' in _err(ds[1](''))
