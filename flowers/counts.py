@@ -15,15 +15,21 @@ IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
 _TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
 
+def _encoding(csv):
+    "UTF-16 where the file starts with its byte-order mark (Excel's 'Unicode Text'), else UTF-8 with or without one"
+    with open(csv, 'rb') as f: bom = f.read(2)
+    return 'utf-16' if bom in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig'
+
 def _read_csv(csv):
-    "Every cell of `csv` as a stripped string; `,` or `;` separated, with or without a BOM"
-    try: head = csv.read_text(encoding='utf-8-sig').lstrip().partition('\n')[0]
-    except UnicodeDecodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
+    "Every cell of `csv` as a stripped string; `,`, `;` or tab separated, UTF-8 (with or without a BOM) or UTF-16"
+    enc = _encoding(csv)
+    try: head = csv.read_text(encoding=enc).lstrip().partition('\n')[0]
+    except UnicodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
     if not head: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
-    sep = ';' if head.count(';') > head.count(',') else ','
-    try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding='utf-8-sig', skip_blank_lines=True)
+    sep = max((',', ';', '\t'), key=head.count) # the first, a comma, when none is found
+    try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding=enc, skip_blank_lines=True)
     except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
-    except (pd.errors.ParserError, UnicodeDecodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
+    except (pd.errors.ParserError, UnicodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
     cols = [c.strip() for c in head.split(sep)]
     dup = sorted({c for c in cols if c and cols.count(c) > 1})
     if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
@@ -122,7 +128,7 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     if not len(df): raise FlowersDataError(f"{csv}: has a header but no rows; add one row per image ({fn_col},{label_col})")
     img_dir = find_img_dir(csv, df[fn_col], img_dir)
     if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
-    if df.attrs.get('sep')==';': # European spreadsheets write 7,5 for 7.5 when columns are separated by ';'
+    if df.attrs.get('sep') in (';','\t'): # European spreadsheets write 7,5 for 7.5 when a comma does not separate columns
         df[label_col] = df[label_col].str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True)
     problems = []
     for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):

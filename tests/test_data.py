@@ -72,6 +72,14 @@ def test_semicolon_and_bom(ds):
     csv.write_bytes('\ufeffimage;count\n00000.jpg;2\n'.encode('utf-8'))
     assert read_counts(csv)['count'].tolist()==[2.0]
 
+@pytest.mark.parametrize('encoding', ['utf-8', 'utf-16', 'utf-16-be'])
+def test_tabs_and_utf16(ds, encoding):
+    "Excel's 'Text (Tab delimited)' and 'Unicode Text' (tabs, UTF-16 with its byte-order mark; decimal commas in some countries)"
+    csv = ds[0]/'counts.csv'
+    text = 'image\tcount\n00000.jpg\t2\n00001.jpg\t7,5\n'
+    csv.write_bytes((('\ufeff' if encoding!='utf-8' else '') + text).encode(encoding))
+    assert read_counts(csv)['count'].tolist()==[2.0, 7.5]
+
 def test_img_dir_beside_csv(ds):
     path,write = ds
     (path/'sub').mkdir(); shutil.copy(path/'images'/'00000.jpg', path/'sub'/'a.jpg')
