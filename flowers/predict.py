@@ -34,11 +34,19 @@ def take_shard(items:list, # Images in a stable order (as `find_images` gives th
     if n is None or not 0 <= k < n: raise FlowersError(f"--shard {shard}: must be K/N with 0 <= K < N, e.g. 0/4 .. 3/4 for four jobs")
     return items[k::n]
 
+def image_files(folder) -> list:
+    "Image files under `folder`, sorted; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`)"
+    found = []
+    for root,dirs,files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        found += [Path(root)/f for f in files if not f.startswith('.') and Path(f).suffix.lower() in IMG_EXTS]
+    return sorted(p for p in found if p.is_file())
+
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
     items,errors = [],[]
     for inp in map(Path, inputs):
-        if inp.is_dir(): items += sorted(p for p in inp.rglob('*') if p.suffix.lower() in IMG_EXTS and p.is_file())
+        if inp.is_dir(): items += image_files(inp)
         elif inp.suffix.lower()=='.csv' and inp.is_file():
             df = _read_csv(inp)
             col = 'image' if 'image' in df.columns else df.columns[0]

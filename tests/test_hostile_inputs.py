@@ -76,6 +76,17 @@ def test_folder_and_fifo_named_like_images(counter, trained, tmp_path):
     items,_ = find_images([tmp_path/'pipe.jpg']) # the CLI's path: must not block reading the pipe
     assert 'not a regular file' in predict_table(counter, items, show_progress=False)['error'][0]
 
+def test_hidden_files_in_folders_are_not_images(flower_data, tmp_path):
+    "macOS leaves `._NAME.jpg` beside each photo copied to a USB drive, and apps keep thumbnails in hidden folders: fastai skips both"
+    src = flower_data[0]/'images'/'00000.jpg'
+    for p in ['a.jpg', 'sub/b.JPG', '.thumbnails/a.jpg', 'sub/.hidden/c.jpg']:
+        (tmp_path/p).parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, tmp_path/p)
+    (tmp_path/'._a.jpg').write_bytes(b'\x00\x05\x16\x07' + bytes(4000)) # an AppleDouble header, not a JPEG
+    (tmp_path/'.DS_Store').write_bytes(bytes(100)); (tmp_path/'notes.txt').write_text('plot 7')
+    items,missing = find_images([tmp_path])
+    assert items==[tmp_path/'a.jpg', tmp_path/'sub'/'b.JPG'] and missing==[]
+    assert find_images([tmp_path/'._a.jpg'])[0]==[tmp_path/'._a.jpg'] # named on its own, it is counted (and its row says it is no image)
+
 # Model files
 def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
     for f in ('model.safetensors','model.json'): shutil.copy(trained/f, tmp_path/f)
