@@ -210,8 +210,11 @@ def load_pkl(fname) -> Learner:
     fname = Path(fname)
     model_file(fname)
     if fname not in _warned:
-        warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; "
-                      f"the safe format ({fname.with_name('model.safetensors')}) loads without pickle.")
+        safe = fname.with_name('model.safetensors')
+        # a `learn.export()` from a REPL has no safe format beside it: say how to make one, not where it isn't
+        other = (f"the safe format ({safe}) loads without pickle" if safe.is_file() else
+                 f"`flowers.safe.save_safe(learn, folder, arch)` writes a safe format, which loads without pickle")
+        warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; {other}.")
         _warned.add(fname)
     try:
         with warnings.catch_warnings():

@@ -1,5 +1,5 @@
 "Careless and hostile inputs to prediction, model files and the server: one clear message, nothing computed lost"
-import io, json, os, shutil, stat, struct, numpy as np, pandas as pd, pytest, torch
+import io, json, os, re, shutil, stat, struct, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from flowers import FlowersError
 from flowers.images import open_image
@@ -97,6 +97,14 @@ def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
     return tmp_path/'model.safetensors'
 
 DROP = object()
+
+def test_pickle_warning_points_to_a_safe_format_that_exists(trained, tmp_path):
+    "A REPL's `learn.export()` has no model.safetensors beside it: the warning says how to write one"
+    from flowers.predict import load_pkl
+    shutil.copy(trained/'export.pkl', tmp_path/'mine.pkl')
+    with pytest.warns(UserWarning, match=r'save_safe\(learn, folder, arch\)'): load_pkl(tmp_path/'mine.pkl')
+    run = tmp_path/'run'; run.mkdir(); shutil.copy(trained/'export.pkl', run/'export.pkl'); _copy_model(trained, run)
+    with pytest.warns(UserWarning, match=re.escape(f"the safe format ({run/'model.safetensors'}) loads without pickle")): load_pkl(run/'export.pkl')
 
 def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
     f = _copy_model(trained, tmp_path, lambda m: m.update(size=100000), drop_hash=False)
