@@ -4,7 +4,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from csv import Error as CSVError
 from pathlib import Path
-from PIL import Image
 from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
@@ -156,15 +155,11 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df
 
-def _image_size(fn):
-    "Width and height of image file `fn` as saved, from its header"
-    with Image.open(fn) as im: return im.size
-
 def read_points(df, # A clean counts `DataFrame` from `read_counts`
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
                ):
-    "Head centres from `points.csv` beside the counts CSV (`image,x,y` in pixels), as -1..1 coordinates per row of `df`; None without one"
+    "Head centres from `points.csv` beside the counts CSV (`image,x,y` in pixels of the image as shown), as -1..1 coordinates per row of `df`; None without one"
     f = Path(df.attrs['csv']).with_name('points.csv')
     if not f.is_file(): return None
     try: pts = pd.read_csv(f)
@@ -179,5 +174,7 @@ def read_points(df, # A clean counts `DataFrame` from `read_counts`
     if bad:
         warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts, or aren't numbers; training from the counts only")
         return None
-    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(_image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
+    from .images import image_size
+    # a phone's portrait photo is saved on its side with an EXIF turn; annotation tools, and `open_image`, show it upright
+    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
     return pd.Series([p*2/np.array(sz, 'float32') - 1 for p,sz in zip(xy, sizes)], index=df.index, dtype=object)

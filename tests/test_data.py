@@ -113,6 +113,26 @@ def test_points_that_cannot_be_used_are_said_and_left_out(flower_data, tmp_path,
     if says is None: assert read_points(df) is not None; return
     with pytest.warns(UserWarning, match=says): assert read_points(df) is None
 
+def test_points_of_a_turned_photo_are_read_as_it_is_shown(flower_data, tmp_path):
+    "A portrait phone photo is saved on its side with EXIF orientation 6; annotation tools, and `open_image`, show it upright"
+    from PIL import Image
+    from flowers.images import open_image
+    src = flower_data[0]
+    df = read_counts(src/'counts.csv')
+    fn = next(f for f in df['image'] if len(set(Image.open(src/'images'/f).size))==2) # a field that is not square
+    shutil.copytree(src/'images', tmp_path/'images')
+    shown = Image.open(src/'images'/fn)
+    exif = Image.Exif(); exif[0x0112] = 6
+    shown.transpose(Image.Transpose.ROTATE_90).save(tmp_path/'images'/'turned.jpg', quality=95, exif=exif)
+    assert open_image(tmp_path/'images'/'turned.jpg').size==shown.size
+    pts = pd.read_csv(src/'points.csv')
+    mine = pts[pts.image==fn]
+    pd.concat([mine, mine.assign(image='turned.jpg')]).to_csv(tmp_path/'points.csv', index=False)
+    c = df.loc[df.image==fn, 'count'].iloc[0]
+    (tmp_path/'counts.csv').write_text(f'image,count\n{fn},{c}\nturned.jpg,{c}\n')
+    xy = read_points(read_counts(tmp_path/'counts.csv'))
+    assert len(xy[0])==c and np.abs(xy[0]).max()<=1 and np.allclose(xy[0], xy[1])
+
 def test_split_follows_seed(flower_data):
     split = lambda seed: sorted(count_dls(flower_data[1], size=32, seed=seed).valid.items.index)
     assert split(1)==split(1) and split(1)!=split(2) and len(split(1))==int(48*0.2)
