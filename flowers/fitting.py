@@ -14,6 +14,7 @@ from .progress import plain_progress, epoch_lines
 from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import resolve_precision, set_precision, to_fp32
+from .memory import check_memory
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -91,6 +92,7 @@ def _train(a, out, state, args, t0):
             if a[k] is not None: continue
             a[k] = v
             if args is not None: args[k] = v
+        check_memory(a, precision, default_device()) # before images are decoded at that size
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
                         method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')

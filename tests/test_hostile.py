@@ -85,6 +85,27 @@ def test_out_that_is_a_file_exits_2(flower_data, tmp_path):
     assert r.returncode==2 and 'is a file, not a folder' in r.stderr and 'Traceback' not in r.stderr
     assert (tmp_path/'taken').read_text()=='keep me'
 
+def test_size_that_cannot_fit_in_memory_exits_2(flower_data, tmp_path):
+    "On a CPU the kernel kills a run out of memory without a word (a --size 4000 typo did): it is refused before the first step"
+    r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', '--pretrained', 'no', '--size', '60000', '--bs', '8', '--epochs', '1')
+    assert r.returncode==2 and 'Traceback' not in r.stderr, r.stderr
+    msg = re.search(r'error: --size 60000 with --bs 8: one training step would need at least ([\d.]+) GB, and this machine has ([\d.]+) GB free', r.stderr)
+    assert msg and float(msg[1]) > float(msg[2]) and not (tmp_path/'run').exists()
+
+def test_memory_estimate_bounds_a_real_run(flower_data):
+    "What `check_memory` counts is at most what a training step keeps: it never refuses a run that would fit"
+    import resource, torch
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.memory import activation_bytes, KEPT
+    learn = count_learner(count_dls(flower_data[1], size=256, bs=8, verify=False), arch='resnet18', context=2, pretrained=False)
+    act,n_params = activation_bytes('resnet18', 'map', 8, 2, 256)
+    assert n_params==sum(p.numel() for p in learn.model.parameters())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024
+    learn.model(torch.rand(8, 3, 256, 256)).sum().backward() # fp32: the most a step keeps
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024 - before
+    assert grew > act*8*KEPT['fp32'], (grew, act*8)
+
 def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path):
     "A run that fails in a folder the user already had removes nothing of theirs"
     out = tmp_path/'mine'; out.mkdir(); (out/'notes.txt').write_text('mine')
