@@ -1,5 +1,6 @@
 """One robust image opener for training, prediction and the web service."""
-import io, warnings, numpy as np, torch
+import io, threading, warnings, numpy as np, torch
+from contextlib import contextmanager
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastai.vision.all import PILImage, Transform
@@ -10,6 +11,18 @@ __all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shri
 
 FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
 BACKGROUND = (255,255,255) # what transparent pixels are composited on
+
+# `catch_warnings` swaps the whole process's filters: two threads in it at once can leave one's behind (an 'ignore all' from
+# a header read in `read_points`' threads silenced every later warning of a training run), so threads take turns
+_WARNINGS = threading.Lock()
+
+@contextmanager
+def _pil_warnings(quiet=False): # Ignore PIL's warnings (a header read for a size: `open_image` will say what is wrong)
+    "Inside: PIL's decompression-bomb warning is an error, or with `quiet` PIL's warnings are ignored; one thread at a time"
+    with _WARNINGS, warnings.catch_warnings():
+        if quiet: warnings.filterwarnings('ignore', module='PIL')
+        warnings.filterwarnings('ignore' if quiet else 'error', category=Image.DecompressionBombWarning)
+        yield
 
 def _name(src):
     "How to name `src` in a message"
@@ -50,12 +63,10 @@ def _open(src, name, size=None):
         src = io.BytesIO(bytes(src))
     elif not callable(getattr(src, 'read', None)): raise FlowersDataError(f"{name}: can't read an image from {type(src).__name__}; give {KINDS}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('error', Image.DecompressionBombWarning)
-            img = Image.open(src, formats=FORMATS)
-            # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: a 12 MP photo for a 64 px model in a quarter of the time
-            if size and img.format=='JPEG': img.draft(img.mode, (2*size, 2*size))
-            img.load() # decode now: a truncated file fails here, not mid-batch
+        with _pil_warnings(): img = Image.open(src, formats=FORMATS) # reads the header, where PIL checks the size
+        # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: a 12 MP photo for a 64 px model in a quarter of the time
+        if size and img.format=='JPEG': img.draft(img.mode, (2*size, 2*size))
+        img.load() # decode now, in parallel with other threads: a truncated file fails here, not mid-batch
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise FlowersDataError(f"{name}: image is too large to open safely ({e}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except UnidentifiedImageError:
@@ -112,19 +123,15 @@ class OpenImage(Transform):
 def image_pixels(data:bytes) -> int:
     "Width x height from the header of encoded image `data`, without decoding it; 0 if unreadable (`open_image` will say why)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            with Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.size[0]*img.size[1]
+        with _pil_warnings(quiet=True), Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.size[0]*img.size[1]
     except Exception: return 0
 
 def image_size(src) -> tuple:
     "(width, height) of `src` as `open_image` gives it (EXIF orientation applied), read from the header of a file or bytes"
     if isinstance(src, (str, Path, bytes, bytearray, memoryview)):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                with Image.open(io.BytesIO(bytes(src)) if not isinstance(src, (str, Path)) else src, formats=FORMATS) as img:
-                    (w,h),turn = img.size,img.getexif().get(0x0112, 1) in (5,6,7,8) # orientations that swap width and height
+            with _pil_warnings(quiet=True), Image.open(io.BytesIO(bytes(src)) if not isinstance(src, (str, Path)) else src, formats=FORMATS) as img:
+                (w,h),turn = img.size,img.getexif().get(0x0112, 1) in (5,6,7,8) # orientations that swap width and height
             return (h,w) if turn else (w,h)
         except Exception: pass # `open_image` says what is wrong with it
     return open_image(src).size

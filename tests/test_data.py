@@ -133,6 +133,14 @@ def test_points_of_a_turned_photo_are_read_as_it_is_shown(flower_data, tmp_path)
     xy = read_points(read_counts(tmp_path/'counts.csv'))
     assert len(xy[0])==c and np.abs(xy[0]).max()<=1 and np.allclose(xy[0], xy[1])
 
+def test_decoding_threads_leave_warnings_as_they_were(flower_data):
+    "Images are checked and measured in threads: a header read's 'ignore' left behind silenced every later warning of a run"
+    import warnings
+    before = list(warnings.filters)
+    for _ in range(3): read_points(read_counts(flower_data[1], verify=True))
+    assert warnings.filters==before
+    with pytest.warns(UserWarning, match='batch size 64 is more than'): count_dls(flower_data[1], size=32, bs=64)
+
 def test_split_follows_seed(flower_data):
     split = lambda seed: sorted(count_dls(flower_data[1], size=32, seed=seed).valid.items.index)
     assert split(1)==split(1) and split(1)!=split(2) and len(split(1))==int(48*0.2)
