@@ -92,18 +92,25 @@ def test_size_that_cannot_fit_in_memory_exits_2(flower_data, tmp_path):
     msg = re.search(r'error: --size 60000 with --bs 8: one training step would need at least ([\d.]+) GB, and this machine has ([\d.]+) GB free', r.stderr)
     assert msg and float(msg[1]) > float(msg[2]) and not (tmp_path/'run').exists()
 
+STEP = """
+import resource, sys, torch
+from flowers.data import count_dls
+from flowers.learner import count_learner
+learn = count_learner(count_dls(sys.argv[1], size=256, bs=8, verify=False), arch='resnet18', context=2, pretrained=False)
+x = torch.rand(8, 3, 256, 256)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024
+learn.model(x).sum().backward() # fp32: the most a step keeps
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024 - before)
+"""
+
 def test_memory_estimate_bounds_a_real_run(flower_data):
     "What `check_memory` counts is at most what a training step keeps: it never refuses a run that would fit"
-    import resource, torch
-    from flowers.data import count_dls
-    from flowers.learner import count_learner
+    import subprocess, sys
     from flowers.memory import activation_bytes, KEPT
-    learn = count_learner(count_dls(flower_data[1], size=256, bs=8, verify=False), arch='resnet18', context=2, pretrained=False)
-    act,n_params = activation_bytes('resnet18', 'map', 8, 2, 256)
-    assert n_params==sum(p.numel() for p in learn.model.parameters())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024
-    learn.model(torch.rand(8, 3, 256, 256)).sum().backward() # fp32: the most a step keeps
-    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024 - before
+    r = subprocess.run([sys.executable, '-c', STEP, str(flower_data[1])], capture_output=True, text=True, timeout=300) # a fresh process's peak
+    assert r.returncode==0, r.stderr
+    act,_ = activation_bytes('resnet18', 'map', 8, 2, 256)
+    grew = int(r.stdout.split()[-1])
     assert grew > act*8*KEPT['fp32'], (grew, act*8)
 
 def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path):
