@@ -35,6 +35,13 @@ def texture_stats(x) -> Tensor:
     rc = torch.stack([(r[:,i]*r[:,j]).mean((1,2))/(sd[:,i]*sd[:,j]) for i,j in ((0,1),(0,2),(1,2))], 1).mean(1)
     return torch.stack([*ac, rc], 1)
 
+def _means_sds(x) -> Tensor:
+    "Each channel's mean and spread over (bs, c, h, w): (bs, 2c); the spread is NaN for a single cell, without torch's warning"
+    x = x.float()
+    m = x.mean((2,3))
+    n = x.shape[2]*x.shape[3]
+    return torch.cat([m, ((x - m[...,None,None]).pow(2).sum((2,3))/(n-1)).sqrt()], 1)
+
 def fingerprint(model, # fastai's (body, head) network
                 x01, # Images scaled to 0..1, (bs, 3, h, w)
                 x, # The same images as the network takes them (normalised)
@@ -47,12 +54,12 @@ def fingerprint(model, # fastai's (body, head) network
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         for i,m in enumerate(model[0]):
             x = m(x)
-            if features and i>=4: fs.append(torch.cat([x.float().mean((2,3)), x.float().std((2,3))], 1)) # torchvision's stages follow the stem's 4 layers
+            if features and i>=4: fs.append(_means_sds(x)) # torchvision's stages follow the stem's 4 layers
     # the small head in fp32: on our validation set this keeps bf16 within 0.03 heads of fp32 (0.12 with it in bf16)
     head = model[1]
     if hasattr(head, 'density'): # a count map's hidden layer is what the counting sees: a block of its own (it flags noise)
         h = head.density[0](x.float())
-        if features: fs.append(torch.cat([h.mean((2,3)), h.std((2,3))], 1))
+        if features: fs.append(_means_sds(h))
         counts = head.density[1:](h)[:,0]
         if not cells: counts = counts.sum((1,2))
     else: counts = model[1:](x.float()).float().flatten()
@@ -106,8 +113,9 @@ class Calibration:
         return (np.stack(ds, 1) - self.centre)/self.scale
 
     def distance(self, feats) -> np.ndarray:
-        "How unlike the training images: the largest scaled distance over the fingerprint's blocks"
-        return self.block_distances(feats).max(1)
+        "How unlike the training images: the largest scaled distance over the fingerprint's blocks (NaN where one can't be measured)"
+        d = self.block_distances(feats)
+        return np.where(np.isnan(d).any(1), np.nan, np.nan_to_num(d).max(1))
 
     def unusual(self, feats, pred) -> tuple:
         "Flags, and a short note for each flagged image: unlike the training images, or more heads than any of them"
@@ -120,9 +128,14 @@ class Calibration:
         "A flag and a note for one image counted window by window, from its windows' `feats` and counts `pred`"
         # each window is counted as a training image is, so each is compared with them: a mosaic of fields squeezed into one
         # input looks like no training image, and a total is meant to pass the training counts
-        far,high = bool(np.median(self.distance(feats)) > self.threshold),bool((np.asarray(pred) > self.max_count).any())
-        return far or high,'; '.join(['most of its windows are unlike the training images; the count may be meaningless']*int(far) +
-                                     [f'a window holds more than the largest training count ({self.max_count:g})']*int(high))
+        # a window of a few pixels (an image's edge, or a tile far larger than the image) has a stage of one cell, whose spread is NaN:
+        # it is judged by the others, and an image with none measurable is unusual (a 20 px photo with --tile 100000 counted 0, unflagged)
+        d = self.distance(feats)
+        d = d[np.isfinite(d)]
+        tiny,far,high = not len(d),bool(len(d) and np.median(d) > self.threshold),bool((np.asarray(pred) > self.max_count).any())
+        return tiny or far or high,'; '.join(['its windows hold too few pixels to count (is --tile larger than the image?); the count may be meaningless']*int(tiny) +
+                                             ['most of its windows are unlike the training images; the count may be meaningless']*int(far) +
+                                             [f'a window holds more than the largest training count ({self.max_count:g})']*int(high))
 
     def to_meta(self) -> tuple:
         "What `model.json` records, and the tensors that go into `model.safetensors`"

@@ -207,6 +207,16 @@ def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, tra
     assert 'largest training count' not in df['note'][0] or 'a window' in df['note'][0] # never the total's own
     assert c.is_unusual(tmp_path/'mosaic.png', tile=64)==(str(df['unusual'][0])=='True') # the same judgement in Python
 
+def test_tile_far_past_the_image_is_flagged(counters, flower_data, recwarn):
+    "A 20 px photo with --tile 100000: one window of a few pixels, where the heads vanish (it counted 0, unflagged, with torch's std warning)"
+    from flowers.predict import predict_table
+    c = counters[1]
+    img = Image.open(flower_data[0]/'images'/'00003.jpg').convert('RGB').resize((20, 12))
+    assert c.is_unusual(img, tile=100000)
+    row = predict_table(c, [img], tile=100000, show_progress=False).iloc[0]
+    assert row['unusual'] and row['note'].startswith('its windows hold too few pixels to count (is --tile larger than the image?)')
+    assert not [w for w in recwarn if 'degrees of freedom' in str(w.message)]
+
 def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path):
     r = run_predict(trained, flower_data[1], '--interval', '0.9', '--out', tmp_path/'o.csv')
     assert r.returncode==0, r.stderr
