@@ -93,21 +93,22 @@ def test_size_that_cannot_fit_in_memory_exits_2(flower_data, tmp_path):
     assert msg and float(msg[1]) > float(msg[2]) and not (tmp_path/'run').exists()
 
 STEP = """
-import resource, sys, torch
+import re, sys, torch
+def peak(): return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])*1024 # this process's own (ru_maxrss carries its parent's over exec)
 from flowers.data import count_dls
 from flowers.learner import count_learner
 learn = count_learner(count_dls(sys.argv[1], size=256, bs=8, verify=False), arch='resnet18', context=2, pretrained=False)
 x = torch.rand(8, 3, 256, 256)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024
+before = peak()
 learn.model(x).sum().backward() # fp32: the most a step keeps
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024 - before)
+print(peak() - before)
 """
 
 def test_memory_estimate_bounds_a_real_run(flower_data):
     "What `check_memory` counts is at most what a training step keeps: it never refuses a run that would fit"
     import subprocess, sys
     from flowers.memory import activation_bytes, KEPT
-    r = subprocess.run([sys.executable, '-c', STEP, str(flower_data[1])], capture_output=True, text=True, timeout=300) # a fresh process's peak
+    r = subprocess.run([sys.executable, '-c', STEP, str(flower_data[1])], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
     act,_ = activation_bytes('resnet18', 'map', 8, 2, 256)
     grew = int(r.stdout.split()[-1])
