@@ -67,6 +67,10 @@ def fingerprint(model, # fastai's (body, head) network
     fs.append(texture_stats(x01.float())) # last: calibrations made before it ignore it
     return counts,torch.cat(fs, 1),[f.shape[1] for f in fs]
 
+# Images wider (or taller) than every training image by more than this are flagged: on the default model, fields of 1.5:1 (its
+# widest) counted with MAE 1.16 as square ones with 1.09, of 1.78:1 1.60, of 2:1 2.06, of 3:1 3.05, all undercounted
+ASPECT_MARGIN = 1.25
+
 class Calibration:
     "A model's conformal scores on held-out images, and a fingerprint of its training images: block by block, a mean and a precision"
     def __init__(self, scores, # |true - predicted| / spread on held-out images, sorted
@@ -78,12 +82,14 @@ class Calibration:
                  centre=None, # Per block: the median distance of held-out images (default 0)
                  scale=None, # Per block: its 99th percentile minus the median (default 1)
                  legacy=False, # Calibrated before the blocks: one block, the last stage's channel means
+                 aspect=None, # (narrowest, widest) width/height of the training images as shown; None: not recorded then
                 ):
         self.scores = np.sort(np.asarray(scores, np.float64))
         self.means,self.precisions = [np.asarray(m, np.float32) for m in means],[np.asarray(p, np.float32) for p in precisions]
         self.centre = np.zeros(len(self.means)) if centre is None else np.asarray(centre, np.float64)
         self.scale = np.ones(len(self.means)) if scale is None else np.asarray(scale, np.float64)
         self.threshold,self.max_count,self.level,self.legacy = float(threshold),float(max_count),float(level),legacy
+        self.aspect = None if aspect is None else tuple(map(float, aspect))
 
     def quantile(self, level=None) -> float:
         "The conformal score quantile for `level`: the ceil((n+1) level)-th smallest held-out score"
@@ -117,12 +123,25 @@ class Calibration:
         d = self.block_distances(feats)
         return np.where(np.isnan(d).any(1), np.nan, np.nan_to_num(d).max(1))
 
-    def unusual(self, feats, pred) -> tuple:
-        "Flags, and a short note for each flagged image: unlike the training images, or more heads than any of them"
+    def odd_shape(self, sizes) -> list:
+        "For each (width, height) in `sizes`: a note if it is far wider or taller than every training image, else ''"
+        aspect = getattr(self, 'aspect', None) # calibrations pickled before it was recorded have none
+        if aspect is None: return ['']*len(sizes)
+        lo,hi = aspect
+        def note(w, h):
+            r = w/h
+            if lo/ASPECT_MARGIN <= r <= hi*ASPECT_MARGIN: return ''
+            shape,most,heads = (f'{r:.1f}:1', f'{hi:.1f}:1', 'narrower or smaller') if r > 1 else (f'1:{1/r:.1f}', f'1:{1/lo:.1f}', 'flatter or smaller')
+            return f'{shape}, a shape no training image has (up to {most}): made square for the model, its heads are {heads} than any it learnt; the count may be off'
+        return [note(w, h) for w,h in sizes]
+
+    def unusual(self, feats, pred, sizes=None) -> tuple:
+        "Flags, and a short note for each flagged image: unlike the training images, more heads than any of them, or (with `sizes`) a far odder shape"
         far,high = self.distance(feats) > self.threshold,np.asarray(pred) > self.max_count
-        notes = ['; '.join(['unlike the training images; the count may be meaningless']*int(f) + [f'more than the largest training count ({self.max_count:g})']*int(h))
-                 for f,h in zip(far, high)]
-        return far|high,notes
+        shape = self.odd_shape(sizes) if sizes is not None else ['']*len(far)
+        notes = ['; '.join(['unlike the training images; the count may be meaningless']*int(f) + [f'more than the largest training count ({self.max_count:g})']*int(h) + [o]*bool(o))
+                 for f,h,o in zip(far, high, shape)]
+        return far|high|np.array([bool(o) for o in shape], bool),notes
 
     def unusual_windows(self, feats, pred) -> tuple:
         "A flag and a note for one image counted window by window, from its windows' `feats` and counts `pred`"
@@ -140,7 +159,8 @@ class Calibration:
     def to_meta(self) -> tuple:
         "What `model.json` records, and the tensors that go into `model.safetensors`"
         meta = dict(conformal=dict(scores=[round(float(s), 6) for s in self.scores], spread='sqrt(count+1)', level=self.level),
-                    unusual=dict(threshold=self.threshold, max_count=self.max_count, centre=self.centre.tolist(), scale=self.scale.tolist()))
+                    unusual=dict(threshold=self.threshold, max_count=self.max_count, centre=self.centre.tolist(), scale=self.scale.tolist(),
+                                 **({} if getattr(self, 'aspect', None) is None else dict(aspect=list(self.aspect)))))
         tensors = {f'calibration.{k}.{i}': torch.from_numpy(v) for k,vs in (('mean', self.means), ('precision', self.precisions)) for i,v in enumerate(vs)}
         return meta,tensors
 
@@ -154,7 +174,7 @@ class Calibration:
                        u['max_count'], c.get('level', 0.9), legacy=True)
         n = len(u['centre'])
         return cls(c['scores'], [tensors[f'calibration.mean.{i}'].numpy() for i in range(n)], [tensors[f'calibration.precision.{i}'].numpy() for i in range(n)],
-                   u['threshold'], u['max_count'], c.get('level', 0.9), u['centre'], u['scale'])
+                   u['threshold'], u['max_count'], c.get('level', 0.9), u['centre'], u['scale'], aspect=u.get('aspect'))
 
 def fingerprints(model, dl) -> tuple:
     "`fingerprint` features and counts of every item of `dl`, in order, in eval mode; and the blocks' sizes"
@@ -195,4 +215,12 @@ def calibrate(learn, # A trained count `Learner`
     cal.centre = np.median(d, 0)
     cal.scale = np.maximum(np.quantile(d, .99, axis=0) - cal.centre, 1e-6)
     cal.threshold = float(np.quantile(cal.distance(f_va), 1-flag_pct))
+    cal.aspect = _aspects(learn.dls.train_ds)
     return cal
+
+def _aspects(ds) -> tuple:
+    "(narrowest, widest) width/height of the images of `ds` as shown, from their headers"
+    from .images import image_size
+    src = ds.tls[0].tfms.fs[0] # the `ColReader` giving each row's file
+    ws = [w/h for w,h in (image_size(src(r)) for r in ds.items.itertuples(index=False))]
+    return min(ws),max(ws)

@@ -47,12 +47,15 @@ class Counter:
         "A `Counter` using `learn`'s model, resizing and normalisation"
         return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
 
-    def _tensor(self, img, name=None):
-        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed"
-        return image2tensor(self.resize(open_image(img, name, size=self.size), split_idx=1))
+    def _tensor_and_size(self, img, name=None):
+        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed; and its (width, height) then"
+        pil = open_image(img, name, size=self.size)
+        return image2tensor(self.resize(pil, split_idx=1)),pil.size
+
+    def _tensor(self, img, name=None): return self._tensor_and_size(img, name)[0]
 
     def _tensor_or_error(self, img, name=None):
-        try: return self._tensor(img, name)
+        try: return self._tensor_and_size(img, name)
         except FlowersError as e: return e
 
     def _input(self, xs):
@@ -167,8 +170,9 @@ class Counter:
         if tile is not None:
             _,_,feats,counts = self._tiled_cells(img, tile, feats=True)
             return self._calibration().unusual_windows(feats, counts)[0]
-        counts,feats = self._forward([self._tensor(img)], feats=True)
-        return bool(self._calibration().unusual(feats, counts)[0][0])
+        x,size = self._tensor_and_size(img)
+        counts,feats = self._forward([x], feats=True)
+        return bool(self._calibration().unusual(feats, counts, [size])[0][0])
 
     def predict(self, img, # A path, `PIL.Image`, numpy array or raw bytes
                 tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window
@@ -213,7 +217,7 @@ def load_pkl(fname) -> Learner:
         safe = fname.with_name('model.safetensors')
         # a `learn.export()` from a REPL has no safe format beside it: say how to make one, not where it isn't
         other = (f"the safe format ({safe}) loads without pickle" if safe.is_file() else
-                 f"`flowers.safe.save_safe(learn, folder, arch)` writes a safe format, which loads without pickle")
+                 "`flowers.safe.save_safe(learn, folder, arch)` writes a safe format, which loads without pickle")
         warnings.warn(f"{fname}: loading a pickle, which can run code. Only load files you trust; {other}.")
         _warned.add(fname)
     try:

@@ -74,26 +74,26 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
-    counts,feats,errors,by_windows = np.full(len(items), np.nan),{},['']*len(items),{}
+    counts,feats,errors,by_windows,sizes = np.full(len(items), np.nan),{},['']*len(items),{},{}
     if tile is not None: # each image counted, and flagged, window by window
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
             try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, ids[j], flag)
             except FlowersError as e: errors[j] = str(e)
-    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress)
+    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress, sizes)
     df = pd.DataFrame({'image': names, 'count': counts})
     # the interval's guarantee is for whole images like the validation set: a total of windows, which can pass every training count, has none
     if level is not None: df['low'],df['high'] = cal.interval(counts, level) if tile is None else (np.nan, np.nan)
     if flag:
         ok = sorted(feats)
-        flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok]) if ok else ([],[])
+        flags,notes = cal.unusual(np.stack([feats[j] for j in ok]), counts[ok], [sizes[j] for j in ok]) if ok else ([],[])
         df['unusual'],df['note'] = False,''
         df.loc[ok, 'unusual'],df.loc[ok, 'note'] = flags,notes
         for j,(f,n) in by_windows.items(): df.loc[j, ['unusual', 'note']] = f,n
     df['error'] = errors
     return df
 
-def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress):
-    "Count `items` whole, `bs` at a time, decoding the next batch meanwhile, into `counts` (`feats` with `flag`) and `errors`; maps into `maps`"
+def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress, sizes):
+    "Count `items` whole, `bs` at a time, decoding the next batch meanwhile, into `counts` (`feats` with `flag`), `sizes` and `errors`; maps into `maps`"
     with ThreadPoolExecutor(decode_threads()) as ex:
         decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
         ahead = decode(0) if len(items) else []
@@ -103,7 +103,7 @@ def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, sh
             for j,f in enumerate(batch, i):
                 x = f.result()
                 if isinstance(x, FlowersError): errors[j] = str(x)
-                else: xs.append(x); idx.append(j)
+                else: xs.append(x[0]); idx.append(j); sizes[j] = x[1]
             if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
             elif xs: counts[idx] = counter._forward(xs)
     if maps:

@@ -180,6 +180,30 @@ def test_more_heads_than_trained_on_is_flagged(counters):
     flags,notes = cal.unusual(np.concatenate(cal.means)[None], [1.])
     assert not flags[0] and notes[0]==''
 
+def test_shapes_no_training_image_has_are_flagged(counters, trained, flower_data, tmp_path):
+    "Squeezed to a square, a 2:1 field's heads are narrower than any learnt: on the default model its MAE doubled, unflagged"
+    from flowers.predict import predict_table
+    from flowers.synth import flower_field
+    sizes = [Image.open(flower_data[0]/'images'/f).size for f in pd.read_csv(flower_data[1])['image']]
+    train = set(pd.read_csv(trained/'predictions.csv')['image']) # the validation images; the rest trained
+    ws = [w/h for (w,h),f in zip(sizes, pd.read_csv(flower_data[1])['image']) if f not in train]
+    for c in counters: assert c.calibration.aspect==pytest.approx((min(ws), max(ws)))
+    assert json.loads((trained/'model.json').read_text())['unusual']['aspect']==pytest.approx([min(ws), max(ws)])
+    cal = counters[1].calibration
+    ok = np.concatenate(cal.means)[None]
+    hi = cal.aspect[1]
+    for size,says in [((100, 100), ''), ((round(100*hi*1.2), 100), ''), ((round(100*hi*1.3), 100), ':1, a shape no training image has'),
+                      ((100, round(100/cal.aspect[0]*1.3)), '1:')]:
+        flags,notes = cal.unusual(ok, [1.], [size])
+        assert flags[0]==bool(says) and (says in notes[0] if says else notes[0]==''), (size, notes)
+    wide = flower_field(4, size=(384, 96), seed=3) # end to end: the table, `is_unusual`, and the CLI's note column
+    for c in counters:
+        row = predict_table(c, [wide], show_progress=False).iloc[0]
+        assert row['unusual'] and '4.0:1, a shape no training image has' in row['note'] and c.is_unusual(wide)
+    wide.save(tmp_path/'wide.png')
+    r = run_predict(trained, tmp_path/'wide.png', '--out', tmp_path/'o.csv')
+    assert r.returncode==0 and '4.0:1, a shape no training image has' in pd.read_csv(tmp_path/'o.csv')['note'][0]
+
 def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, trained, flower_data, tmp_path):
     "A total of windows may pass every training count, and a mosaic squeezed into one input looks like no training image: each window is judged"
     c = counters[1]
