@@ -222,5 +222,5 @@ def _aspects(ds) -> tuple:
     "(narrowest, widest) width/height of the images of `ds` as shown, from their headers"
     from .images import image_size
     src = ds.tls[0].tfms.fs[0] # the `ColReader` giving each row's file
-    ws = [w/h for w,h in (image_size(src(r)) for r in ds.items.itertuples(index=False))]
+    ws = [w/h for w,h in (image_size(src(r)) for _,r in ds.items.iterrows())] # rows as Series: a column may be named 'file name'
     return min(ws),max(ws)

@@ -49,6 +49,13 @@ def test_random_init_defaults(flower_data, tmp_path):
     assert learn.dls.train.cache is None and learn.dls.valid.cache is None
     assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
 
+def test_column_names_of_any_kind(flower_data, tmp_path):
+    "A spreadsheet's 'file name' and 'flower count' columns train, calibrate and predict end to end (calibration once failed on the space)"
+    df = pd.read_csv(flower_data[1]).rename(columns={'image': 'file name', 'count': 'flower count'})
+    df.to_csv(tmp_path/'mine.csv', index=False)
+    learn = train(tmp_path/'mine.csv', img_dir=flower_data[0]/'images', fn_col='file name', label_col='flower count', out=tmp_path/'run', size=32, bs=8, epochs=1, pretrained='no')
+    assert learn.calibration.aspect is not None and len(pd.read_csv(tmp_path/'run'/'predictions.csv'))==len(learn.dls.valid_ds)
+
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     "No --epochs: as many as fit the time budget in the precision training runs in, printed and recorded in the run's reports"
     train(flower_data[1], out=tmp_path, size=32, bs=8, pretrained='no', precision='fp32')
