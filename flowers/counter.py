@@ -114,6 +114,9 @@ class Counter:
         # windows larger than that showed the head's context more ground and heads than any training image, and mosaics lost 10 heads each
         m = min(2, (self.size//st - 1)//2)*st # two cells, fewer where training images are only a few cells wide
         core = self.size//st*st - 2*m
+        # what fits one training input is counted whole, as a training image is: windows showing parts of it each added some
+        # of the count of empty ground (fields of 128 px counted with tile=128 in 4 windows: MAE 1.57, bias +1.25; whole 1.09)
+        if w <= self.size and h <= self.size: m,core = 0,max(w,h)
         out = torch.zeros(h//g, w//g)
         spots = [(y0, x0, max(0, y0-m), max(0, x0-m)) for y0 in range(0, h, core) for x0 in range(0, w, core)]
         wins = [x[:, wy:y0+core+m, wx:x0+core+m] for y0,x0,wy,wx in spots]

@@ -115,6 +115,17 @@ def test_tile_past_the_image_shrinks_a_close_up(counters, flower_data):
     m = c.count_map(img, tile=128, fine=False)
     assert m.shape==(48,64) and abs(m.sum() - n) <= 0.01*max(1., n)
 
+def test_tile_of_the_image_counts_it_whole(counters, flower_data):
+    "An image that fits one training input at the tile's scale is one window, counted as a training image is (4 windows overcounted empty ground)"
+    img = Image.open(flower_data[0]/'images'/'00002.jpg').convert('RGB').resize((96,96))
+    c,calls = counters[1],[]
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: calls.append(tuple(x[0].shape)))
+    try: n = c.predict(img, tile=96)
+    finally: hook.remove()
+    assert calls==[(1, 3, c.size, c.size)] and n==pytest.approx(c.predict(img), abs=1e-3)
+    m = c.count_map(img, tile=96)
+    assert m.shape==(96,96) and abs(m.sum() - n) <= 0.01*max(1., n)
+
 def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     imgs = [str(flower_data[0]/'images'/f'{i:05d}.jpg') for i in range(3)]
     # options among the files, as people type them: argparse alone takes no file after an option here
