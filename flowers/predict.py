@@ -130,7 +130,7 @@ if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl
-         *inputs:str, # Image files, folders (searched recursively) or CSVs with an image column
+         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column
          out:str=None, # Write the table to this CSV instead of printing it
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
