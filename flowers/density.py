@@ -4,7 +4,7 @@ from fastai.vision.all import *
 from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
 
-__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'init_map_bias', 'point_targets', 'pad_points',
+__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
@@ -29,6 +29,16 @@ def count_model_args(arch, # A torchvision ResNet function
     if head=='pool': return {}
     body = create_body(arch(weights=None), cut=MAP_CUTS[stride])
     return dict(cut=MAP_CUTS[stride], custom_head=CountMapHead(num_features_model(body), context=context))
+
+def count_model(arch, # A torchvision ResNet function
+                head='map', # One of `HEAD_TYPES`
+                stride=MAP_STRIDE, # Input pixels per cell of the count map
+                context=MAP_CONTEXT, # Dilated layers in the count map's head
+                n_out=1, # Outputs
+                **kwargs, # `y_range`, `ps` of the pooled head
+               ) -> nn.Module:
+    "The network `count_learner` trains, without pretrained weights: fastai's `create_vision_model` with the head for `head`"
+    return create_vision_model(arch, n_out, pretrained=False, **kwargs, **count_model_args(arch, head, stride, context))
 
 def map_stride(model) -> int:
     "Input pixels per cell of the count map of `model` (body, `CountMapHead`), measured on a blank input"

@@ -16,13 +16,10 @@ def activation_bytes(arch, # torchvision ResNet name
                      size, # Input images are size x size
                     ) -> tuple:
     "fp32 bytes of every layer's output for one image of `size`, and the number of weights, counted without memory or arithmetic (PyTorch's meta device)"
-    from fastai.vision.learner import create_vision_model
     from .learner import get_arch
-    from .density import count_model_args
-    a = get_arch(arch)
+    from .density import count_model
     with torch.device('meta'):
-        m = create_vision_model(a, 1, pretrained=False, **(dict(y_range=(0,1)) if head=='pool' else {}),
-                                **count_model_args(a, head, stride, context if head=='map' else 0)).train()
+        m = count_model(get_arch(arch), head, stride, context if head=='map' else 0, **(dict(y_range=(0,1)) if head=='pool' else {})).train()
     total = [0]
     def _add(mod, inp, out): total[0] += sum(o.numel() for o in (out if isinstance(out, (tuple,list)) else [out]) if torch.is_tensor(o))
     for mod in m.modules():

@@ -6,7 +6,7 @@ from safetensors.torch import save_file, load_file
 from .errors import FlowersError
 from .settings import MAX_CONTEXT, model_file
 from .learner import ARCHS, get_arch
-from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model_args, map_stride, map_context
+from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context
 from .calibrate import Calibration
 from .atomic import atomic_path, atomic_text
 
@@ -85,7 +85,7 @@ def save_safe(learn, # A trained count `Learner`
 
 def load_safe(path, # `model.safetensors` or `model.json` (the other is found beside it)
              ) -> tuple:
-    "The network rebuilt with `create_vision_model(..., pretrained=False)` and its weights, the metadata, and its `Calibration` (or None); no pickle"
+    "The network rebuilt with `count_model` and its weights, the metadata, and its `Calibration` (or None); no pickle"
     path = Path(path)
     weights,jfile = path.with_suffix('.safetensors'),path.with_suffix('.json')
     model_file(path)
@@ -105,7 +105,7 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     arch = get_arch(meta['arch'])
     stride = meta.get('stride', 16) # count maps saved before `stride` was recorded had cells 16 pixels apart
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
-    model = create_vision_model(arch, meta['n_out'], pretrained=False, **pool, **count_model_args(arch, head, stride, context))
+    model = count_model(arch, head, stride, context, meta['n_out'], **pool)
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
     try: cal = Calibration.from_meta(meta, cal)
