@@ -1,14 +1,14 @@
 """Reading a counts CSV (and `points.csv` beside it) and checking every row and image, with messages that name them."""
-import math, re, warnings, numpy as np, pandas as pd
+import math, os, re, unicodedata, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import cache, partial
 from csv import Error as CSVError
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
 
-__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'read_points']
+__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_points']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
 MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
@@ -58,7 +58,7 @@ def find_img_dir(csv, fnames, img_dir=None):
     sub = root/'images'
     if not sub.is_dir(): return root
     some = list(fnames)[:50]
-    def _hits(d): return sum(_is_file(d/f) for f in some if f)
+    def _hits(d): return sum(_is_file(d/match_name(f, d)[0]) for f in some if f)
     return sub.resolve() if _hits(sub) >= _hits(root) else root # resolved: an images/ that is a link still holds its files
 
 def _is_file(p) -> bool:
@@ -66,8 +66,51 @@ def _is_file(p) -> bool:
     try: return p.is_file()
     except (OSError, ValueError): return False
 
-def _path_problem(fn, img_dir):
-    "Why image name `fn` can't be used under `img_dir`, or None"
+def _is_dir(p) -> bool:
+    "Is `p` a folder? False for names no file system accepts"
+    try: return p.is_dir()
+    except (OSError, ValueError): return False
+
+def name_key(fn) -> str:
+    "`fn` as the same name in every spelling: `\\` as `/` (a CSV made on Windows), Unicode NFC (macOS stores `é` as `e` + accent)"
+    return unicodedata.normalize('NFC', fn.replace('\\', '/'))
+
+def _listing(d) -> dict:
+    "Names in folder `d` by their `name_key`"
+    try: return {name_key(n):n for n in os.listdir(d)}
+    except OSError: return {}
+
+def _near(cur, part, listing):
+    "The name in folder `cur` that `part` nearly is, and what differs: letter case, or no extension"
+    key = name_key(part)
+    for k,n in listing(cur).items():
+        if k.casefold()==key.casefold(): return n, "names are case-sensitive here, so write it as it is on disk"
+    for k,n in listing(cur).items():
+        if k.rpartition('.')[0]==key and Path(n).suffix.lower() in IMG_EXTS: return n, "write the name with its extension"
+    return None, None
+
+def match_name(fn, # Image name as a CSV gives it
+               img_dir, # Folder it is relative to
+               listing=_listing, # `folder -> {name_key: name}`; a cached one where many names are matched
+              ) -> tuple:
+    "`(name, hint)`: `fn`, else the file it names in another spelling (`name_key`); `hint` says what a near miss is"
+    if not fn or '\0' in fn or _is_file(img_dir/fn) or PureWindowsPath(fn).anchor: return fn, None
+    cur,out = Path(img_dir),[]
+    for part in PureWindowsPath(fn).parts: # split at slashes and backslashes
+        found = part if part in ('.','..') or _is_file(cur/part) or _is_dir(cur/part) else listing(cur).get(name_key(part))
+        if found is None:
+            near,why = _near(cur, part, listing)
+            return fn, near and f"{'/'.join(out+[near])!r} is there: {why}"
+        cur = cur/found; out.append(found)
+    return ('/'.join(out), None) if _is_file(cur) else (fn, None)
+
+def match_names(fns, img_dir) -> list:
+    "`match_name` of each of `fns`, each folder listed once"
+    listing = cache(_listing)
+    return [match_name(fn, img_dir, listing) for fn in fns]
+
+def _path_problem(fn, img_dir, hint=None):
+    "Why image name `fn` can't be used under `img_dir`, or None; `hint` (from `match_name`) is said if it is not found"
     if not fn: return "no image name (blank)"
     if '\0' in fn: return f"image name '{_short(fn)}' contains a NUL byte"
     if len(fn) > 4096 or any(len(part.encode()) > 255 for part in Path(fn).parts): return f"image name '{_short(fn)}' is too long for a file name"
@@ -76,7 +119,7 @@ def _path_problem(fn, img_dir):
         return f"image path '{_short(fn)}' is absolute; give it relative to the image folder {img_dir}"
     if not (img_dir/p).resolve().is_relative_to(img_dir):
         return f"image path '{_short(fn)}' points outside the image folder {img_dir}"
-    if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}"
+    if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}" + (f"; {hint}" if hint else '')
 
 def _image_problem(fn, img_dir, size=None):
     "Why image `fn` can't be opened, or None"
@@ -129,9 +172,11 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
     if df.attrs.get('sep') in (';','\t'): # European spreadsheets write 7,5 for 7.5 when a comma does not separate columns
         df[label_col] = df[label_col].str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True)
+    matched = match_names(df[fn_col], img_dir)
+    df[fn_col] = [fn for fn,_ in matched]
     problems = []
-    for i,(fn,cnt) in enumerate(zip(df[fn_col], df[label_col])):
-        for p in (_path_problem(fn, img_dir), _count_problem(cnt)):
+    for i,(fn,cnt,(_,hint)) in enumerate(zip(df[fn_col], df[label_col], matched)):
+        for p in (_path_problem(fn, img_dir, hint), _count_problem(cnt)):
             if p: problems.append((i+2, p))
     if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems}, size)
     first = {}
@@ -167,9 +212,9 @@ def read_points(df, # A clean counts `DataFrame` from `read_counts`
     if not {'image','x','y'} <= set(pts.columns):
         warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
     pts[['x','y']] = pts[['x','y']].apply(pd.to_numeric, errors='coerce') # a word where a number should be: not finite, below
-    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby('image')}
+    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby(pts['image'].astype(str).map(name_key))}
     empty = np.zeros((0,2), 'float32')
-    xy = [groups.get(fn, empty) for fn in df[fn_col]]
+    xy = [groups.get(name_key(fn), empty) for fn in df[fn_col]]
     bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
     if bad:
         warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts, or aren't numbers; training from the counts only")

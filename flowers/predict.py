@@ -5,7 +5,7 @@ from pathlib import Path
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors
 from .settings import MIN_SIZE, check_folder, model_file, decode_threads
-from .counts import IMG_EXTS, _read_csv, find_img_dir
+from .counts import IMG_EXTS, _read_csv, find_img_dir, match_names
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
@@ -51,7 +51,7 @@ def find_images(inputs) -> tuple:
             df = _read_csv(inp)
             col = 'image' if 'image' in df.columns else df.columns[0]
             root = find_img_dir(inp, df[col])
-            items += [root/f for f in df[col]]
+            items += [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
         elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
     return items,errors

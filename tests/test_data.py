@@ -133,6 +133,38 @@ def test_points_of_a_turned_photo_are_read_as_it_is_shown(flower_data, tmp_path)
     xy = read_points(read_counts(tmp_path/'counts.csv'))
     assert len(xy[0])==c and np.abs(xy[0]).max()<=1 and np.allclose(xy[0], xy[1])
 
+def test_names_from_windows_and_macs_are_the_files_they_name(flower_data, tmp_path):
+    "A CSV made on Windows separates folders with `\\`; a Mac stores `é` as `e` + accent: both name files that are there"
+    import unicodedata
+    from flowers.predict import find_images
+    src = flower_data[0]
+    df = read_counts(src/'counts.csv').head(3)
+    (tmp_path/'plot 1').mkdir()
+    on_disk = [f'plot 1/{f}' for f in df.image[:2]] + [unicodedata.normalize('NFD', 'plot 1/café.jpg')]
+    for f,d in zip(df.image, on_disk): shutil.copy(src/'images'/f, tmp_path/d)
+    written = [on_disk[0].replace('/', '\\'), on_disk[1], unicodedata.normalize('NFC', on_disk[2])]
+    assert not any((tmp_path/w).is_file() for w in written[::2])
+    (tmp_path/'counts.csv').write_text('image,count\n' + ''.join(f'{w},{c:g}\n' for w,c in zip(written, df['count'])))
+    pts = pd.read_csv(src/'points.csv')
+    pts = pd.concat([pts[pts.image==f].assign(image=w) for f,w in zip(df.image, written)])
+    pts.to_csv(tmp_path/'points.csv', index=False)
+    got = read_counts(tmp_path/'counts.csv')
+    assert got.image.tolist()==on_disk and got['count'].tolist()==df['count'].tolist()
+    xy = read_points(got)
+    assert xy is not None and [len(p) for p in xy]==df['count'].tolist()
+    assert find_images([tmp_path/'counts.csv'])==([tmp_path/d for d in on_disk], [])
+
+def test_near_misses_say_which_file_is_there(ds):
+    path,write = ds
+    (path/'images'/'Plot').mkdir()
+    shutil.move(path/'images'/'00001.jpg', path/'images'/'IMG_2.JPG')
+    shutil.move(path/'images'/'00002.jpg', path/'images'/'Plot'/'00002.jpg')
+    msg = _err(write('image,count\nimg_2.jpg,3\nplot/00002.jpg,3\n00003,3\nnone.jpg,3\n'))
+    assert "line 2: image file 'img_2.jpg' not found" in msg and "'IMG_2.JPG' is there: names are case-sensitive" in msg
+    assert "line 3: image file 'plot/00002.jpg' not found" in msg and "'Plot' is there" in msg
+    assert "'00003.jpg' is there: write the name with its extension" in msg
+    assert "line 5: image file 'none.jpg' not found in" in msg and msg.count('is there')==3
+
 def test_decoding_threads_leave_warnings_as_they_were(flower_data):
     "Images are checked and measured in threads: a header read's 'ignore' left behind silenced every later warning of a run"
     import warnings
