@@ -145,6 +145,8 @@ def count_dls(csv, # CSV file with one row per image, or a folder holding `count
     dls = CountDataLoaders(*dls.loaders, path=dls.path, device=dls.device)
     if cache and num_workers:
         for dl in dls: dl.fill()
+    # kept for `PointSupervision`, which shows them to its own fits: any other learner, fastai's plain `vision_learner` too, sees (image, count)
+    if pts is not None: drop_points(dls)
     dls.df = df
     return dls
 

@@ -5,7 +5,7 @@ from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'pad_points',
-           'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'without_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
+           'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
@@ -135,6 +135,7 @@ def drop_points(dls, # `DataLoaders` from `count_dls`
                ):
     "`dls` as data of (image, count) only, as `predict` decodes them: head positions are for training"
     for dl in _loaders(dls):
+        if not keep: dl.points_kept = None
         if len(dl.dataset.tls)<3: continue
         cache = getattr(dl, 'cache', None)
         if keep: dl.points_kept = dl.dataset.tls,cache
@@ -152,11 +153,9 @@ def restore_points(dls):
         dl.points_kept = None
     return dls
 
-def without_points(learn):
-    "`learn` as a model to count with, e.g. `learn.predict` after training: (image, count) data, and no training callback"
-    learn.remove_cbs(learn.cbs.filter(risinstance(PointSupervision)))
-    drop_points(learn.dls)
-    return learn
+def has_points(dls) -> bool:
+    "Do `dls` carry head positions, shown or kept for `PointSupervision`?"
+    return any(len(dl.dataset.tls)>2 or getattr(dl, 'points_kept', None) for dl in _loaders(dls))
 
 def spread_cells(cells, # (h, w) counts per cell of the map, over the model's square input
                  w, h, # Size of the image as opened

@@ -5,7 +5,7 @@ from fastai.vision.all import *
 from .errors import FlowersError
 from .settings import check_lr, find_csv, default_schedule, check_folder, new_run_folder
 from .data import count_dls
-from .density import without_points
+from .density import drop_points
 from .learner import count_learner, resolve_pretrained
 from .report import write_report, versions, save_fig
 from .safe import save_safe
@@ -139,7 +139,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
 
 def _export(learn, out, a):
     "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
-    without_points(learn) # head positions were for training; export.pkl's data decode (image, count) as `predict` needs
+    drop_points(learn.dls) # head positions were for training; `PointSupervision` stays, to teach them again in a later fit
     learn.calibration = calibrate(learn)
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())

@@ -4,7 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
 from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_context, check_loss, check_pretrained
-from .density import PointSupervision, count_model_args, drop_points, init_map_bias
+from .density import PointSupervision, count_model_args, drop_points, has_points, init_map_bias
 
 __all__ = ['ARCHS', 'LOSSES', 'get_arch', 'weights_file', 'pretrained_available', 'resolve_pretrained',
            'load_body_weights', 'check_loss', 'check_head', 'body_cut', 'init_output', 'count_y_range', 'count_learner']
@@ -97,7 +97,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         drop_points(dls, keep=False) # head positions teach only the map: fastai's loss takes (pred, count)
     if head=='map':
         y_range = None
-        if len(dls.train_ds.tls)>2: kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()
+        if has_points(dls): kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()
     pretrained = bool(pretrained) and weights is None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter

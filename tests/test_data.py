@@ -90,8 +90,11 @@ def test_img_dir_beside_csv(ds):
 # the default augmentation, and the optional zoom-out, colour, blur and noise (the previous default) on top of it
 @pytest.mark.parametrize('aug', [True, JITTER_AUG])
 def test_batch_shapes(flower_data, aug):
+    from flowers.density import restore_points
     dls = count_dls(flower_data[1], size=32, bs=8, aug=aug)
-    x,y,pts = dls.one_batch() # points.csv beside the synthetic set: each head's centre rides along, augmented with the image
+    x,y = dls.one_batch() # (image, count), as any fastai learner takes them
+    assert y.shape==(8,)
+    x,y,pts = restore_points(dls).one_batch() # as `PointSupervision` shows them: each head's centre rides along, augmented with the image
     assert x.shape==(8,3,32,32) and x.dtype==torch.float32
     assert y.shape==(8,) and y.dtype==torch.float32
     assert ((pts.abs()<=1).all(-1).sum(1).float()==y).all() # every head inside the frame, the padding outside

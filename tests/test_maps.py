@@ -85,6 +85,27 @@ def test_predict_after_fit_and_points_again(flower_data):
         count = float(learn.predict(img)[0][0])
         assert count == pytest.approx(Counter.from_learner(learn, precision='fp32').predict(img), rel=1e-3, abs=1e-3)
 
+def test_fastai_learners_and_the_export_train_on_data_with_points(flower_data, trained):
+    "Head positions are for `PointSupervision` only: fastai's plain `vision_learner` trains on the same `dls`, and so does a loaded export, taught them again"
+    from fastai.vision.all import Callback, first, risinstance, load_learner, vision_learner, resnet18, mae
+    from flowers.data import count_dls
+    from flowers.density import PointSupervision
+    assert (flower_data[0]/'points.csv').is_file()
+    dls = count_dls(flower_data[1], size=32, bs=8)
+    learn = vision_learner(dls, resnet18, n_out=1, pretrained=False, metrics=mae)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    assert len(learn.recorder.values)==1 and np.isfinite(learn.recorder.values[0]).all()
+    class Taught(Callback):
+        order = PointSupervision.order+1
+        def before_fit(self): self.seen = []
+        def before_batch(self):
+            if self.training: self.seen.append(first(self.learn.cbs.filter(risinstance(PointSupervision))).pts is not None)
+    learn = load_learner(trained/'export.pkl')
+    learn.dls,taught = count_dls(flower_data[1], size=32, bs=8),Taught()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-4, cbs=taught)
+    assert taught.seen and all(taught.seen)
+    assert np.isfinite(learn.validate()).all()
+
 def test_tiles(counters, flower_data):
     ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]
     mosaic = Image.new('RGB', (128,128))
