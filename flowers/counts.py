@@ -10,7 +10,7 @@ from .progress import progress
 
 __all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_points']
 
-IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp')
+IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif')
 MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
 _TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
 

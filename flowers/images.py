@@ -2,14 +2,17 @@
 import io, threading, warnings, numpy as np, torch
 from contextlib import contextmanager
 from pathlib import Path
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+from pillow_heif import register_heif_opener
 from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 from .settings import MIN_SIZE, decode_threads
 
 __all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'fit_size', 'decode_threads']
 
-FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP') # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
+register_heif_opener() # an iPhone saves its photos as HEIC; libheif turns them upright, and leaves EXIF's orientation at 1
+# real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
+FORMATS = ('JPEG','PNG','WEBP','TIFF','BMP','HEIF') + (('AVIF',) if features.check('avif') else ())
 BACKGROUND = (255,255,255) # what transparent pixels are composited on
 
 # `catch_warnings` swaps the whole process's filters: two threads in it at once can leave one's behind (an 'ignore all' from

@@ -37,6 +37,8 @@ BAD = { # file name: (bytes, message)
     'bomb.png': (lambda: _png_header_only(30000, 30000), 'image is too large to open safely'),
     'notes.pdf': (lambda: b'%PDF-1.4\n1 0 obj<<>>endobj\n', 'not a supported image'),
 }
+def _near_base(a): return a.shape==np.asarray(_base()).shape and np.abs(a.astype(int)-np.asarray(_base())).mean() < 4 # lossy
+
 GOOD = { # file name: (bytes, check of the RGB array)
     '16bit.png': (lambda: _save(Image.fromarray(np.array([[0, 32768, 65535]*4]*12, np.uint16)), 'PNG'),
                   lambda a: a[0,:3,0].tolist()==[0,128,255] and (a[...,0]==a[...,2]).all()),
@@ -50,6 +52,8 @@ GOOD = { # file name: (bytes, check of the RGB array)
     'photo.webp': (lambda: _save(_base(), 'WEBP'), lambda a: a.shape==np.asarray(_base()).shape),
     'png_named.jpg': (lambda: _save(_base(), 'PNG'), lambda a: (a==np.asarray(_base())).all()), # contents decide, not the name
     'exif_rotated.png': (_exif_rotated, lambda a: (a==np.asarray(_base())).all()),
+    'iphone.heic': (lambda: _save(_base(), 'HEIF', quality=95), _near_base), # an iPhone's photos, unless set to 'Most Compatible'
+    'photo.avif': (lambda: _save(_base(), 'AVIF', quality=95), _near_base),
 }
 
 @pytest.fixture(scope='module')
@@ -96,6 +100,7 @@ def test_predict_counts_good_and_reports_bad(corpus, trained):
     df = pd.read_csv(corpus/'p.csv', keep_default_na=False)
     bad = set(df.loc[df['error']!='', 'image'].map(lambda p: Path(p).name))
     assert bad=={n for n in BAD if n.endswith(('.jpg','.png','.tiff','.bmp','.webp'))} # the rest aren't picked up as images
+    assert set(df.loc[df['error']=='', 'image'].map(lambda p: Path(p).name))==set(GOOD) # HEIC and AVIF too
 
 def test_exif_rotated_predicts_like_upright(corpus, trained, tmp_path):
     c = load_counter(trained)
