@@ -37,6 +37,12 @@ def _read_csv(csv):
     df.attrs['sep'] = sep
     return df
 
+def decimal_points(col, # Cells of a count column, as strings
+                   sep, # The CSV's column separator
+                  ) -> pd.Series:
+    "`col` with decimal commas as points where a comma does not separate columns: European spreadsheets write 7,5 for 7.5"
+    return col.str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True) if sep in (';','\t') else col
+
 def _short(s, n=80):
     "`s` for a message: at most `n` characters"
     return s if len(s) <= n else f"{s[:n-20]}...{s[-10:]} ({len(s):,} characters)"
@@ -170,8 +176,7 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     if not len(df): raise FlowersDataError(f"{csv}: has a header but no rows; add one row per image ({fn_col},{label_col})")
     img_dir = find_img_dir(csv, df[fn_col], img_dir)
     if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
-    if df.attrs.get('sep') in (';','\t'): # European spreadsheets write 7,5 for 7.5 when a comma does not separate columns
-        df[label_col] = df[label_col].str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True)
+    df[label_col] = decimal_points(df[label_col], df.attrs['sep'])
     matched = match_names(df[fn_col], img_dir)
     df[fn_col] = [fn for fn,_ in matched]
     problems = []

@@ -5,11 +5,11 @@ from pathlib import Path
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors
 from .settings import MIN_SIZE, check_folder, model_file, decode_threads
-from .counts import IMG_EXTS, _read_csv, find_img_dir, match_names
+from .counts import IMG_EXTS, _read_csv, decimal_points, find_img_dir, match_names
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
-__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'take_shard', 'predict_table']
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table']
 
 def __getattr__(name):
     "`flowers.counter`'s names, here too, where scripts written before the split find them"
@@ -42,19 +42,56 @@ def image_files(folder) -> list:
         found += [Path(root)/f for f in files if not f.startswith('.') and Path(f).suffix.lower() in IMG_EXTS]
     return sorted(p for p in found if p.is_file())
 
+def _is_csv(inp): return inp.suffix.lower()=='.csv' and inp.is_file()
+
+def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a `label_col` of true counts
+               label_col='count', # Column of true counts, if the CSV has one
+              ) -> tuple:
+    "The image paths `csv` names, and their true counts (NaN where a cell is no count; None without `label_col`)"
+    df = _read_csv(csv)
+    col = 'image' if 'image' in df.columns else df.columns[0]
+    root = find_img_dir(csv, df[col])
+    paths = [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
+    if label_col not in df.columns or label_col==col: return paths,None
+    return paths,pd.to_numeric(decimal_points(df[label_col], df.attrs['sep']), errors='coerce').to_numpy('float64')
+
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
     items,errors = [],[]
     for inp in map(Path, inputs):
         if inp.is_dir(): items += image_files(inp)
-        elif inp.suffix.lower()=='.csv' and inp.is_file():
-            df = _read_csv(inp)
-            col = 'image' if 'image' in df.columns else df.columns[0]
-            root = find_img_dir(inp, df[col])
-            items += [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
+        elif _is_csv(inp): items += csv_images(inp)[0]
         elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
     return items,errors
+
+def true_counts(inputs, # What `find_images` was given
+                label_col='count', # Column of true counts in the CSVs
+               ) -> dict:
+    "`{str(path): count}` from the CSVs among `inputs` that have a `label_col`"
+    found = {}
+    for csv in filter(_is_csv, map(Path, inputs)):
+        paths,counts = csv_images(csv, label_col)
+        if counts is not None: found.update((str(p),c) for p,c in zip(paths, counts) if np.isfinite(c) and c>=0)
+    return found
+
+def add_truth(df, # A table from `predict_table`
+              truth, # `{image: true count}` (`true_counts`)
+             ) -> str:
+    "Add a `true` column to `df` beside `count`; a line saying how far the counts were from the true ones, or '' without any"
+    df.insert(df.columns.get_loc('count')+1, 'true', df['image'].map(truth).astype('float64'))
+    ok = df['true'].notna() & df['count'].notna()
+    if not ok.any(): return ''
+    err = df.loc[ok, 'count'] - df.loc[ok, 'true']
+    line = f"On the {ok.sum()} images with a true count: MAE {err.abs().mean():.2f}, bias {err.mean():+.2f}"
+    if 'unusual' in df and df.loc[ok, 'unusual'].any():
+        odd = ok & df['unusual'].astype(bool)
+        line += f" ({odd.sum()} flagged unusual: MAE {err[odd].abs().mean():.2f}; the others {err[ok & ~odd].abs().mean():.2f})" if (ok & ~odd).any() \
+                else " (all flagged unusual)"
+    if 'low' in df and df.loc[ok, 'low'].notna().any():
+        held = df.loc[ok, 'true'].between(df.loc[ok, 'low'], df.loc[ok, 'high'])
+        line += f"; the intervals held {held.sum()} of {df.loc[ok, 'low'].notna().sum()} true counts"
+    return line
 
 def predict_table(counter, # A `Counter`
                   items, # Images: paths, or anything `Counter.predict` takes
@@ -130,7 +167,7 @@ if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl
-         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column
+         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column (and a count column: their MAE is said)
          out:str=None, # Write the table to this CSV instead of printing it
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
@@ -161,8 +198,11 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
         if maps: counter._need_map()
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids)
+        truth = true_counts(inputs)
+        scored = add_truth(df, truth) if truth else ''
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
-        else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}'))
+        else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))
+        if scored: print(scored)
         n_bad = int((df['error']!='').sum())
         if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
         n_odd = int(df['unusual'].sum()) if 'unusual' in df else 0

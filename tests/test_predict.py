@@ -104,10 +104,26 @@ def test_cli_folder_with_corrupt_jpeg(trained, flower_data, tmp_path):
     assert np.allclose(good['count'].astype(float), [c.predict(p) for p in good['image']], atol=1e-4)
 
 def test_cli_prints_table_from_csv(trained, flower_data):
+    "A CSV with counts: each true count beside the predicted one, and how far they were"
     r = run_predict(trained/'export.pkl', flower_data[1])
     assert r.returncode==0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].split()[:2]==['image','count'] and len(lines)==49
+    assert lines[0].split()[:3]==['image','count','true'] and len(lines)==50
+    assert lines[-1].startswith('On the 48 images with a true count: MAE ')
+
+def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp_path):
+    "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count: the MAE and the intervals are scored on the others"
+    (tmp_path/'images').symlink_to(flower_data[0]/'images')
+    (tmp_path/'mine.csv').write_text('image;count\n00000.jpg;3,5\n00001.jpg;\n00002.jpg;2\n00003.jpg;0\n')
+    r = run_predict(trained, tmp_path/'mine.csv', '--out', tmp_path/'o.csv', '--interval', '0.9')
+    assert r.returncode==0, r.stderr
+    df = pd.read_csv(tmp_path/'o.csv')
+    assert df.columns[:3].tolist()==['image','count','true'] and np.allclose(df['true'], [3.5, np.nan, 2, 0], equal_nan=True)
+    ok = df['true'].notna()
+    err = (df['count']-df['true'])[ok]
+    held = int(df['true'][ok].between(df['low'][ok], df['high'][ok]).sum())
+    assert f"On the 3 images with a true count: MAE {err.abs().mean():.2f}, bias {err.mean():+.2f}" in r.stdout
+    assert r.stdout.strip().endswith(f"the intervals held {held} of 3 true counts")
 
 def test_cli_usage_errors(trained, tmp_path):
     "One CLI run for the exit code; the other usage checks in-process (each CLI run costs seconds of imports)"
@@ -245,7 +261,7 @@ def test_table_and_cli_carry_intervals_and_flags(trained, flower_data, tmp_path)
     r = run_predict(trained, flower_data[1], '--interval', '0.9', '--out', tmp_path/'o.csv')
     assert r.returncode==0, r.stderr
     df = pd.read_csv(tmp_path/'o.csv', keep_default_na=False)
-    assert list(df.columns)==['image','count','low','high','unusual','note','error']
+    assert list(df.columns)==['image','count','true','low','high','unusual','note','error'] # the CSV's counts beside
     assert (df['low'] <= df['count']).all() and (df['count'] <= df['high']).all() and (df['low'] >= 0).all()
     assert df['unusual'].isin([True, False]).all()
     with pytest.raises(FlowersError, match='between 0 and 1'): predict_table(load_counter(trained), [flower_data[0]/'images'/'00000.jpg'], level=1.5)
