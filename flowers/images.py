@@ -8,7 +8,7 @@ from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 from .settings import MIN_SIZE, decode_threads
 
-__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_size', 'fit_size', 'decode_threads']
+__all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_format', 'image_size', 'fit_size', 'decode_threads']
 
 register_heif_opener() # an iPhone saves its photos as HEIC; libheif turns them upright, and leaves EXIF's orientation at 1
 # real raster photos; GIF, SVG, PDF, ... are refused whatever the extension
@@ -128,6 +128,12 @@ def image_pixels(data:bytes) -> int:
     try:
         with _pil_warnings(quiet=True), Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.size[0]*img.size[1]
     except Exception: return 0
+
+def image_format(data:bytes) -> str:
+    "PIL's name for the format of encoded image `data` ('JPEG', 'TIFF', 'HEIF', ...), from its header; None if unreadable"
+    try:
+        with _pil_warnings(quiet=True), Image.open(io.BytesIO(data), formats=FORMATS) as img: return img.format
+    except Exception: return None
 
 def image_size(src) -> tuple:
     "(width, height) of `src` as `open_image` gives it (EXIF orientation applied), read from the header of a file or bytes"

@@ -1,5 +1,5 @@
 """A counting web page and JSON API: `python -m flowers.serve MODEL` (see `--help`)."""
-import base64, errno, math, socket, sys, threading
+import base64, errno, io, math, socket, sys, threading
 from pathlib import Path
 from fastcore.script import call_parse
 from starlette.applications import Starlette
@@ -9,7 +9,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from .errors import FlowersError, check_int, user_errors
-from .images import image_pixels
+from .images import image_format, image_pixels, open_image
 from .predict import load_counter, predict_table
 from .report import map_png
 
@@ -18,6 +18,8 @@ __all__ = ['MB', 'MP', 'create_app', 'listen', 'serve']
 MB,MP = 1024*1024,1_000_000
 MAP_SIDE = 256 # pixels on the longest side of a count map sent to the page: it is smooth, and is stretched over the photo
 PAGE = (Path(__file__).parent/'page.html').read_text()
+SHOWN = ('JPEG','PNG','WEBP','BMP','AVIF') # what browsers show in an <img>: a TIFF (a microscope's) or HEIC (an iPhone's) gets a preview
+PREVIEW_SIDE = 1024 # pixels on the longest side of a preview
 
 def _error(status, msg): return JSONResponse({'error': msg}, status_code=status)
 
@@ -64,6 +66,13 @@ def _map_url(cmap) -> str:
     "A count map as a data URL of a translucent PNG, to lay over the photo"
     return 'data:image/png;base64,' + base64.b64encode(map_png(cmap)).decode()
 
+def _preview_url(blob) -> str:
+    "The image as it was counted (upright), as a JPEG data URL of at most `PREVIEW_SIDE` pixels a side"
+    img = open_image(blob)
+    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    b = io.BytesIO(); img.save(b, 'JPEG', quality=85)
+    return 'data:image/jpeg;base64,' + base64.b64encode(b.getvalue()).decode()
+
 def create_app(counter, # A `Counter`, loaded once
                max_upload_mb=20., # Largest single image
                max_request_mb=100., # Largest request (all its images)
@@ -85,6 +94,8 @@ def create_app(counter, # A `Counter`, loaded once
             if maps and has_maps:
                 for i,r in rows.items():
                     if 'count' in r: r['map'] = _map_url(counter.count_map(blobs[i][1], max_side=MAP_SIDE))
+        for i,r in rows.items():
+            if 'count' in r and image_format(blobs[i][1]) not in SHOWN: r['preview'] = _preview_url(blobs[i][1])
         rows.update({i:dict(image=blobs[i][0], error=e) for i,e in refused.items()})
         return [rows[i] for i in range(len(blobs))]
 

@@ -56,6 +56,21 @@ def test_maps_only_when_asked_and_they_are_the_counters(server, counter, flower_
         assert png.mode=='RGBA' and png.size==(m.shape[1], m.shape[0])==Image.open(p).size
         assert np.abs(np.asarray(png)[...,3] - 255*map_rgba(m)[...,3]).max() <= 1 # opacity follows this image's own map
 
+def _other_formats(flower_data, folder):
+    "A field saved as a microscope's TIFF and an iPhone's HEIC: formats browsers don't show in an <img>"
+    img = Image.open(_imgs(flower_data, 1)[0])
+    for f in ('field.tif', 'field.heic'): img.save(folder/f)
+    return [folder/'field.tif', folder/'field.heic'],img.size
+
+def test_previews_of_what_browsers_cant_show(server, counter, flower_data, tmp_path):
+    paths,size = _other_formats(flower_data, tmp_path)
+    rows = _post(server, [_imgs(flower_data, 1)[0], *paths]).json()
+    assert 'preview' not in rows[0] # a JPEG the browser shows itself
+    for r,p in zip(rows[1:], paths):
+        head,data = r['preview'].split(',', 1)
+        assert head=='data:image/jpeg;base64' and Image.open(io.BytesIO(base64.b64decode(data))).size==size
+        assert abs(r['count'] - counter.predict(p)) < 1e-4
+
 def test_non_image_rejected_and_server_keeps_serving(server, flower_data):
     r = _post(server, extra=[('files', ('notes.jpg', b'not an image at all', 'image/jpeg'))])
     assert r.status_code==415 and 'notes.jpg: not a supported image' in r.json()['error']
@@ -124,6 +139,23 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
         if os.environ.get('FLOWERS_SCREENSHOT'): b.save_screenshot(os.environ['FLOWERS_SCREENSHOT'])
         toggle.click()
         assert not overlay.is_displayed()
+    finally: b.quit()
+
+def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
+    "Chromium shows neither format in an <img>: the page shows the preview the server sends"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    paths,size = _other_formats(flower_data, tmp_path)
+    b = _browser()
+    try:
+        b.get(server+'/')
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp)
+        inp.send_keys('\n'.join(map(str, paths)))
+        WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==2)
+        photos = b.find_elements(By.CSS_SELECTOR, '.photo img:not(.map)')
+        WebDriverWait(b, 10).until(lambda d: all(d.execute_script('return arguments[0].complete', p) for p in photos))
+        assert [b.execute_script('return arguments[0].naturalWidth', p) for p in photos]==[size[0]]*2
     finally: b.quit()
 
 def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
