@@ -44,16 +44,17 @@ def image_files(folder) -> list:
 
 def _is_csv(inp): return inp.suffix.lower()=='.csv' and inp.is_file()
 
-def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a `label_col` of true counts
-               label_col='count', # Column of true counts, if the CSV has one
+def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a column of true counts
+               label_cols=('count',), # Columns that may hold true counts: the first the CSV has
               ) -> tuple:
-    "The image paths `csv` names, and their true counts (NaN where a cell is no count; None without `label_col`)"
+    "The image paths `csv` names, and their true counts (NaN where a cell is no count; None without a column of them)"
     df = _read_csv(csv)
     col = 'image' if 'image' in df.columns else df.columns[0]
     root = find_img_dir(csv, df[col])
     paths = [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
-    if label_col not in df.columns or label_col==col: return paths,None
-    return paths,pd.to_numeric(decimal_points(df[label_col], df.attrs['sep']), errors='coerce').to_numpy('float64')
+    label = next((c for c in label_cols if c in df.columns and c!=col), None)
+    if label is None: return paths,None
+    return paths,pd.to_numeric(decimal_points(df[label], df.attrs['sep']), errors='coerce').to_numpy('float64')
 
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
@@ -66,12 +67,12 @@ def find_images(inputs) -> tuple:
     return items,errors
 
 def true_counts(inputs, # What `find_images` was given
-                label_col='count', # Column of true counts in the CSVs
+                label_cols=('count',), # Columns that may hold true counts in the CSVs: the first each has
                ) -> dict:
-    "`{str(path): count}` from the CSVs among `inputs` that have a `label_col`"
+    "`{str(path): count}` from the CSVs among `inputs` that have a column of counts"
     found = {}
     for csv in filter(_is_csv, map(Path, inputs)):
-        paths,counts = csv_images(csv, label_col)
+        paths,counts = csv_images(csv, label_cols)
         if counts is not None: found.update((str(p),c) for p,c in zip(paths, counts) if np.isfinite(c) and c>=0)
     return found
 
@@ -167,7 +168,7 @@ if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl
-         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column (and a count column: their MAE is said)
+         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column (and a column of counts, named as in training or 'count': their MAE is said)
          out:str=None, # Write the table to this CSV instead of printing it
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
@@ -198,7 +199,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
         if maps: counter._need_map()
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids)
-        truth = true_counts(inputs)
+        truth = true_counts(inputs, dict.fromkeys([(counter.meta or {}).get('label_col', 'count'), 'count'])) # the model's column (model.json), else 'count'
         scored = add_truth(df, truth) if truth else ''
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))

@@ -75,6 +75,10 @@ def test_column_names_of_any_kind(flower_data, tmp_path):
     df.to_csv(tmp_path/'mine.csv', index=False)
     learn = train(tmp_path/'mine.csv', img_dir=flower_data[0]/'images', fn_col='file name', label_col='flower count', out=tmp_path/'run', size=32, bs=8, epochs=1, pretrained='no')
     assert learn.calibration.aspect is not None and len(pd.read_csv(tmp_path/'run'/'predictions.csv'))==len(learn.dls.valid_ds)
+    (tmp_path/'images').symlink_to(flower_data[0]/'images') # predict finds them beside the CSV, and scores its 'flower count'
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', tmp_path/'run', tmp_path/'mine.csv', '--out', tmp_path/'o.csv'], capture_output=True, text=True)
+    assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr
+    assert pd.read_csv(tmp_path/'o.csv')['true'].tolist()==df['flower count'].tolist()
 
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     "No --epochs: as many as fit the time budget in the precision training runs in, printed and recorded in the run's reports"
