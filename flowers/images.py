@@ -54,6 +54,17 @@ def to_rgb8(img:Image.Image) -> Image.Image:
 
 KINDS = 'a path, bytes, a file object, a PIL image or an HxWxC numpy array'
 
+def _one_picture(img, name):
+    "Refuse `img` if it holds several pictures of one size (a stack or an animation), of which only the first would be counted"
+    # a phone's JPEG (MPO) carries extra pictures beside the photo, and a pyramid TIFF smaller copies of its first page: those count as it
+    n = getattr(img, 'n_frames', 1)
+    if n<2 or img.format=='MPO': return
+    first = img.size
+    img.seek(1); second = img.size; img.seek(0)
+    if second==first:
+        raise FlowersDataError(f"{name}: holds {n} pictures of {first[0]}x{first[1]} pixels (a z-stack, channels, a time series or an animation?), "
+                               f"and one would be counted; save the picture to count (or a projection of the stack) as its own file")
+
 def _open(src, name, size=None):
     "A decoded PIL image from a path, bytes or file object (a JPEG at no less than twice `size`); refuses non-raster formats"
     if isinstance(src, (str, Path)):
@@ -67,9 +78,11 @@ def _open(src, name, size=None):
     elif not callable(getattr(src, 'read', None)): raise FlowersDataError(f"{name}: can't read an image from {type(src).__name__}; give {KINDS}")
     try:
         with _pil_warnings(): img = Image.open(src, formats=FORMATS) # reads the header, where PIL checks the size
+        _one_picture(img, name)
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: a 12 MP photo for a 64 px model in a quarter of the time
-        if size and img.format=='JPEG': img.draft(img.mode, (2*size, 2*size))
+        if size and img.format in ('JPEG','MPO'): img.draft(img.mode, (2*size, 2*size))
         img.load() # decode now, in parallel with other threads: a truncated file fails here, not mid-batch
+    except FlowersDataError: raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise FlowersDataError(f"{name}: image is too large to open safely ({e}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except UnidentifiedImageError:

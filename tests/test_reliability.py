@@ -21,6 +21,12 @@ def _gif():
     frames = [_base(), _base().rotate(90)]
     b = io.BytesIO(); frames[0].save(b, 'GIF', save_all=True, append_images=frames[1:]); return b.getvalue()
 
+def _pages(fmt, shrink, **kw):
+    "The base image and two more pictures, each `shrink` times smaller than the one before, in one file"
+    b = _base()
+    more = [b.rotate(90*i).resize((b.width//shrink**i, b.height//shrink**i)) for i in (1,2)]
+    return _save(b, fmt, save_all=True, append_images=more, **kw)
+
 def _exif_rotated():
     "The base image stored rotated, with EXIF orientation 6 saying how to turn it upright"
     img = _base().transpose(Image.Transpose.ROTATE_90)
@@ -36,6 +42,8 @@ BAD = { # file name: (bytes, message)
     'dot.png': (lambda: _save(Image.new('RGB', (1,1)), 'PNG'), 'image is only 1x1 pixels; too small to count anything in'),
     'bomb.png': (lambda: _png_header_only(30000, 30000), 'image is too large to open safely'),
     'notes.pdf': (lambda: b'%PDF-1.4\n1 0 obj<<>>endobj\n', 'not a supported image'),
+    'stack.tiff': (lambda: _pages('TIFF', 1), 'holds 3 pictures of 125x112 pixels (a z-stack'), # a microscope's: the first alone would be counted
+    'animated.webp': (lambda: _pages('WEBP', 1), 'holds 3 pictures'),
 }
 def _near_base(a): return a.shape==np.asarray(_base()).shape and np.abs(a.astype(int)-np.asarray(_base())).mean() < 4 # lossy
 
@@ -54,6 +62,8 @@ GOOD = { # file name: (bytes, check of the RGB array)
     'exif_rotated.png': (_exif_rotated, lambda a: (a==np.asarray(_base())).all()),
     'iphone.heic': (lambda: _save(_base(), 'HEIF', quality=95), _near_base), # an iPhone's photos, unless set to 'Most Compatible'
     'photo.avif': (lambda: _save(_base(), 'AVIF', quality=95), _near_base),
+    'pyramid.tiff': (lambda: _pages('TIFF', 2), lambda a: (a==np.asarray(_base())).all()), # smaller copies of the first page
+    'phone_mpo.jpg': (lambda: _pages('MPO', 1, quality=95), _near_base), # a phone's JPEG with more pictures beside the photo
 }
 
 @pytest.fixture(scope='module')
