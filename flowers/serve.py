@@ -18,7 +18,7 @@ __all__ = ['MB', 'MP', 'create_app', 'listen', 'serve']
 MB,MP = 1024*1024,1_000_000
 MAP_SIDE = 256 # pixels on the longest side of a count map sent to the page: it is smooth, and is stretched over the photo
 PAGE = (Path(__file__).parent/'page.html').read_text()
-SHOWN = ('JPEG','PNG','WEBP','BMP','AVIF') # what browsers show in an <img>: a TIFF (a microscope's) or HEIC (an iPhone's) gets a preview
+SHOWN = ('JPEG','MPO','PNG','WEBP','BMP','AVIF') # what browsers show in an <img> (MPO: a phone's JPEG): a TIFF (a microscope's) or HEIC (an iPhone's) gets a preview
 PREVIEW_SIDE = 1024 # pixels on the longest side of a preview
 
 def _error(status, msg): return JSONResponse({'error': msg}, status_code=status)

@@ -64,9 +64,11 @@ def _other_formats(flower_data, folder):
 
 def test_previews_of_what_browsers_cant_show(server, counter, flower_data, tmp_path):
     paths,size = _other_formats(flower_data, tmp_path)
-    rows = _post(server, [_imgs(flower_data, 1)[0], *paths]).json()
-    assert 'preview' not in rows[0] # a JPEG the browser shows itself
-    for r,p in zip(rows[1:], paths):
+    img = Image.open(_imgs(flower_data, 1)[0])
+    img.save(tmp_path/'phone.jpg', 'MPO', save_all=True, append_images=[img.rotate(90)]) # a phone's JPEG with a second picture
+    rows = _post(server, [_imgs(flower_data, 1)[0], tmp_path/'phone.jpg', *paths]).json()
+    assert 'preview' not in rows[0] and 'preview' not in rows[1] and 'count' in rows[1] # JPEGs the browser shows itself
+    for r,p in zip(rows[2:], paths):
         head,data = r['preview'].split(',', 1)
         assert head=='data:image/jpeg;base64' and Image.open(io.BytesIO(base64.b64decode(data))).size==size
         assert abs(r['count'] - counter.predict(p)) < 1e-4
