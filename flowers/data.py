@@ -34,8 +34,9 @@ class CachedDL(TfmdDL):
 
     def do_item(self, s):
         if self.cache is None or s is None: return super().do_item(s)
-        if s not in self.cache: self.cache[s] = super().do_item(s)
-        return self.cache[s]
+        cache = self.cache # a thread left running by an earlier, unfinished pass must not write into a cache swapped in since
+        if s not in cache: cache[s] = super().do_item(s)
+        return cache[s]
 
     def create_batches(self, samps):
         "fastai's batches, with the images not yet cached decoded ahead in threads while the model trains"
