@@ -48,7 +48,7 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
     rows = []
     for name in recipes:
         t = time.time()
-        learn = train(tr, out=d/f'run-{name}', pretrained='no', seed=seed, **{**kw, **RECIPES[name]})
+        learn = train(tr, out=d/f'run-{name}', overwrite=True, pretrained='no', seed=seed, **{**kw, **RECIPES[name]})
         fit_s = time.time()-t
         valid = json.loads((d/f'run-{name}'/'metrics.json').read_text())
         counter = Counter.from_learner(learn, precision='fp32') # one for every set this model counts

@@ -19,7 +19,7 @@ def main(out, size=128, n=2000, epochs=14):
     data,run = Path('/tmp/gpu-data'),Path('/tmp/gpu-run')
     t = time.time(); make_flowers(data, n=n, size=size, show_progress=False); res['generate_s'] = round(time.time()-t, 1)
     t = time.time()
-    learn = train(data, out=run, size=size, bs=64, epochs=epochs, pretrained='no', workers=8)
+    learn = train(data, out=run, overwrite=True, size=size, bs=64, epochs=epochs, pretrained='no', workers=8)
     res['train_s'] = round(time.time()-t, 1)
     res['mixed_precision'] = any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     res['model_on'] = str(next(learn.model.parameters()).device)

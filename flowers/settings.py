@@ -5,7 +5,7 @@ from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
            'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
-           'check_lr', 'check_args', 'check_folder', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
+           'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
@@ -110,6 +110,16 @@ def check_folder(path, # A folder to write into; made, with its parents, if abse
     except OSError as e: raise FlowersError(f"{flag} {path}: can't create the folder ({e.strerror})") from None
     if not os.access(path, os.W_OK|os.X_OK): raise FlowersError(f"{flag} {path}: this folder is not writable")
     return new
+
+def check_unused(out, # The run folder `--out` names (None: a new one)
+                ) -> None:
+    "Raise if `out` holds a trained model or an interrupted run, which training there would replace"
+    if out is None or not Path(out).is_dir(): return
+    out = Path(out)
+    if (out/CHECKPOINT).is_file():
+        raise FlowersError(f"--out {out}: holds an interrupted run; continue it with --resume {out}, give another --out, or add --overwrite to start it anew")
+    held = [f for f in ('export.pkl','model.safetensors') if (out/f).is_file()]
+    if held: raise FlowersError(f"--out {out}: holds a trained model ({', '.join(held)}); give another --out, or add --overwrite to replace it")
 
 def new_run_folder(root='models') -> Path:
     "A new folder `root/run-DATE-TIME`, made here: `-2`, `-3`, ... after it when another run took that second's name"

@@ -5,7 +5,7 @@ from fastcore.basics import AttrDict
 from fastcore.meta import delegates
 from fastcore.script import call_parse
 from .errors import user_errors
-from .settings import MAP_STRIDE, OLDER, check_args, check_lr, find_csv, resume_state
+from .settings import MAP_STRIDE, OLDER, check_args, check_lr, check_unused, find_csv, resume_state
 # torch and fastai load only once the settings are good (`flowers.fitting`): a bad command line is refused at once, not after ~10 s
 
 __all__ = ['find_csv', 'check_lr', 'train']
@@ -22,6 +22,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           fn_col:str='image', # CSV column with image file names
           label_col:str='count', # CSV column with counts
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
+          overwrite:bool=False, # Train into an --out folder that holds a trained model or an interrupted run, replacing it
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
           stride:int=MAP_STRIDE, # Input pixels per cell of the count map (--head map): 8 or 16
@@ -51,6 +52,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
     if state: args,out = {**args, **OLDER, **state['args']},Path(resume)
     a = AttrDict(args)
     check_args(a)
+    if not (state or a.overwrite): check_unused(out) # a second run into one folder replaced the first one's model, minutes later
     if a.data is not None: find_csv(a.data) # the user's own data is found now; the default set is made by one process, later
     from .fitting import run
     return run(a, out, state, args, t0)

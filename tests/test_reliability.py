@@ -141,6 +141,10 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     assert 1 <= done < 6
     _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
     assert load_counter(out/'model.safetensors').predict(flower_data[0]/'images'/'00000.jpg') > 0
+    saved = {f.name: f.read_bytes() for f in out.iterdir()}
+    again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '6'), capture_output=True, text=True, timeout=300) # the same command again, without --resume
+    assert again.returncode==2 and f'holds an interrupted run; continue it with --resume {out}' in again.stderr and 'Traceback' not in again.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()}==saved
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
     assert f'resuming after epoch {done}' in r.stdout
@@ -187,7 +191,7 @@ def slow_save(obj, f, *a, **k): # a disk so slow that the process is killed whil
         print('WRITING', flush=True); time.sleep(120)
     return save(obj, f, *a, **k)
 torch.save = slow_save
-T.train({str(flower_data[0])!r}, out={str(out)!r}, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3)
+T.train({str(flower_data[0])!r}, out={str(out)!r}, overwrite=True, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3)
 """
     p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
@@ -196,8 +200,21 @@ T.train({str(flower_data[0])!r}, out={str(out)!r}, size=32, bs=8, epochs=1, pret
     assert (out/'export.pkl').read_bytes()==before
     _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
     assert list(out.glob('.export.tmp*'))
-    train_again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1'), capture_output=True, text=True, timeout=300)
+    train_again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1', '--overwrite'), capture_output=True, text=True, timeout=300)
     assert train_again.returncode==0 and not list(out.glob('.*.tmp*')) # the next run clears what the killed one left
+
+def test_a_second_run_into_a_trained_models_folder_is_refused_unless_overwrite(flower_data, trained, tmp_path):
+    "The README's command run twice, or a sweep reusing a name, replaced the first model minutes later, without a word"
+    out = tmp_path/'run'
+    shutil.copytree(trained, out)
+    saved = {f.name: f.read_bytes() for f in out.iterdir()}
+    r = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1'), capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and 'Traceback' not in r.stderr
+    assert f'--out {out}: holds a trained model (export.pkl, model.safetensors); give another --out, or add --overwrite' in r.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()}==saved
+    r = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1', '--overwrite', '--seed', '3'), capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    assert json.loads((out/'metrics.json').read_text())['seed']==3 and (out/'export.pkl').read_bytes()!=saved['export.pkl']
 
 def test_drop_bad_trains_on_the_rest_and_records_them(flower_data, tmp_path):
     data = tmp_path/'data'
