@@ -47,6 +47,14 @@ class Counter:
         "A `Counter` using `learn`'s model, resizing and normalisation"
         return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
 
+    @property
+    def label_col(self) -> str:
+        "The CSV column of counts the model was trained on: `model.json`'s, else its `Learner`'s `ColReader`, else 'count'"
+        if 'label_col' in (self.meta or {}): return self.meta['label_col']
+        try: r = first(self.learn.dls.valid.tls[1].tfms.fs.filter(risinstance(ColReader)))
+        except (AttributeError, IndexError): r = None # a `Learner` built some other way
+        return r.cols[0] if r is not None and len(r.cols)==1 and isinstance(r.cols[0], str) else 'count'
+
     def _tensor_and_size(self, img, name=None):
         "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed; and its (width, height) then"
         pil = open_image(img, name, size=self.size)

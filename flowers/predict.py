@@ -199,7 +199,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         counter = load_counter(model, precision='fp32' if fp32 else 'auto')
         if maps: counter._need_map()
         df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids)
-        truth = true_counts(inputs, dict.fromkeys([(counter.meta or {}).get('label_col', 'count'), 'count'])) # the model's column (model.json), else 'count'
+        truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
         scored = add_truth(df, truth) if truth else ''
         if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))

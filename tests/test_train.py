@@ -79,6 +79,8 @@ def test_column_names_of_any_kind(flower_data, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', tmp_path/'run', tmp_path/'mine.csv', '--out', tmp_path/'o.csv'], capture_output=True, text=True)
     assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr
     assert pd.read_csv(tmp_path/'o.csv')['true'].tolist()==df['flower count'].tolist()
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', tmp_path/'run'/'export.pkl', tmp_path/'mine.csv'], capture_output=True, text=True)
+    assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr # the pickle knows its column too
 
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     "No --epochs: as many as fit the time budget in the precision training runs in, printed and recorded in the run's reports"
