@@ -85,10 +85,9 @@ def add_truth(df, # A table from `predict_table`
     if not ok.any(): return ''
     err = df.loc[ok, 'count'] - df.loc[ok, 'true']
     line = f"On the {ok.sum()} images with a true count: MAE {err.abs().mean():.2f}, bias {err.mean():+.2f}"
-    if 'unusual' in df and df.loc[ok, 'unusual'].any():
-        odd = ok & df['unusual'].astype(bool)
-        line += f" ({odd.sum()} flagged unusual: MAE {err[odd].abs().mean():.2f}; the others {err[ok & ~odd].abs().mean():.2f})" if (ok & ~odd).any() \
-                else " (all flagged unusual)"
+    odd = ok & df['unusual'].astype(bool) if 'unusual' in df else ok & False
+    if odd.sum()==ok.sum(): line += " (all flagged unusual)"
+    elif odd.any(): line += f" ({odd.sum()} flagged unusual: MAE {err[odd].abs().mean():.2f}; the others {err[ok & ~odd].abs().mean():.2f})"
     if 'low' in df and df.loc[ok, 'low'].notna().any():
         held = df.loc[ok, 'true'].between(df.loc[ok, 'low'], df.loc[ok, 'high'])
         line += f"; the intervals held {held.sum()} of {df.loc[ok, 'low'].notna().sum()} true counts"

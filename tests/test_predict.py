@@ -125,6 +125,15 @@ def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp
     assert f"On the 3 images with a true count: MAE {err.abs().mean():.2f}, bias {err.mean():+.2f}" in r.stdout
     assert r.stdout.strip().endswith(f"the intervals held {held} of 3 true counts")
 
+def test_truth_line_splits_flagged_images():
+    "Images flagged unusual are scored apart, among those with a true count only"
+    from flowers.predict import add_truth
+    df = pd.DataFrame(dict(image=list('abcde'), count=[1., 2., 4., 8., np.nan], unusual=[True, False, False, True, True], note='', error=''))
+    line = add_truth(df.copy(), dict(a=2, b=2, c=3, e=1)) # d has no true count, e no count
+    assert line=="On the 3 images with a true count: MAE 0.67, bias +0.00 (1 flagged unusual: MAE 1.00; the others 0.50)"
+    assert add_truth(df.copy(), dict(a=2, d=7)).endswith("bias +0.00 (all flagged unusual)")
+    assert add_truth(df.drop(columns='unusual'), dict(b=2, c=3))=="On the 2 images with a true count: MAE 0.50, bias +0.50"
+
 def test_cli_usage_errors(trained, tmp_path):
     "One CLI run for the exit code; the other usage checks in-process (each CLI run costs seconds of imports)"
     r = run_predict(trained, tmp_path/'nothing.jpg')
