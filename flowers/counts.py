@@ -57,9 +57,18 @@ def _check_cols(df, csv, fn_col, label_col):
     raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
                            f"Rename the columns or pass --fn-col/--label-col (fn_col=/label_col=).")
 
+def _resolved(fn) -> Path:
+    "Absolute image path `fn` with its folders' links resolved, as `find_img_dir`'s folder is, but not the file's own"
+    p = Path(fn)
+    try: return p.parent.resolve()/p.name
+    except (OSError, ValueError): return p # a NUL byte: `_path_problem` names it
+
 def find_img_dir(csv, fnames, img_dir=None):
-    "Folder the image names in `csv` are relative to: `img_dir`, else `images/` beside the CSV if the files are there, else the CSV's folder"
+    "Folder the image names in `csv` are relative to: `img_dir`, else `images/` beside the CSV if the files are there, else the CSV's folder; for absolute names only, the folder they share"
     if img_dir is not None: return Path(img_dir).resolve()
+    fnames = list(fnames)
+    if fnames and all(isinstance(f, str) and f.startswith('/') for f in fnames): # a CSV written from a glob of full paths
+        return Path(os.path.commonpath([_resolved(f).parent for f in set(fnames)]))
     root = Path(csv).resolve().parent
     sub = root/'images'
     if not sub.is_dir(): return root
@@ -110,6 +119,14 @@ def match_name(fn, # Image name as a CSV gives it
         cur = cur/found; out.append(found)
     return ('/'.join(out), None) if _is_file(cur) else (fn, None)
 
+def relative_name(fn, # Image name as a CSV gives it
+                  img_dir, # Folder the names are relative to (resolved, as `find_img_dir` gives it)
+                 ) -> str:
+    "An absolute `fn` inside `img_dir` as the name relative to it; any other `fn` as it is"
+    if not (isinstance(fn, str) and fn.startswith('/')) or '\0' in fn: return fn
+    try: return _resolved(fn).relative_to(img_dir).as_posix()
+    except (ValueError, OSError): return fn
+
 def match_names(fns, img_dir) -> list:
     "`match_name` of each of `fns`, each folder listed once"
     listing = cache(_listing)
@@ -122,7 +139,7 @@ def _path_problem(fn, img_dir, hint=None):
     if len(fn) > 4096 or any(len(part.encode()) > 255 for part in Path(fn).parts): return f"image name '{_short(fn)}' is too long for a file name"
     p = Path(fn)
     if p.is_absolute() or fn.startswith(('/','\\')) or (len(fn)>1 and fn[1]==':'):
-        return f"image path '{_short(fn)}' is absolute; give it relative to the image folder {img_dir}"
+        return f"image path '{_short(fn)}' is absolute, and not in the image folder {img_dir}; give it relative to that folder, or give every image's full path"
     if not (img_dir/p).resolve().is_relative_to(img_dir):
         return f"image path '{_short(fn)}' points outside the image folder {img_dir}"
     if not _is_file(img_dir/p): return f"image file '{_short(fn)}' not found in {img_dir}" + (f"; {hint}" if hint else '')
@@ -177,6 +194,7 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     img_dir = find_img_dir(csv, df[fn_col], img_dir)
     if not img_dir.is_dir(): raise FlowersDataError(f"{img_dir}: image folder not found")
     df[label_col] = decimal_points(df[label_col], df.attrs['sep'])
+    df[fn_col] = [relative_name(fn, img_dir) for fn in df[fn_col]]
     matched = match_names(df[fn_col], img_dir)
     df[fn_col] = [fn for fn,_ in matched]
     problems = []

@@ -1,4 +1,5 @@
 import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
+from pathlib import Path
 from fastai.vision.all import TensorImage, set_seed
 from flowers.data import *
 from flowers import FlowersError
@@ -55,6 +56,24 @@ def test_every_problem_listed(ds):
               "line 4: image path '/etc/passwd' is absolute", "line 5: image file 'missing.jpg' not found",
               "line 6: image '00000.jpg' is listed again (first on line 2)", '5 bad rows', '--drop-bad'):
         assert s in msg
+
+def test_full_paths_train_and_predict(ds, tmp_path):
+    "A CSV of full paths (a glob's output), kept apart from the photos, reads and batches as one of names does; predict takes it too"
+    from flowers.predict import find_images
+    path,_ = ds
+    (tmp_path/'sub').mkdir(); shutil.move(path/'images'/'00001.jpg', tmp_path/'sub'/'00001.jpg')
+    full = [str(path/'images'/'00000.jpg'), str(tmp_path/'sub'/'00001.jpg'), str(path/'images'/'00002.jpg')]
+    (tmp_path/'elsewhere').mkdir()
+    csv = tmp_path/'elsewhere'/'counts.csv'
+    pd.DataFrame(dict(image=full, count=[1, 2, 3])).to_csv(csv, index=False)
+    df = read_counts(csv)
+    assert df.attrs['img_dir']==tmp_path.resolve() and df['image'].tolist()==['images/00000.jpg', 'sub/00001.jpg', 'images/00002.jpg']
+    assert "line 4: image 'images/00000.jpg' is listed again" in _err(ds[1]('image,count\n' + f'{full[0]},1\n' + f'{full[1]},1\n' + 'images/00000.jpg,1\n'), img_dir=tmp_path)
+    dls = count_dls(csv, size=32, bs=2, valid_pct=.34, points=False)
+    assert dls.one_batch()[0].shape==(2, 3, 32, 32)
+    assert find_images([csv])==([Path(f) for f in full], [])
+    msg = _err(ds[1]('image,count\n00000.jpg,1\n' + f'{tmp_path/"sub"/"00001.jpg"},2\n'))
+    assert f"line 3: image path '{tmp_path/'sub'/'00001.jpg'}' is absolute, and not in the image folder {(path/'images').resolve()}" in msg
 
 def test_duplicates_after_normalising(ds):
     assert "line 3: image './00001.jpg' is listed again" in _err(ds[1]('image,count\n00001.jpg,1\n./00001.jpg,1\n'))
