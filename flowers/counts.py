@@ -235,7 +235,8 @@ def read_points(df, # A clean counts `DataFrame` from `read_counts`
     if not {'image','x','y'} <= set(pts.columns):
         warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
     pts[['x','y']] = pts[['x','y']].apply(pd.to_numeric, errors='coerce') # a word where a number should be: not finite, below
-    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby(pts['image'].astype(str).map(name_key))}
+    key = {f:name_key(relative_name(f, df.attrs['img_dir'])) for f in pts['image'].astype(str).unique()} # full paths, as its counts CSV may have
+    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby(pts['image'].astype(str).map(key))}
     empty = np.zeros((0,2), 'float32')
     xy = [groups.get(name_key(fn), empty) for fn in df[fn_col]]
     bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]

@@ -1,4 +1,4 @@
-import pickle, cloudpickle, shutil, pytest, torch, numpy as np, pandas as pd
+import pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
 from pathlib import Path
 from fastai.vision.all import TensorImage, set_seed
 from flowers.data import *
@@ -69,6 +69,10 @@ def test_full_paths_train_and_predict(ds, tmp_path):
     df = read_counts(csv)
     assert df.attrs['img_dir']==tmp_path.resolve() and df['image'].tolist()==['images/00000.jpg', 'sub/00001.jpg', 'images/00002.jpg']
     assert "line 4: image 'images/00000.jpg' is listed again" in _err(ds[1]('image,count\n' + f'{full[0]},1\n' + f'{full[1]},1\n' + 'images/00000.jpg,1\n'), img_dir=tmp_path)
+    pd.DataFrame(dict(image=[full[0], *full[1:2]*2, *full[2:]*3], x=5., y=5.)).to_csv(csv.with_name('points.csv'), index=False) # named as in its CSV
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert [len(o) for o in read_points(df)]==[1, 2, 3]
     dls = count_dls(csv, size=32, bs=2, valid_pct=.34, points=False)
     assert dls.one_batch()[0].shape==(2, 3, 32, 32)
     assert find_images([csv])==([Path(f) for f in full], [])
