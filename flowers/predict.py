@@ -147,6 +147,12 @@ def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, sh
         for j in progress(range(len(items)), show=show_progress and len(items)>1):
             if not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j])
 
+def map_name(j, # The image's number in the whole list
+             name, # Its name
+            ) -> str:
+    "The file name of image `j`'s count map picture: `00042-IMG_0001.png`, within the 255 bytes a file name may have, whatever its letters"
+    return f"{j:05d}-{Path(name).stem.encode()[:200].decode(errors='ignore')}.png"
+
 def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
     "The count of `item` (by windows with `tile`), its count map picture written into `maps`; and with `flag` and `tile`, (unusual, note) from its windows"
     why = None
@@ -158,7 +164,7 @@ def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
         from .report import save_count_map, PICTURE_SIDE # matplotlib only when pictures are asked for
         from .images import open_image
         cmap = counter.count_map(item, tile=tile, max_side=PICTURE_SIDE)
-        save_count_map(open_image(item, name), cmap, Path(maps)/f'{j:05d}-{Path(name).stem[:80]}.png', f'{Path(name).name}: {cmap.sum():.1f}')
+        save_count_map(open_image(item, name), cmap, Path(maps)/map_name(j, name), f'{Path(name).name}: {cmap.sum():.1f}')
         count = float(cmap.sum())
     return count,why
 

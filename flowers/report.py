@@ -55,7 +55,8 @@ def show_count_map(img, # The image, as `open_image` gives it
     title = title if title is not None or cmap is None else f'{cmap.sum():.1f}'
     w,h = img.size
     img,cmap = _for_picture(img, cmap)
-    ax = show_image(img, ax=ax, title=title)
+    ax = show_image(img, ax=ax)
+    if title is not None: ax.set_title(title, parse_math=False) # a file name such as 'plot$1_$.jpg' is no formula to typeset, and failed to draw
     # in the photo's own pixels, however small it is drawn, so that points in them (true head centres, say) land where they are;
     # and a smaller map (`max_side`) over the whole photo: it used to sit in its top left corner
     whole = (-.5, w-.5, h-.5, -.5)

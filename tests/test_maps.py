@@ -1,5 +1,5 @@
 "Count maps and counting by windows, through the public calls and the CLI"
-import io, json, subprocess, sys, pytest, torch, numpy as np, pandas as pd
+import io, json, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
@@ -149,13 +149,15 @@ def test_tile_of_the_image_counts_it_whole(counters, flower_data):
 
 def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     imgs = [str(flower_data[0]/'images'/f'{i:05d}.jpg') for i in range(3)]
+    imgs[2] = str(shutil.copy(imgs[2], tmp_path/'plot$1_$.jpg')) # not a formula for matplotlib to typeset in the picture's title
+    imgs.append(str(shutil.copy(imgs[1], tmp_path/('🌼'*62 + '.jpg')))) # 252 bytes: its picture's name must stay within 255
     # options among the files, as people type them: argparse alone takes no file after an option here
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), '--maps', str(tmp_path/'maps'), '--tile', '64', imgs[0], '--fp32',
                         *imgs[1:], '--out', str(tmp_path/'c.csv')], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
     assert pd.read_csv(tmp_path/'c.csv')['image'].tolist()==imgs # every file, in the order given
     pngs = sorted((tmp_path/'maps').glob('*.png'))
-    assert len(pngs)==3 and all(Image.open(p).size[0] > 50 for p in pngs)
+    assert len(pngs)==4 and all(Image.open(p).size[0] > 50 for p in pngs)
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr
     (tmp_path/'notes.txt').write_text('mine')
