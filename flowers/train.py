@@ -22,7 +22,6 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           fn_col:str='image', # CSV column with image file names
           label_col:str='count', # CSV column with counts
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
-          overwrite:bool=False, # Train into an --out folder that holds a trained model or an interrupted run, replacing it
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
           stride:int=MAP_STRIDE, # Input pixels per cell of the count map (--head map): 8 or 16
@@ -42,17 +41,18 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           method:str='squish', # How images are made square: squish or pad
           precision:str='auto', # auto (bf16 on CPUs with native bf16, fp16 on CUDA), fp32, bf16 or fp16
           resume:str=None, # Run folder of an interrupted run to continue, with its settings and schedule
+          overwrite:bool=False, # Train into an --out folder that holds a trained model or an interrupted run, replacing it
           aug=True, # Count-preserving augmentation (`count_tfms`): True, False, or a dict of its arguments
          ):
     "Train a ResNet to count, export it and write reports to `out`; returns the `Learner` (`learn.interrupted` if stopped by a signal)"
     t0 = time.time()
-    args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume')}
+    args = {k:(str(v) if isinstance(v, Path) else v) for k,v in locals().items() if k not in ('t0','resume','overwrite')}
     state = resume_state(resume) if resume else None
     # what an older state lacks is filled by what it was then (OLDER), else by this call's settings
     if state: args,out = {**args, **OLDER, **state['args']},Path(resume)
     a = AttrDict(args)
     check_args(a)
-    if not (state or a.overwrite): check_unused(out) # a second run into one folder replaced the first one's model, minutes later
+    if not (state or overwrite): check_unused(out) # a second run into one folder replaced the first one's model, minutes later
     if a.data is not None: find_csv(a.data) # the user's own data is found now; the default set is made by one process, later
     from .fitting import run
     return run(a, out, state, args, t0)
