@@ -111,12 +111,14 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
-    counts,feats,errors,by_windows,sizes = np.full(len(items), np.nan),{},['']*len(items),{},{}
-    if tile is not None: # each image counted, and flagged, window by window
-        for j in progress(range(len(items)), show=show_progress and len(items)>1):
+    by_windows = {}
+    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, bs, flag, show_progress)
+    else: counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
+    for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
+        if tile is not None: # each image counted, and flagged, window by window
             try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, ids[j], flag)
             except FlowersError as e: errors[j] = str(e)
-    else: _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress, sizes)
+        elif not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j]) # its map picture
     df = pd.DataFrame({'image': names, 'count': counts})
     # the interval's guarantee is for whole images like the validation set: a total of windows, which can pass every training count, has none
     if level is not None: df['low'],df['high'] = cal.interval(counts, level) if tile is None else (np.nan, np.nan)
@@ -129,8 +131,9 @@ def predict_table(counter, # A `Counter`
     df['error'] = errors
     return df
 
-def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, show_progress, sizes):
-    "Count `items` whole, `bs` at a time, decoding the next batch meanwhile, into `counts` (`feats` with `flag`), `sizes` and `errors`; maps into `maps`"
+def _whole(counter, items, names, bs, flag, show_progress) -> tuple:
+    "`items` counted whole, `bs` at a time, decoding the next batch meanwhile: counts, features by index (with `flag`), errors, sizes by index"
+    counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
     with ThreadPoolExecutor(decode_threads()) as ex:
         decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
         ahead = decode(0) if len(items) else []
@@ -143,9 +146,7 @@ def _whole(counter, items, names, bs, counts, feats, errors, flag, maps, ids, sh
                 else: xs.append(x[0]); idx.append(j); sizes[j] = x[1]
             if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
             elif xs: counts[idx] = counter._forward(xs)
-    if maps:
-        for j in progress(range(len(items)), show=show_progress and len(items)>1):
-            if not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j])
+    return counts,feats,errors,sizes
 
 def map_name(j, # The image's number in the whole list
              name, # Its name
