@@ -8,7 +8,7 @@ from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
 
-__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_points']
+__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
 
 IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif')
 MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
@@ -223,27 +223,37 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df
 
+def read_heads(df, # A clean counts `DataFrame` from `read_counts`
+               fn_col='image', # Column holding image file names
+               label_col='count', # Column holding the counts
+              ) -> tuple:
+    "Head centres from `points.csv` beside the counts CSV, and where it has radii (`r`), a point on each head's rim: two Series of -1..1 coordinates per row of `df`, each None without"
+    f = Path(df.attrs['csv']).with_name('points.csv')
+    if not f.is_file(): return None,None
+    try: pts = pd.read_csv(f)
+    except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None,None
+    if not {'image','x','y'} <= set(pts.columns):
+        warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None,None
+    cols = ['x','y','r'] if 'r' in pts.columns else ['x','y']
+    pts[cols] = pts[cols].apply(pd.to_numeric, errors='coerce') # a word where a number should be: not finite, below
+    key = {f:name_key(relative_name(f, df.attrs['img_dir'])) for f in pts['image'].astype(str).unique()} # full paths, as its counts CSV may have
+    groups = {k:g[cols].to_numpy('float32') for k,g in pts.groupby(pts['image'].astype(str).map(key))}
+    empty = np.zeros((0,len(cols)), 'float32')
+    heads = [groups.get(name_key(fn), empty) for fn in df[fn_col]]
+    bad = [fn for fn,p,c in zip(df[fn_col], heads, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
+    if bad:
+        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts, or aren't numbers; training from the counts only")
+        return None,None
+    from .images import image_size
+    # a phone's portrait photo is saved on its side with an EXIF turn; annotation tools, and `open_image`, show it upright
+    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
+    def _series(xys): return pd.Series([xy*2/np.array(sz, 'float32') - 1 for xy,sz in zip(xys, sizes)], index=df.index, dtype=object)
+    # a point on the rim moves with the image as the centre does, so that flips, turns and resizing leave the radius right
+    return _series(p[:,:2] for p in heads),(_series(p[:,:2] + p[:,2:]*np.array([1,0], 'float32') for p in heads) if 'r' in cols else None)
+
 def read_points(df, # A clean counts `DataFrame` from `read_counts`
                 fn_col='image', # Column holding image file names
                 label_col='count', # Column holding the counts
                ):
     "Head centres from `points.csv` beside the counts CSV (`image,x,y` in pixels of the image as shown), as -1..1 coordinates per row of `df`; None without one"
-    f = Path(df.attrs['csv']).with_name('points.csv')
-    if not f.is_file(): return None
-    try: pts = pd.read_csv(f)
-    except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None
-    if not {'image','x','y'} <= set(pts.columns):
-        warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None
-    pts[['x','y']] = pts[['x','y']].apply(pd.to_numeric, errors='coerce') # a word where a number should be: not finite, below
-    key = {f:name_key(relative_name(f, df.attrs['img_dir'])) for f in pts['image'].astype(str).unique()} # full paths, as its counts CSV may have
-    groups = {k:g[['x','y']].to_numpy('float32') for k,g in pts.groupby(pts['image'].astype(str).map(key))}
-    empty = np.zeros((0,2), 'float32')
-    xy = [groups.get(name_key(fn), empty) for fn in df[fn_col]]
-    bad = [fn for fn,p,c in zip(df[fn_col], xy, df[label_col]) if len(p)!=c or not np.isfinite(p).all()]
-    if bad:
-        warnings.warn(f"{f}: the points of {len(bad)} images (e.g. {bad[0]}) don't match their counts, or aren't numbers; training from the counts only")
-        return None
-    from .images import image_size
-    # a phone's portrait photo is saved on its side with an EXIF turn; annotation tools, and `open_image`, show it upright
-    with ThreadPoolExecutor(decode_threads()) as ex: sizes = list(ex.map(image_size, [df.attrs['img_dir']/fn for fn in df[fn_col]]))
-    return pd.Series([p*2/np.array(sz, 'float32') - 1 for p,sz in zip(xy, sizes)], index=df.index, dtype=object)
+    return read_heads(df, fn_col, label_col)[0]

@@ -13,7 +13,7 @@ from .counts import * # here too, where code written before the split finds it
 from . import show # fastai's show_results and plot_top_losses for counts, wherever a counting `dls` is
 
 __all__ = ['FlowersDataError', 'IMG_EXTS', 'DATA_DIR', 'data_dir', 'read_counts', 'find_img_dir', 'CountDataLoaders', 'rotate_fit_mat', 'RotateFit', 'RandomBlur', 'RandomNoise',
-           'count_tfms', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
+           'count_tfms', 'read_heads', 'read_points', 'check_method', 'CachedDL', 'cache_fits', 'count_block', 'count_dls', 'default_data']
 
 DATA_DIR = Path(__file__).resolve().parents[1]/'data' # `data/` of a source checkout, which holds its README.md
 
@@ -85,16 +85,17 @@ def count_block(img_dir, # Folder the image names are relative to
                 seed=42, # Random seed for the split
                 valid_col=None, # Boolean column marking validation rows, instead of a random split
                 aug=True, # Apply `count_tfms` to training batches; a dict sets its arguments
-                points_col=None, # Column of head centres (-1..1, from `read_points`): (image, count, points) items
+                points_col=None, # Column of head centres (-1..1, from `read_heads`): (image, count, points) items
+                rims_col=None, # Column of a point on each head's rim (`read_heads`), with `points_col`: (image, count, points, rims) items
                ) -> DataBlock:
-    "A `DataBlock` from a counts `DataFrame` to (image, count) pairs, or (image, count, points) triples"
+    "A `DataBlock` from a counts `DataFrame` to (image, count) pairs, or (image, count, points) triples, or with rims too"
     check_method(method)
     # decoded at the size needed, as `Counter` does: train and predict see the same pixels
     blocks = [TransformBlock(type_tfms=OpenImage(size), batch_tfms=IntToFloatTensor), RegressionBlock(n_out=1)]
     getters = [ColReader(fn_col, pref=Path(img_dir)), ColReader(label_col)]
-    if points_col: # already in -1..1: Resize and the augmentation move them with the image
+    for col in filter(None, [points_col, points_col and rims_col]): # already in -1..1: Resize and the augmentation move them with the image
         blocks.append(TransformBlock(type_tfms=TensorPoint.create, item_tfms=PointScaler(do_scale=False)))
-        getters.append(ColReader(points_col))
+        getters.append(ColReader(col))
     return DataBlock(blocks=blocks, getters=getters, n_inp=1,
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
@@ -127,16 +128,17 @@ def count_dls(csv, # CSV file with one row per image, or a folder holding `count
               aug=True, # Count-preserving augmentation of training batches (`count_tfms`; a dict sets its arguments)
               num_workers=0, # Data-loading processes
               cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory
-              points=True, # Also read head centres from `points.csv` beside the CSV, if there is one (`read_points`)
+              points=True, # Also read head centres (and radii) from `points.csv` beside the CSV, if there is one (`read_heads`)
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:
-    "`DataLoaders` of (image, count) batches from a counts CSV, with each image's head centres when `points.csv` has them"
+    "`DataLoaders` of (image, count) batches from a counts CSV, with each image's head centres (and rims) when `points.csv` has them"
     df = read_counts(csv, img_dir, fn_col, label_col, drop_bad=drop_bad, verify=verify, size=size)
     valid_col = 'is_valid' if 'is_valid' in df.columns else None
-    pts = read_points(df, fn_col, label_col) if points else None
+    pts,rims = read_heads(df, fn_col, label_col) if points else (None,None)
     if pts is not None: df['_points'] = pts
-    dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct,
-                         seed=seed, valid_col=valid_col, aug=aug, points_col='_points' if pts is not None else None)
+    if rims is not None: df['_rims'] = rims
+    dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct, seed=seed, valid_col=valid_col,
+                         aug=aug, points_col='_points' if pts is not None else None, rims_col='_rims' if rims is not None else None)
     set_seed(seed) # the shuffling order, too, follows the seed
     bs = _fit_bs(bs, [len(o) for o in dblock.splitter(df)], df.attrs['csv'], valid_col) # the splitters are seeded: the same split again
     dsets = dblock.datasets(df)

@@ -4,7 +4,7 @@ from fastai.vision.all import *
 from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
 
-__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'pad_points',
+__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
@@ -77,14 +77,24 @@ def point_targets(pts, # (bs, n, 2) head centres in fastai's -1..1 coordinates; 
     out.index_add_(0, (b*h*w + yi*w + xi)[inside], pts.new_ones(xi.shape)[inside])
     return out.view(bs, 1, h, w)
 
-def pad_points(samples, # (image, count, points) items
+def extent_targets(pts, # (bs, n, 2) head centres in fastai's -1..1 coordinates; padding lies outside
+                   rims, # (bs, n, 2) a point on each head's rim, moved with the image as its centre was; padding there too
+                   h, w, # Size of the map
+                  ) -> Tensor:
+    "Which map cells lie on a head: (bs, 1, h, w), True where a cell's centre is nearer a head's centre than its radius"
+    r = (rims - pts).norm(dim=-1)
+    ys,xs = torch.meshgrid((torch.arange(h, device=pts.device)+.5)*2/h - 1, (torch.arange(w, device=pts.device)+.5)*2/w - 1, indexing='ij')
+    cells = torch.stack([xs, ys], -1).view(1, 1, h*w, 2)
+    return ((cells - pts[:, :, None]).norm(dim=-1) < r[..., None]).any(1).view(-1, 1, h, w)
+
+def pad_points(samples, # (image, count, points) items, or (image, count, points, rims)
                pad=-10., # Where padding points go: outside the image, also after rotation and zoom
               ) -> list:
-    "Pad every item's points to the batch's largest number, so that they collate"
+    "Pad every item's points (and rims) to the batch's largest number, so that they collate"
     if not samples or len(samples[0])<3: return samples # images to count (`test_dl`, `predict`) have no points
-    n = max(1, max(len(s[-1]) for s in samples))
+    n = max(1, max(len(s[2]) for s in samples))
     def _pad(p): return torch.cat([p, p.new_full((n-len(p), 2), pad)]) if len(p)<n else p
-    return [(*s[:-1], TensorPoint(_pad(s[-1].reshape(-1, 2)), **s[-1].__dict__)) for s in samples]
+    return [(*s[:2], *(TensorPoint(_pad(p.reshape(-1, 2)), **p.__dict__) for p in s[2:])) for s in samples]
 
 def map_deviance(pred, # Predicted counts per cell, non-negative
                  targ, # Taught counts per cell (`point_targets`)
@@ -96,18 +106,24 @@ def map_deviance(pred, # Predicted counts per cell, non-negative
     return nll(pred, targ) - nll(targ, targ)
 
 class PointSupervision(Callback):
-    "Where the data know each head's centre: the map is also taught to put each head's count there, and only there"
+    "Where the data know each head's centre: the map is also taught to put each head's count there, and only there; and with radii, which cells lie on a head"
     order = -5 # before the loss, after `DDPTrainer` has wrapped the model
-    def __init__(self, count_weight=.1): # Share of the count's loss beside the map's, which teaches more per image
-        self.count_weight,self.hook,self.pts = count_weight,None,None
+    def __init__(self, count_weight=.1, # Share of the count's loss beside the map's, which teaches more per image
+                 extent_weight=.1, # Share of the extent's loss (which cells lie on a head), where the data have radii
+                ):
+        self.count_weight,self.extent_weight = count_weight,extent_weight
+        self.hook = self.feat = self.pts = self.rims = self.extent = self.xopt = None
 
     def before_fit(self):
         m = getattr(self.learn.model, 'module', self.learn.model) # unwrapped from DistributedDataParallel
         self.hook = hook_output(m[1].density, detach=False)
+        self.feat = hook_output(m[1].density[-3], detach=False) # what the map's last layer sees
 
     def after_fit(self):
-        if self.hook is not None: self.hook.remove()
-        self.hook = None
+        for h in (self.hook, self.feat):
+            if h is not None: h.remove()
+        # the extent layer teaches the features and goes: the network, its export and the safe format stay as without it
+        self.hook = self.feat = self.extent = self.xopt = None
         # between fits the data decode (image, count), as `learn.predict` and `get_preds` need straight after `fit`
         drop_points(self.learn.dls)
 
@@ -115,16 +131,34 @@ class PointSupervision(Callback):
 
     def before_batch(self):
         # the points are for this callback only: the loss and the metrics see (image, count) as without them
-        self.pts = self.yb[1] if len(self.yb)>1 else None
+        self.pts,self.rims = (list(self.yb[1:]) + [None, None])[:2]
         if self.pts is not None: self.learn.yb = self.yb[:1]
 
     def after_loss(self):
         if not self.training or self.pts is None or self.hook is None: return
         d = self.hook.stored
-        t = point_targets(self.pts.as_subclass(Tensor).float(), *d.shape[-2:])
+        pts = self.pts.as_subclass(Tensor).float()
+        t = point_targets(pts, *d.shape[-2:])
         err = map_deviance(d, t).sum((1,2,3)).mean()
+        # dense labels, every cell of every image: a clump of coloured leaves is ground all over, not only away from the heads' centres
+        if self.rims is not None and self.extent_weight: err = err + self.extent_weight*self._extent_loss(pts, t)
         self.learn.loss_grad = self.count_weight*self.loss_grad + err
         self.learn.loss = self.loss_grad.clone()
+
+    def _extent_loss(self, pts, t):
+        "Cross-entropy of a 1x1 layer over the map's features saying which cells lie on a head (a head smaller than a cell: its own)"
+        f = self.feat.stored.float()
+        if self.extent is None: # the callback's own: not in the network, so not in its export either
+            self.extent = nn.Conv2d(f.shape[1], 1, 1).to(f.device)
+            self.xopt = Adam(list(self.extent.parameters()), lr=float(self.opt.hypers[-1]['lr']))
+        on = extent_targets(pts, self.rims.as_subclass(Tensor).float(), *t.shape[-2:]) | (t > 0)
+        return F.binary_cross_entropy_with_logits(self.extent(f), on.float(), reduction='none').sum((1,2,3)).mean()
+
+    def after_step(self):
+        if self.xopt is None: return
+        for k in ('lr','mom','wd'): # the head's, as the schedule moves them
+            if k in self.opt.hypers[-1]: self.xopt.set_hyper(k, float(self.opt.hypers[-1][k]))
+        self.xopt.step(); self.xopt.zero_grad()
 
 def _loaders(dls):
     "`dls`' own loaders, also while `DDPTrainer` has wrapped them for a fit"

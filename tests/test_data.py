@@ -117,10 +117,12 @@ def test_batch_shapes(flower_data, aug):
     dls = count_dls(flower_data[1], size=32, bs=8, aug=aug)
     x,y = dls.one_batch() # (image, count), as any fastai learner takes them
     assert y.shape==(8,)
-    x,y,pts = restore_points(dls).one_batch() # as `PointSupervision` shows them: each head's centre rides along, augmented with the image
+    x,y,pts,rims = restore_points(dls).one_batch() # as `PointSupervision` shows them: each head's centre and rim ride along, augmented with the image
     assert x.shape==(8,3,32,32) and x.dtype==torch.float32
     assert y.shape==(8,) and y.dtype==torch.float32
     assert ((pts.abs()<=1).all(-1).sum(1).float()==y).all() # every head inside the frame, the padding outside
+    r = (rims-pts).norm(dim=-1)[pts.abs().le(1).all(-1)]
+    assert rims.shape==pts.shape and (r > .02).all() and (r < .5).all() # the generator's radii, 2-15% of a field's side, as -1..1 lengths
     x,y = count_dls(flower_data[1], size=32, bs=8, points=False).one_batch()
     assert y.shape==(8,)
 
@@ -138,6 +140,24 @@ def test_points_that_cannot_be_used_are_said_and_left_out(flower_data, tmp_path,
     df = read_counts(tmp_path/'d'/'counts.csv')
     if says is None: assert read_points(df) is not None; return
     with pytest.warns(UserWarning, match=says): assert read_points(df) is None
+
+def test_radii_ride_along_as_rims(flower_data, tmp_path):
+    "points.csv's radii become a point on each head's rim, scaled as the centre is; without radii there are centres only"
+    from PIL import Image
+    from flowers.density import restore_points
+    df = read_counts(flower_data[1])
+    pts,rims = read_heads(df)
+    src = pd.read_csv(flower_data[0]/'points.csv')
+    i = int(np.argmax(df['count']))
+    w,h = Image.open(flower_data[0]/'images'/df['image'][i]).size
+    mine = src[src.image==df['image'][i]]
+    assert np.allclose((rims[i]-pts[i])[:,0], mine['r']*2/w, atol=1e-5) and (rims[i]-pts[i])[:,1].max()==0
+    shutil.copytree(flower_data[0], tmp_path/'d')
+    src.drop(columns='r').to_csv(tmp_path/'d'/'points.csv', index=False)
+    pts2,rims2 = read_heads(read_counts(tmp_path/'d'/'counts.csv'))
+    assert rims2 is None and np.allclose(pts2[i], pts[i])
+    x,y,p = restore_points(count_dls(tmp_path/'d'/'counts.csv', size=32, bs=8)).one_batch()
+    assert p.shape[-1]==2
 
 def test_points_of_a_turned_photo_are_read_as_it_is_shown(flower_data, tmp_path):
     "A portrait phone photo is saved on its side with EXIF orientation 6; annotation tools, and `open_image`, show it upright"

@@ -3,7 +3,7 @@ import io, json, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as 
 from PIL import Image
 from flowers.predict import load_counter
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, map_deviance, point_targets, shifts, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -64,6 +64,15 @@ def test_point_targets_count_each_head_in_its_cell():
     t = point_targets(pts, 4, 8)
     assert t.shape==(2, 1, 4, 8) and t.sum((1,2,3)).tolist()==[3., 1.]
     assert t[0,0,0,0]==1 and t[0,0,2,5]==2 and t[1,0,1,7]==1
+
+def test_extent_targets_mark_the_cells_on_a_head():
+    "A cell lies on a head when its centre is within the head's radius; padding marks nothing"
+    pts = torch.tensor([[[0., 0.], [-10., -10.]]])
+    rims = torch.tensor([[[.5, 0.], [-10., -10.]]]) # radius 0.5: a quarter of the side
+    on = extent_targets(pts, rims, 8, 8)[0, 0]
+    assert on.shape==(8, 8) and on[3:5, 3:5].all() and not on[0].any() and not on[:, 0].any()
+    assert on.sum()==12 # cell centres at ±0.125, ±0.375 within 0.5 of the middle: 4 + 8
+    assert not extent_targets(pts[:, 1:], rims[:, 1:], 8, 8).any()
 
 def test_predict_after_fit_and_points_again(flower_data):
     "fastai's own flow: `learn.predict` right after `fit` (the data held head positions), and a later fit is taught them again"
