@@ -83,14 +83,20 @@ def test_predict_after_fit_and_points_again(flower_data):
     from flowers.predict import Counter
     class Taught(Callback):
         order = PointSupervision.order+1
-        def before_fit(self): self.seen = []
+        def before_fit(self): self.seen,self.extent = [],[]
         def before_batch(self):
             if self.training: self.seen.append(first(self.learn.cbs.filter(risinstance(PointSupervision))).pts is not None)
+        def after_step(self): # the extent layer, taught from the radii, is the callback's own and learns
+            ps = first(self.learn.cbs.filter(risinstance(PointSupervision)))
+            self.extent.append(ps.extent.weight.detach().clone())
     learn = count_learner(count_dls(flower_data[1], size=32, bs=8, num_workers=0), pretrained=False)
     taught,img = Taught(),flower_data[0]/'images'/'00003.jpg'
     for _ in range(2):
         with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=taught)
         assert taught.seen and all(taught.seen)
+        assert len(taught.extent) > 1 and not torch.equal(taught.extent[0], taught.extent[-1])
+        ps = first(learn.cbs.filter(risinstance(PointSupervision)))
+        assert ps.extent is None and ps.xopt is None and not any('extent' in k for k in learn.model.state_dict()) # gone with the fit
         count = float(learn.predict(img)[0][0])
         assert count == pytest.approx(Counter.from_learner(learn, precision='fp32').predict(img), rel=1e-3, abs=1e-3)
 
