@@ -57,6 +57,10 @@ def _check_cols(df, csv, fn_col, label_col):
     raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
                            f"Rename the columns or pass --fn-col/--label-col (fn_col=/label_col=).")
 
+def _is_full(fn) -> bool:
+    "Is image name `fn` a full path (a glob's output), not one relative to an image folder?"
+    return isinstance(fn, str) and fn.startswith('/')
+
 def _resolved(fn) -> Path:
     "Absolute image path `fn` with its folders' links resolved, as `find_img_dir`'s folder is, but not the file's own"
     p = Path(fn)
@@ -67,7 +71,7 @@ def find_img_dir(csv, fnames, img_dir=None):
     "Folder the image names in `csv` are relative to: `img_dir`, else `images/` beside the CSV if the files are there, else the CSV's folder; for absolute names only, the folder they share"
     if img_dir is not None: return Path(img_dir).resolve()
     fnames = list(fnames)
-    if fnames and all(isinstance(f, str) and f.startswith('/') for f in fnames): # a CSV written from a glob of full paths
+    if fnames and all(map(_is_full, fnames)): # a CSV written from a glob of full paths
         return Path(os.path.commonpath([_resolved(f).parent for f in set(fnames)]))
     root = Path(csv).resolve().parent
     sub = root/'images'
@@ -123,7 +127,7 @@ def relative_name(fn, # Image name as a CSV gives it
                   img_dir, # Folder the names are relative to (resolved, as `find_img_dir` gives it)
                  ) -> str:
     "An absolute `fn` inside `img_dir` as the name relative to it; any other `fn` as it is"
-    if not (isinstance(fn, str) and fn.startswith('/')) or '\0' in fn: return fn
+    if not _is_full(fn) or '\0' in fn: return fn
     try: return _resolved(fn).relative_to(img_dir).as_posix()
     except (ValueError, OSError): return fn
 

@@ -216,6 +216,17 @@ def test_a_second_run_into_a_trained_models_folder_is_refused_unless_overwrite(f
     assert r.returncode==0, r.stderr
     assert json.loads((out/'metrics.json').read_text())['seed']==3 and (out/'export.pkl').read_bytes()!=saved['export.pkl']
 
+def test_the_cli_trains_on_a_csv_of_full_paths(flower_data, tmp_path):
+    "A glob's CSV of full paths, kept apart from the photos: trained through the command line as one of names is"
+    df = pd.read_csv(flower_data[1])
+    df['image'] = [str(flower_data[0]/'images'/f) for f in df['image']]
+    (tmp_path/'mine').mkdir()
+    df[['image','count']].to_csv(tmp_path/'mine'/'full.csv', index=False)
+    r = subprocess.run(_train_cmd(tmp_path/'mine'/'full.csv', tmp_path/'run', '--epochs', '1'), capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    valid = set(pd.read_csv(tmp_path/'run'/'predictions.csv')['image'])
+    assert valid and valid <= {Path(f).name for f in df['image']} # named relative to the folder they share, images/
+
 def test_drop_bad_trains_on_the_rest_and_records_them(flower_data, tmp_path):
     data = tmp_path/'data'
     shutil.copytree(flower_data[0], data)
