@@ -8,9 +8,11 @@ from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
 
-__all__ = ['IMG_EXTS', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
+__all__ = ['IMG_EXTS', 'OTHER_PICTURES', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
 
-IMG_EXTS = ('.jpg','.jpeg','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif')
+IMG_EXTS = ('.jpg','.jpeg','.jfif','.jpe','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif') # .jfif: JPEGs saved by browsers on Windows
+# pictures flowers does not read (animations, drawings, camera raws): named when a folder holds them, not passed over unsaid
+OTHER_PICTURES = ('.gif','.svg','.ico','.psd','.jp2','.jxl','.dng','.cr2','.cr3','.nef','.arw','.orf','.rw2','.raf')
 MAX_COUNT = 1_000_000 # counts beyond this are typos, and squared in the loss they overflow float32
 _TRUE,_FALSE = {'1','true','yes','y','t','valid'},{'0','false','no','n','f','train',''}
 

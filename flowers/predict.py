@@ -5,7 +5,7 @@ from pathlib import Path
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors
 from .settings import MIN_SIZE, check_folder, model_file, decode_threads
-from .counts import IMG_EXTS, _read_csv, decimal_points, find_img_dir, match_names
+from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
@@ -34,13 +34,15 @@ def take_shard(items:list, # Images in a stable order (as `find_images` gives th
     if n is None or not 0 <= k < n: raise FlowersError(f"--shard {shard}: must be K/N with 0 <= K < N, e.g. 0/4 .. 3/4 for four jobs")
     return items[k::n]
 
-def image_files(folder) -> list:
-    "Image files under `folder`, sorted; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`)"
-    found = []
+def image_files(folder) -> tuple:
+    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`)"
+    found,other = [],[]
     for root,dirs,files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith('.')]
-        found += [Path(root)/f for f in files if not f.startswith('.') and Path(f).suffix.lower() in IMG_EXTS]
-    return sorted(p for p in found if p.is_file())
+        files = [Path(root)/f for f in files if not f.startswith('.')]
+        found += [p for p in files if p.suffix.lower() in IMG_EXTS]
+        other += [p for p in files if p.suffix.lower() in OTHER_PICTURES]
+    return sorted(p for p in found if p.is_file()),sorted(other)
 
 def _is_csv(inp): return inp.suffix.lower()=='.csv' and inp.is_file()
 
@@ -58,12 +60,14 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
 
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
-    items,errors = [],[]
+    items,errors,other = [],[],[]
     for inp in map(Path, inputs):
-        if inp.is_dir(): items += image_files(inp)
+        if inp.is_dir(): items,other = (a+b for a,b in zip((items,other), image_files(inp)))
         elif _is_csv(inp): items += csv_images(inp)[0]
         elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
+    if other: warnings.warn(f"left out {len(other)} picture(s) of a format flowers does not read ({', '.join(map(str, other[:3]))}{', ...' if len(other)>3 else ''}): "
+                            "save them as JPEG or PNG to count them")
     return items,errors
 
 def true_counts(inputs, # What `find_images` was given

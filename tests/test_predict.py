@@ -1,4 +1,5 @@
 import json, pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
+from pathlib import Path
 from PIL import Image
 from flowers.errors import FlowersError
 from flowers.predict import load_counter, predict_table
@@ -102,6 +103,18 @@ def test_cli_folder_with_corrupt_jpeg(trained, flower_data, tmp_path):
     good = df[df['error']=='']
     c = load_counter(trained)
     assert np.allclose(good['count'].astype(float), [c.predict(p) for p in good['image']], atol=1e-4)
+
+def test_cli_counts_jfif_and_names_the_pictures_it_leaves_out(trained, flower_data, tmp_path):
+    "Browsers on Windows save JPEGs as .jfif: counted; a GIF beside them is left out, and said so, not passed over"
+    src = flower_data[0]/'images'/'00000.jpg'
+    shutil.copy(src, tmp_path/'plot1.jfif'); shutil.copy(src, tmp_path/'plot2.jpg')
+    Image.open(src).save(tmp_path/'plot3.gif')
+    r = run_predict(trained, tmp_path, '--out', tmp_path/'preds.csv')
+    assert r.returncode==0, r.stderr
+    df = pd.read_csv(tmp_path/'preds.csv', keep_default_na=False)
+    assert sorted(Path(f).name for f in df['image'])==['plot1.jfif','plot2.jpg'] and (df['error']=='').all()
+    assert df['count'].nunique()==1 # the same picture
+    assert 'left out 1 picture(s)' in r.stderr and 'plot3.gif' in r.stderr
 
 def test_cli_prints_table_from_csv(trained, flower_data):
     "A CSV with counts: each true count beside the predicted one, and how far they were"
