@@ -69,7 +69,10 @@ def _open(src, name, size=None):
     "A decoded PIL image from a path, bytes or file object (a JPEG at no less than twice `size`); refuses non-raster formats"
     if isinstance(src, (str, Path)):
         p = Path(src)
-        if not p.exists(): raise FlowersDataError(f"{name}: image file not found")
+        if not p.exists():
+            if str(src).lower().startswith(('http://','https://')): raise FlowersDataError(f"{name}: a web address; flowers counts files, so download the image first")
+            if str(src).startswith('~'): raise FlowersDataError(f"{name}: image file not found ('~' is not your home folder here: write the path out, or use Path(...).expanduser())")
+            raise FlowersDataError(f"{name}: image file not found")
         if not p.is_file(): raise FlowersDataError(f"{name}: not a regular file (a folder, pipe or device); give an image file")
         if p.stat().st_size==0: raise FlowersDataError(f"{name}: empty file (0 bytes)")
     elif isinstance(src, (bytes, bytearray, memoryview)):

@@ -87,6 +87,12 @@ def test_bytes_and_arrays(corpus):
     with pytest.raises(FlowersDataError, match='empty image data'): open_image(b'')
     assert np.asarray(open_image(np.full((10,10), 65535, np.uint16))).max()==255
 
+def test_web_addresses_and_home_folders_are_named_for_what_they_are():
+    "A REPL user passes a photo's URL, or a path with '~': the message says why neither is a file here"
+    with pytest.raises(FlowersDataError, match='a web address; .* download the image first'): open_image('https://example.org/plot7.jpg')
+    with pytest.raises(FlowersDataError, match="'~' is not your home folder"): open_image('~/no-such-flowers-photo.jpg')
+    with pytest.raises(FlowersDataError, match='image file not found$'): open_image('no-such-flowers-photo.jpg')
+
 def test_preflight_lists_every_bad_image(corpus):
     rows = [f'{n},1' for n in list(BAD)+list(GOOD)]
     (corpus/'counts.csv').write_text('image,count\n' + '\n'.join(rows) + '\n')
