@@ -334,6 +334,12 @@ def test_cache_filled_before_workers(flower_data):
 def test_cache_only_when_it_fits():
     assert cache_fits(2000, 64) and not cache_fits(10**9, 224)
 
+def test_more_workers_than_cores_are_capped_with_a_warning(flower_data):
+    "Each epoch starts every worker anew: --workers 500 on 2 cores took 39 s an epoch of 240 images"
+    from fastai.vision.all import num_cpus
+    with pytest.warns(UserWarning, match=f'this machine has {num_cpus()} cores'): dls = count_dls(flower_data[1], size=32, bs=4, num_workers=num_cpus()+3)
+    assert dls.train.fake_l.num_workers==dls.valid.fake_l.num_workers==num_cpus()
+
 @pytest.mark.parametrize('head', ['map', 'pool'])
 def test_show_results_and_top_losses(flower_data, head):
     "fastai's own `learn.show_results()` and `plot_top_losses` (fastai's image method for them fails under plum)"
