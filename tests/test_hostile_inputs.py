@@ -142,6 +142,8 @@ def test_predict_out_checked_before_counting(trained, flower_data, tmp_path):
     r = run_predict(trained, flower_data[1], '--out', tmp_path)
     assert r.returncode==2 and 'is a folder' in r.stderr and 'Traceback' not in r.stderr and 'Wrote' not in r.stdout
     with pytest.raises(FlowersError, match='does not exist; create it first'): check_csv_out(tmp_path/'missing'/'out.csv')
+    with pytest.raises(FlowersError, match=r'written as CSV.*name it .*counts\.csv$'): check_csv_out(tmp_path/'counts.xlsx')
+    assert check_csv_out(tmp_path/'counts.CSV')==tmp_path/'counts.CSV' and check_csv_out(tmp_path/'counts')==tmp_path/'counts'
 
 def test_predict_never_writes_over_its_inputs(trained, flower_data, tmp_path):
     "`--out` naming the CSV being counted (with the user's true counts) or one of the photos is refused, and the file is as it was"
