@@ -1,13 +1,16 @@
-"""Will a training run fit in memory? Checked before the first step: on a CPU the kernel kills a run that doesn't, without a word."""
-import torch
+"""Will a training run, or a batch of counting, fit in memory? On a CPU the kernel kills a process that doesn't, without a word."""
+import warnings, torch
 from .errors import FlowersError
 
-__all__ = ['activation_bytes', 'free_memory', 'check_memory']
+__all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'fit_bs']
 
 # What a training step keeps for the backward pass, as a share of every layer's fp32 output, at the least: measured
 # here in fp32 at 1.0 (resnet18 map, 256 px), in bf16 at 0.28-0.49 (resnet18 map and resnet50 pool, 512 and 1024 px,
 # whole runs); lower bounds, so that the check refuses only runs that cannot fit
 KEPT = dict(fp32=.75, bf16=.25, fp16=.25)
+# What counting a batch holds at its peak, as a share of every layer's fp32 output: measured 0.25-0.29 (resnet18 map, 80 px,
+# batches of 256 and 1024, fp32 and bf16); an upper bound, so that only batches that may not fit are made smaller
+PEAK = .35
 
 def activation_bytes(arch, # torchvision ResNet name
                      head, # 'map' or 'pool'
@@ -47,3 +50,26 @@ def check_memory(a, # The checked settings of `flowers.train.train`, with the sc
     if need <= free: return
     raise FlowersError(f"--size {a.size} with --bs {a.bs}: one training step would need at least {need/2**30:.1f} GB, and this machine has "
                        f"{free/2**30:.1f} GB free. Lower --size or --bs (the memory grows with bs x size²; {a.size//2} px needs a quarter)")
+
+def layer_bytes(model, # A network in eval mode
+                size, # Its input is size x size
+               ) -> float:
+    "fp32 bytes of every layer's output for one image of `size` through `model` (one real forward: about 10 ms at 80 px)"
+    total,p = [0],next(model.parameters())
+    def _add(mod, inp, out): total[0] += sum(o.numel() for o in (out if isinstance(out, (tuple,list)) else [out]) if torch.is_tensor(o))
+    hooks = [m.register_forward_hook(_add) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode(): model(p.new_zeros(1, 3, size, size))
+    finally:
+        for h in hooks: h.remove()
+    return total[0]*4.
+
+def fit_bs(bs, # Images a batch would count
+           per_image, # `layer_bytes` of one image
+           free, # Bytes free (`free_memory`), or None where unknown
+          ) -> int:
+    "`bs`, or the most images whose counting fits in half of `free`, with a warning"
+    if free is None or bs*per_image*PEAK <= free/2: return bs
+    most = max(1, int(free/2/(per_image*PEAK)))
+    warnings.warn(f"--bs {bs}: counting that many at once would need about {bs*per_image*PEAK/2**30:.1f} GB, and {free/2**30:.1f} GB is free; counting {most} at a time")
+    return most

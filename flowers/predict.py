@@ -118,7 +118,7 @@ def predict_table(counter, # A `Counter`
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
     by_windows = {}
-    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, bs, flag, show_progress)
+    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, counter.fit_bs(max(1, min(bs, len(items)))), flag, show_progress)
     else: counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
     for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
         if tile is not None: # each image counted, and flagged, window by window

@@ -133,6 +133,43 @@ def test_predict_bad_bs_exits_2(trained, flower_data):
     r = run_predict(trained, flower_data[1], '--bs', '-1')
     assert r.returncode==2 and '--bs -1: must be a whole number of at least 1' in r.stderr and 'Traceback' not in r.stderr
 
+COUNT = """
+import re, sys, torch
+from torchvision.models import resnet18
+def peak(): return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])*1024
+from flowers.density import count_model
+from flowers.counter import Counter
+from flowers.memory import layer_bytes
+c = Counter(count_model(resnet18), 80, precision=sys.argv[1])
+xs = [torch.randint(0, 256, (3, 80, 80), dtype=torch.uint8) for _ in range(512)]
+before = peak()
+c._forward(xs, feats=True) # as `predict_table` counts a batch
+print(peak() - before, layer_bytes(c.model, 80))
+"""
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_batch_memory_estimate_bounds_real_counting(precision):
+    "What `fit_bs` counts for a batch is at least what counting it takes: it never makes a batch smaller that would fit"
+    import subprocess, sys
+    from flowers.memory import PEAK
+    from flowers.precision import auto_precision
+    if precision=='bf16' and auto_precision(torch.device('cpu'))!='bf16': pytest.skip('this CPU has no native bf16') # counted in fp32 there
+    r = subprocess.run([sys.executable, '-c', COUNT, precision], capture_output=True, text=True, timeout=300)
+    assert r.returncode==0, r.stderr
+    grew,per = map(float, r.stdout.split()[-2:])
+    assert 0 < grew <= per*PEAK*512, (grew, per*512)
+
+def test_a_batch_too_large_for_memory_is_made_smaller(counter, flower_data):
+    "`--bs 1000000` would ask for over 1 TB at 80 px, and the kernel kills a process out of memory without a word: it counts what fits, and says so"
+    from flowers.memory import fit_bs
+    per = 1e6
+    assert fit_bs(64, per, None)==64 and fit_bs(64, per, 1e12)==64
+    with pytest.warns(UserWarning, match=r'--bs 1000: counting that many at once would need about .* counting 100 at a time'): assert fit_bs(1000, per, 100*per*2*.35)==100
+    assert counter.fit_bs(64)==64
+    with pytest.warns(UserWarning, match=r'--bs 1000000000000: .* GB is free; counting \d+ at a time'): assert 1 <= counter.fit_bs(10**12) < 10**12
+    items = sorted((flower_data[0]/'images').glob('*.jpg'))[:6]
+    assert np.allclose(predict_table(counter, items, bs=10**12)['count'], counter.predict_batch(items, bs=2), atol=1e-4) # a batch of all 6
+
 @pytest.mark.parametrize('bs', [0, -1])
 def test_predict_batch_bad_bs(counter, flower_data, bs):
     with pytest.raises(FlowersError, match=f'--bs {bs}: must be a whole number'): counter.predict_batch([flower_data[0]/'images'/'00000.jpg'], bs=bs)
