@@ -23,12 +23,7 @@ def activation_bytes(arch, # torchvision ResNet name
     from .density import count_model
     with torch.device('meta'):
         m = count_model(get_arch(arch), head, stride, context if head=='map' else 0, **(dict(y_range=(0,1)) if head=='pool' else {})).train()
-    total = [0]
-    def _add(mod, inp, out): total[0] += sum(o.numel() for o in (out if isinstance(out, (tuple,list)) else [out]) if torch.is_tensor(o))
-    for mod in m.modules():
-        if not list(mod.children()): mod.register_forward_hook(_add)
-    with torch.no_grad(): m(torch.empty(2, 3, size, size, device='meta')) # 2: batch norm after pooling wants more than one
-    return total[0]*4/2, sum(p.numel() for p in m.parameters())
+    return layer_bytes(m, size, n=2), sum(p.numel() for p in m.parameters()) # 2: batch norm after pooling wants more than one
 
 def free_memory(device) -> float|None:
     "Bytes `device` can still give: the GPU's free memory, or the kernel's MemAvailable; None where unknown"
@@ -51,18 +46,19 @@ def check_memory(a, # The checked settings of `flowers.train.train`, with the sc
     raise FlowersError(f"--size {a.size} with --bs {a.bs}: one training step would need at least {need/2**30:.1f} GB, and this machine has "
                        f"{free/2**30:.1f} GB free. Lower --size or --bs (the memory grows with bs x size²; {a.size//2} px needs a quarter)")
 
-def layer_bytes(model, # A network in eval mode
+def layer_bytes(model, # A network, on PyTorch's meta device (no memory, no arithmetic) or a real one (a forward pass: about 10 ms at 80 px)
                 size, # Its input is size x size
+                n=1, # Images to pass at once
                ) -> float:
-    "fp32 bytes of every layer's output for one image of `size` through `model` (one real forward: about 10 ms at 80 px)"
+    "fp32 bytes of every layer's output for one image of `size` through `model`"
     total,p = [0],next(model.parameters())
     def _add(mod, inp, out): total[0] += sum(o.numel() for o in (out if isinstance(out, (tuple,list)) else [out]) if torch.is_tensor(o))
     hooks = [m.register_forward_hook(_add) for m in model.modules() if not list(m.children())]
     try:
-        with torch.inference_mode(): model(p.new_zeros(1, 3, size, size))
+        with torch.no_grad(): model(p.new_zeros(n, 3, size, size))
     finally:
         for h in hooks: h.remove()
-    return total[0]*4.
+    return total[0]*4/n
 
 def fit_bs(bs, # Images a batch would count
            per_image, # `layer_bytes` of one image
