@@ -64,7 +64,9 @@ def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
     items,errors,other = [],[],[]
     for inp in map(Path, inputs):
-        if inp.is_dir(): items,other = (a+b for a,b in zip((items,other), image_files(inp)))
+        if inp.is_dir():
+            found,unread = image_files(inp)
+            items += found; other += unread
         elif _is_csv(inp): items += csv_images(inp)[0]
         elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
