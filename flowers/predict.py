@@ -36,10 +36,16 @@ def take_shard(items:list, # Images in a stable order (as `find_images` gives th
     if n is None or not 0 <= k < n: raise FlowersError(f"--shard {shard}: must be K/N with 0 <= K < N, e.g. 0/4 .. 3/4 for four jobs")
     return items[k::n]
 
+# left in a --maps folder: a later run given the folder of photos around it once counted its map pictures as photos too
+MAPS_MARK = '.flowers-maps'
+
 def image_files(folder) -> tuple:
-    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`)"
+    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`), and `--maps` folders"
     found,other = [],[]
     for root,dirs,files in os.walk(folder):
+        if MAPS_MARK in files:
+            warnings.warn(f"left out {root}: the count-map pictures of an earlier run (--maps), not photos")
+            dirs[:] = []; continue
         dirs[:] = [d for d in dirs if not d.startswith('.')]
         files = [Path(root)/f for f in files if not f.startswith('.')]
         found += [p for p in files if p.suffix.lower() in IMG_EXTS]
@@ -120,6 +126,7 @@ def predict_table(counter, # A `Counter`
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
     by_windows = {}
+    if maps: check_folder(maps, '--maps'); (Path(maps)/MAPS_MARK).touch()
     if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, counter.fit_bs(max(1, min(bs, len(items)))), flag, show_progress)
     else: counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
     for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
