@@ -1,10 +1,10 @@
 """Counting many images: `predict_table`, and `python -m flowers.predict`."""
-import os, sys, warnings, numpy as np, pandas as pd
+import os, re, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors
-from .settings import MIN_SIZE, check_folder, model_file, decode_threads
+from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
 from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
@@ -39,15 +39,22 @@ def take_shard(items:list, # Images in a stable order (as `find_images` gives th
 # left in a --maps folder: a later run given the folder of photos around it once counted its map pictures as photos too
 MAPS_MARK = '.flowers-maps'
 
+def _not_photos(root, files) -> tuple:
+    "The pictures among `files` of folder `root` that flowers wrote (a run's plots, `--maps` pictures), and what they are"
+    if MAPS_MARK in files: return {f for f in files if re.fullmatch(r'\d{5,}-.*\.png', f)},'count-map pictures of an earlier run (--maps)'
+    run = STATE in files and CHECKPOINT in files
+    if not run and 'model.json' in files:
+        with open(Path(root)/'model.json', 'rb') as f: run = FORMAT.encode() in f.read(200)
+    return (set(RUN_PLOTS) & set(files),"a training run's plots") if run else (set(),'')
+
 def image_files(folder) -> tuple:
-    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`), and `--maps` folders"
+    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`), and the pictures flowers wrote"
     found,other = [],[]
     for root,dirs,files in os.walk(folder):
-        if MAPS_MARK in files:
-            warnings.warn(f"left out {root}: the count-map pictures of an earlier run (--maps), not photos")
-            dirs[:] = []; continue
         dirs[:] = [d for d in dirs if not d.startswith('.')]
-        files = [Path(root)/f for f in files if not f.startswith('.')]
+        ours,what = _not_photos(root, files)
+        if ours: warnings.warn(f"left out {len(ours)} picture(s) in {root}: {what}, not photos")
+        files = [Path(root)/f for f in files if not f.startswith('.') and f not in ours]
         found += [p for p in files if p.suffix.lower() in IMG_EXTS]
         other += [p for p in files if p.suffix.lower() in OTHER_PICTURES]
     return sorted(p for p in found if p.is_file()),sorted(other)

@@ -4,7 +4,7 @@ from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError
-from .settings import MAX_CONTEXT, model_file
+from .settings import MAX_CONTEXT, FORMAT, model_file
 from .learner import ARCHS, get_arch
 from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context
 from .calibrate import Calibration
@@ -12,7 +12,6 @@ from .atomic import atomic_path, atomic_text
 
 __all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_safe', 'load_safe']
 
-FORMAT = 'flowers-count-model/1'
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 

@@ -71,7 +71,7 @@ def test_shards_write_their_map_pictures_side_by_side(trained, flower_data, tmp_
     for k in (0, 1): # each job's first image
         r = run_predict(trained, tmp_path/'day1', tmp_path/'day2', '--shard', f'{k}/2', '--maps', tmp_path/'maps')
         assert r.returncode==0, r.stderr
-    assert sorted(p.name for p in (tmp_path/'maps').iterdir())==['00000-IMG_0001.png', '00001-IMG_0001.png'] # numbered as in the whole list
+    assert sorted((tmp_path/'maps').glob('*.png'))==[tmp_path/'maps'/f for f in ('00000-IMG_0001.png', '00001-IMG_0001.png')] # numbered as in the whole list
 
 @pytest.mark.parametrize('shard', ['3/3', '5/2', 'a/b', '2', '1/0', '-1/2'])
 def test_bad_shard(shard):

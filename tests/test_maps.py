@@ -175,7 +175,7 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     assert len(pngs)==4 and all(Image.open(p).size[0] > 50 for p in pngs)
     # the photos' folder, holding the maps now, counted again: its photos only, and the maps said to be left out
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(tmp_path), '--out', str(tmp_path/'again.csv')], capture_output=True, text=True, timeout=300)
-    assert r.returncode==0 and f"left out {tmp_path/'maps'}: the count-map pictures" in r.stderr, r.stderr
+    assert r.returncode==0 and f"left out 4 picture(s) in {tmp_path/'maps'}: count-map pictures" in r.stderr, r.stderr
     assert sorted(pd.read_csv(tmp_path/'again.csv')['image'])==sorted(imgs[2:])
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), imgs[0], '--tile', '0'], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and '--tile' in r.stderr and 'Traceback' not in r.stderr

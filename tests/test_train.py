@@ -26,6 +26,17 @@ def test_cli_run_writes_everything(trained):
     assert abs(preds['error'].abs().mean() - m['mae']) < 1e-4 and (preds['predicted']>0).all()
     assert len(pd.read_csv(out/'history.csv'))==m['epochs'] # fit_one_cycle: no frozen epochs
 
+def test_a_run_folder_among_photos_adds_no_photos(trained, tmp_path):
+    "`--out photos/model` once made the next count of photos/ count the run's plots too: they are left out, and said so"
+    import shutil, warnings
+    from flowers.settings import RUN_PLOTS
+    from flowers.predict import find_images
+    assert {p.name for p in trained.glob('*.png')}==set(RUN_PLOTS) # every picture a run writes is one it knows
+    photos = tmp_path/'photos'
+    shutil.copytree(trained, photos/'model'); shutil.copy(trained/'worst.png', photos/'plot7.png') # a photo may share a plot's look, not its folder
+    with pytest.warns(UserWarning, match=f"left out {len(RUN_PLOTS)} picture\\(s\\) in {photos/'model'}: a training run's plots"): got,_ = find_images([photos])
+    assert got==[photos/'plot7.png']
+
 def test_export_predicts_in_fresh_process(trained, flower_data):
     img = flower_data[0]/'images'/'00003.jpg'
     code = f"from fastai.vision.all import load_learner; p = load_learner({str(trained/'export.pkl')!r}).predict({str(img)!r}); print(float(p[0][0]))"
