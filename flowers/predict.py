@@ -70,6 +70,10 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
     root = find_img_dir(csv, df[col])
     paths = [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
     label = next((c for c in label_cols if c in df.columns and c!=col), None)
+    # a table this command wrote, given back to count again: its counts are a model's, and scoring them said 'MAE 0.00'
+    if label=='count' and {'error','unusual'} <= set(df.columns) and 'predicted' not in df.columns:
+        warnings.warn(f"{csv}: a table of counts flowers.predict wrote; its counts are a model's, not true counts, so they are not scored")
+        label = None
     if label is None: return paths,None
     return paths,pd.to_numeric(decimal_points(df[label], df.attrs['sep']), errors='coerce').to_numpy('float64')
 
@@ -80,7 +84,7 @@ def find_images(inputs) -> tuple:
         if inp.is_dir():
             found,unread = image_files(inp)
             items += found; other += unread
-        elif _is_csv(inp): items += csv_images(inp)[0]
+        elif _is_csv(inp): items += csv_images(inp, ())[0]
         elif inp.exists(): items.append(inp) # a pipe or device too: its row then says it is not a regular file
         else: errors.append(f"{inp}: no such file or folder")
     if other: warnings.warn(f"left out {len(other)} picture(s) of a format flowers does not read ({', '.join(map(str, other[:3]))}{', ...' if len(other)>3 else ''}): "

@@ -124,6 +124,18 @@ def test_cli_prints_table_from_csv(trained, flower_data):
     assert lines[0].split()[:3]==['image','count','true'] and len(lines)==50
     assert lines[-1].startswith('On the 48 images with a true count: MAE ')
 
+def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_data, tmp_path):
+    "Its `count` column is a model's: scored as true counts it said 'MAE 0.00'; training's predictions.csv (true counts beside predicted ones) still scores"
+    r = run_predict(trained, flower_data[0]/'images'/'00000.jpg', flower_data[0]/'images'/'00001.jpg', '--out', tmp_path/'first.csv')
+    assert r.returncode==0, r.stderr
+    r = run_predict(trained, tmp_path/'first.csv')
+    assert r.returncode==0 and 'its counts are a model\'s, not true counts' in r.stderr and 'MAE' not in r.stdout, r.stdout + r.stderr
+    assert len(r.stdout.strip().splitlines())==3 # the header and both images, counted again
+    shutil.copy(trained/'predictions.csv', tmp_path/'preds.csv') # image,count,predicted,error: the validation images' true counts
+    (tmp_path/'images').symlink_to(flower_data[0]/'images') # its names are the training folder's
+    r = run_predict(trained, tmp_path/'preds.csv')
+    assert r.returncode==0 and 'On the' in r.stdout and 'not true counts' not in r.stderr, r.stdout + r.stderr
+
 def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp_path):
     "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count: the MAE and the intervals are scored on the others"
     (tmp_path/'images').symlink_to(flower_data[0]/'images')
