@@ -9,7 +9,7 @@ from .settings import MIN_SIZE, model_file
 from .density import CountMapHead, FINE_STEP, map_stride, spread_cells, shifted, stitch, sharpen
 from .calibrate import fingerprint
 from .precision import auto_precision, check_precision
-from .memory import layer_bytes, free_memory, fit_bs as _fit_bs
+from . import memory
 
 __all__ = ['Counter', 'load_counter', 'load_pkl']
 class Counter:
@@ -38,11 +38,11 @@ class Counter:
         self.norm = Normalize.from_stats(*stats, cuda=self.device.type=='cuda') if stats is not None else noop
         self._image_bytes = None # what one image's layers output: measured when a batch of more is asked for
 
-    def fit_bs(self, bs:int) -> int:
+    def bs_in_memory(self, bs:int) -> int:
         "`bs`, or fewer where counting that many at once would not fit in memory: the kernel would kill the process, and every count be lost"
         if bs < 2: return bs
-        if self._image_bytes is None: self._image_bytes = layer_bytes(self.model, self.size)
-        return _fit_bs(bs, self._image_bytes, free_memory(self.device))
+        if self._image_bytes is None: self._image_bytes = memory.layer_bytes(self.model, self.size)
+        return memory.bs_in_memory(bs, self._image_bytes, memory.free_memory(self.device))
 
     @classmethod
     def from_spec(cls, model, spec, **kwargs):

@@ -2,7 +2,7 @@
 import warnings, torch
 from .errors import FlowersError
 
-__all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'fit_bs']
+__all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'bs_in_memory']
 
 # What a training step keeps for the backward pass, as a share of every layer's fp32 output, at the least: measured
 # here in fp32 at 1.0 (resnet18 map, 256 px), in bf16 at 0.28-0.49 (resnet18 map and resnet50 pool, 512 and 1024 px,
@@ -60,7 +60,7 @@ def layer_bytes(model, # A network, on PyTorch's meta device (no memory, no arit
         for h in hooks: h.remove()
     return total[0]*4/n
 
-def fit_bs(bs, # Images a batch would count
+def bs_in_memory(bs, # Images a batch would count
            per_image, # `layer_bytes` of one image
            free, # Bytes free (`free_memory`), or None where unknown
           ) -> int:

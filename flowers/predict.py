@@ -138,7 +138,7 @@ def predict_table(counter, # A `Counter`
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
     by_windows = {}
     if maps: check_folder(maps, '--maps'); (Path(maps)/MAPS_MARK).touch()
-    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, counter.fit_bs(max(1, min(bs, len(items)))), flag, show_progress)
+    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, counter.bs_in_memory(max(1, min(bs, len(items)))), flag, show_progress)
     else: counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
     for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
         if tile is not None: # each image counted, and flagged, window by window
@@ -200,7 +200,7 @@ if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first
 
 @call_parse
 def main(model:str, # Run folder, model.safetensors or export.pkl
-         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.') or CSVs with an image column (and a column of counts, named as in training or 'count': their MAE is said)
+         *inputs:str, # Image files, folders (searched recursively, skipping names that start with '.' and the pictures flowers wrote: --maps pictures, a run's plots) or CSVs with an image column (and a column of counts, named as in training or 'count': their MAE is said)
          out:str=None, # Write the table to this CSV instead of printing it
          bs:int=64, # Batch size
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)

@@ -148,7 +148,7 @@ print(peak() - before, layer_bytes(c.model, 80))
 """
 
 def test_batch_memory_estimate_bounds_real_counting():
-    "What `fit_bs` counts for a batch is at least what counting it takes, in each precision this CPU counts in: it never makes a batch smaller that would fit"
+    "What `bs_in_memory` counts for a batch is at least what counting it takes, in each precision this CPU counts in: it never makes a batch smaller that would fit"
     import subprocess, sys
     from flowers.memory import PEAK
     from flowers.precision import auto_precision
@@ -160,12 +160,12 @@ def test_batch_memory_estimate_bounds_real_counting():
 
 def test_a_batch_too_large_for_memory_is_made_smaller(counter, flower_data):
     "`--bs 1000000` would ask for over 1 TB at 80 px, and the kernel kills a process out of memory without a word: it counts what fits, and says so"
-    from flowers.memory import fit_bs
+    from flowers.memory import bs_in_memory
     per = 1e6
-    assert fit_bs(64, per, None)==64 and fit_bs(64, per, 1e12)==64
-    with pytest.warns(UserWarning, match=r'--bs 1000: counting that many at once would need about .* counting 100 at a time'): assert fit_bs(1000, per, 100*per*2*.35)==100
-    assert counter.fit_bs(64)==64
-    with pytest.warns(UserWarning, match=r'--bs 1000000000000: .* GB is free; counting \d+ at a time'): assert 1 <= counter.fit_bs(10**12) < 10**12
+    assert bs_in_memory(64, per, None)==64 and bs_in_memory(64, per, 1e12)==64
+    with pytest.warns(UserWarning, match=r'--bs 1000: counting that many at once would need about .* counting 100 at a time'): assert bs_in_memory(1000, per, 100*per*2*.35)==100
+    assert counter.bs_in_memory(64)==64
+    with pytest.warns(UserWarning, match=r'--bs 1000000000000: .* GB is free; counting \d+ at a time'): assert 1 <= counter.bs_in_memory(10**12) < 10**12
     items = sorted((flower_data[0]/'images').glob('*.jpg'))[:6]
     assert np.allclose(predict_table(counter, items, bs=10**12)['count'], counter.predict_batch(items, bs=2), atol=1e-4) # a batch of all 6
 
