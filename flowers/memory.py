@@ -61,9 +61,9 @@ def layer_bytes(model, # A network, on PyTorch's meta device (no memory, no arit
     return total[0]*4/n
 
 def bs_in_memory(bs, # Images a batch would count
-           per_image, # `layer_bytes` of one image
-           free, # Bytes free (`free_memory`), or None where unknown
-          ) -> int:
+                 per_image, # `layer_bytes` of one image
+                 free, # Bytes free (`free_memory`), or None where unknown
+                ) -> int:
     "`bs`, or the most images whose counting fits in half of `free`, with a warning"
     if free is None or bs*per_image*PEAK <= free/2: return bs
     most = max(1, int(free/2/(per_image*PEAK)))
