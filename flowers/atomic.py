@@ -1,8 +1,8 @@
 """Atomic file writes: a crash mid-write never leaves a truncated file, nor destroys the previous one."""
-import contextlib, os
+import contextlib, os, sys
 from pathlib import Path
 
-__all__ = ['atomic_path', 'atomic_text', 'remove_stale']
+__all__ = ['atomic_path', 'atomic_text', 'remove_stale', 'locked']
 
 def _umask():
     m = os.umask(0o022); os.umask(m) # the only way to read it
@@ -26,3 +26,23 @@ def atomic_text(fname, text:str):
 def remove_stale(folder):
     "Delete temporary files that a killed process left in `folder` mid-write"
     for f in Path(folder).glob('.*.tmp*'): f.unlink(missing_ok=True)
+
+@contextlib.contextmanager
+def locked(fname, # Lock file, created if absent; the lock goes with the process, so a killed one never leaves it held
+           waiting:str='', # Printed to stderr when another process holds the lock, before waiting for it
+          ):
+    "Hold an exclusive lock on `fname` for the block, after any other process that holds it"
+    try:
+        import fcntl
+        Path(fname).parent.mkdir(parents=True, exist_ok=True)
+        f = open(fname, 'a')
+    # Windows has no flock, and a read-only folder takes no lock file: nothing can be drawn there either, so there is nothing to keep apart
+    except (ImportError, OSError): f = None
+    if f is None: yield; return
+    with f:
+        try: fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting: print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)

@@ -7,6 +7,7 @@ from .errors import FlowersDataError
 from .images import OpenImage
 from .settings import check_method, decode_threads
 from .progress import progress
+from .atomic import locked
 from .density import pad_points, drop_points
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
@@ -163,8 +164,13 @@ def default_data(n:int=2000, # Number of images to generate if absent
                  path=None, # Where the data set lives (default `data/flowers` in a source checkout, else fastai's data folder)
                 ) -> Path:
     "CSV of the default synthetic data set, generated first if absent or made by another generator version"
-    from .synth import make_flowers, read_stamp, is_current, SYNTH_VERSION, STAMP
     path = Path(path or data_dir()/'flowers')
+    # two first runs at once: the second waits, then finds the set drawn, instead of deleting images the first is training on
+    with locked(path/'.lock', f"Another process is drawing the default data set at {path}: waiting for it"): return _draw_default(path, n, size, max_count, seed)
+
+def _draw_default(path, n, size, max_count, seed) -> Path:
+    "The work of `default_data`, under its lock"
+    from .synth import make_flowers, read_stamp, is_current, SYNTH_VERSION, STAMP
     csv = path/'counts.csv'
     if is_current(path, n=n, size=size, max_count=max_count, seed=seed): return csv
     if csv.is_file():

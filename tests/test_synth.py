@@ -141,6 +141,26 @@ def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     default_data(n=6, size=32, path=tmp_path)
     assert csv.stat().st_mtime_ns==before and capsys.readouterr().out==''
 
+def test_two_first_runs_share_the_default_set(tmp_path):
+    "A second run arriving while the first redraws an older set waits for it: it deleted images the first then trained on"
+    data = tmp_path/'flowers'
+    (data/'images').mkdir(parents=True)
+    (data/'counts.csv').write_text('image,count\nold.jpg,3\n') # an older generator's set: both runs must redraw it
+    # fastai imported in both first, then the second arrives when the first has drawn most of the set
+    draw = "import sys, time; from pathlib import Path; from flowers.data import default_data\n" \
+           "data,who,ready = Path(sys.argv[1]),sys.argv[2],Path(sys.argv[3])\n" \
+           "if who=='second': ready.touch()\n" \
+           "while who=='first' and not ready.exists() or who=='second' and len(list((data/'images').glob('*.jpg'))) < 300: time.sleep(.02)\n" \
+           "csv = default_data(n=400, size=96, path=data); import pandas as pd; from PIL import Image\n" \
+           "for f in pd.read_csv(csv).image: Image.open(data/'images'/f).load() # as training would, at once"
+    ps = [subprocess.Popen([sys.executable, '-c', draw, str(data), who, str(tmp_path/'ready')], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for who in ('first', 'second')]
+    (out1,err1),(out2,err2) = [p.communicate(timeout=300) for p in ps]
+    assert [p.returncode for p in ps]==[0,0], err1+err2
+    assert 'waiting' in err2 and 'regenerating' not in out2 # it found the set drawn
+    df = pd.read_csv(data/'counts.csv')
+    assert len(df)==400 and sorted(p.name for p in (data/'images').iterdir())==sorted(df.image)
+
 def test_installed_package_keeps_its_data_out_of_site_packages(tmp_path):
     "Installed, not run from a checkout, the default data set goes to fastai's data folder, not site-packages/data"
     import shutil, sysconfig
