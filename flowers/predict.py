@@ -3,7 +3,8 @@ import os, re, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
-from .errors import FlowersError, check_int, options_first, user_errors
+from .errors import FlowersError, check_int, options_first, user_errors, term_interrupts
+from .atomic import atomic_path
 from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
 from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names
 from .progress import progress
@@ -35,6 +36,8 @@ def take_shard(items:list, # Images in a stable order (as `find_images` gives th
     except ValueError: k = n = None
     if n is None or not 0 <= k < n: raise FlowersError(f"--shard {shard}: must be K/N with 0 <= K < N, e.g. 0/4 .. 3/4 for four jobs")
     return items[k::n]
+
+NOT_COUNTED = 'not counted: the run was interrupted first'
 
 # left in a --maps folder: a later run given the folder of photos around it once counted its map pictures as photos too
 MAPS_MARK = '.flowers-maps'
@@ -128,6 +131,7 @@ def predict_table(counter, # A `Counter`
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
                   unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
                   ids=None, # Each image's number in the picture names of `maps` (default 0, 1, ...): shards of one list never reuse one
+                  partial=False, # On Ctrl-C (or SIGTERM under `term_interrupts`), return the rows counted so far instead of raising; `df.attrs['interrupted']` says how many were not
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
@@ -136,16 +140,23 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
-    by_windows = {}
+    by_windows,left = {},0
     if maps: check_folder(maps, '--maps'); (Path(maps)/MAPS_MARK).touch()
-    if tile is None: counts,feats,errors,sizes = _whole(counter, items, names, counter.bs_in_memory(max(1, min(bs, len(items)))), flag, show_progress)
-    else: counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
-    for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
-        if tile is not None: # each image counted, and flagged, window by window
-            try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, ids[j], flag)
-            except FlowersError as e: errors[j] = str(e)
-        elif not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j]) # its map picture
+    counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
+    try:
+        if tile is None: _whole(counter, items, names, counter.bs_in_memory(max(1, min(bs, len(items)))), flag, show_progress, counts, feats, errors, sizes)
+        for j in progress(range(len(items)), show=show_progress and len(items)>1) if tile is not None or maps else ():
+            if tile is not None: # each image counted, and flagged, window by window
+                try: counts[j],by_windows[j] = _tile_or_map(counter, items[j], names[j], tile, maps, ids[j], flag)
+                except FlowersError as e: errors[j] = str(e)
+            elif not errors[j]: counts[j],_ = _tile_or_map(counter, items[j], names[j], None, maps, ids[j]) # its map picture
+    # an hour of counts stopped by Ctrl-C or a job's time limit were all lost: the rows counted are kept, the others say why they are empty
+    except KeyboardInterrupt:
+        if not partial: raise
+        for j in np.flatnonzero(np.isnan(counts)):
+            if not errors[j]: errors[j] = NOT_COUNTED; left += 1
     df = pd.DataFrame({'image': names, 'count': counts})
+    df.attrs['interrupted'] = left
     # the interval's guarantee is for whole images like the validation set: a total of windows, which can pass every training count, has none
     if level is not None: df['low'],df['high'] = cal.interval(counts, level) if tile is None else (np.nan, np.nan)
     if flag:
@@ -157,9 +168,8 @@ def predict_table(counter, # A `Counter`
     df['error'] = errors
     return df
 
-def _whole(counter, items, names, bs, flag, show_progress) -> tuple:
-    "`items` counted whole, `bs` at a time, decoding the next batch meanwhile: counts, features by index (with `flag`), errors, sizes by index"
-    counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
+def _whole(counter, items, names, bs, flag, show_progress, counts, feats, errors, sizes):
+    "`items` counted whole, `bs` at a time, decoding the next batch meanwhile, into `counts`, `feats` by index (with `flag`), `errors`, `sizes` by index"
     with ThreadPoolExecutor(decode_threads()) as ex:
         decode = lambda i: [ex.submit(counter._tensor_or_error, items[j], names[j]) for j in range(i, min(i+bs, len(items)))]
         ahead = decode(0) if len(items) else []
@@ -172,7 +182,6 @@ def _whole(counter, items, names, bs, flag, show_progress) -> tuple:
                 else: xs.append(x[0]); idx.append(j); sizes[j] = x[1]
             if xs and flag: counts[idx],f = counter._forward(xs, feats=True); feats.update(zip(idx, f))
             elif xs: counts[idx] = counter._forward(xs)
-    return counts,feats,errors,sizes
 
 def map_name(j, # The image's number in the whole list
              name, # Its name
@@ -227,17 +236,24 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if maps: check_folder(maps, '--maps')
         ids = range(len(items)) # numbers in the whole list, for the map pictures' names: jobs writing into one folder never share one
         if shard: items,ids = take_shard(items, shard),take_shard(ids, shard) # may be empty: more jobs than images still gives every job its (empty) part
-        from .counter import load_counter
-        counter = load_counter(model, precision='fp32' if fp32 else 'auto')
-        if maps: counter._need_map()
-        df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids)
+        with term_interrupts():
+            try:
+                from .counter import load_counter
+                counter = load_counter(model, precision='fp32' if fp32 else 'auto')
+                if maps: counter._need_map()
+                df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
+            except KeyboardInterrupt: print('Interrupted before any image was counted', file=sys.stderr); sys.exit(130)
         truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
         scored = add_truth(df, truth) if truth else ''
-        if out: df.to_csv(out, index=False); print(f'Wrote {len(df)} rows to {out}')
+        if out:
+            with atomic_path(out) as tmp: df.to_csv(tmp, index=False) # a table written over is never left half-written
+            print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))
         if scored: print(scored)
-        n_bad = int((df['error']!='').sum())
+        left = df.attrs['interrupted']
+        n_bad = int((df['error']!='').sum()) - left
         if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
         n_odd = int(df['unusual'].sum()) if 'unusual' in df else 0
         if n_odd: print(f'{n_odd} of {len(df)} images flagged as unusual (see the note column): their counts may be meaningless', file=sys.stderr)
+    if left: print(f"Interrupted: {len(df)-left} of {len(df)} images counted; the others' error says '{NOT_COUNTED}'", file=sys.stderr); sys.exit(130)
     if n_bad: sys.exit(1)

@@ -1,8 +1,8 @@
-import json, pickle, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
+import io, json, os, pickle, shutil, signal, subprocess, sys, time, pytest, torch, numpy as np, pandas as pd
 from pathlib import Path
 from PIL import Image
 from flowers.errors import FlowersError
-from flowers.predict import load_counter, predict_table
+from flowers.predict import load_counter, predict_table, map_name, NOT_COUNTED
 from flowers.calibrate import Calibration, texture_stats
 
 @pytest.fixture(scope='module')
@@ -115,6 +115,39 @@ def test_cli_counts_jfif_and_names_the_pictures_it_leaves_out(trained, flower_da
     assert sorted(Path(f).name for f in df['image'])==['plot1.jfif','plot2.jpg'] and (df['error']=='').all()
     assert df['count'].nunique()==1 # the same picture
     assert 'left out 1 picture(s)' in r.stderr and 'plot3.gif' in r.stderr
+
+class _Interrupting(io.BytesIO):
+    "A photo's bytes whose first read sends this process a real Ctrl-C (SIGINT), as a user's would arrive while a batch decodes"
+    def read(self, *args):
+        if not getattr(self, 'sent', False): self.sent = True; os.kill(os.getpid(), signal.SIGINT)
+        return super().read(*args)
+
+def test_an_interrupted_table_keeps_the_rows_counted(counters, flower_data):
+    "Ctrl-C in the middle of `predict_table(partial=True)`: the rows counted are kept and the others say so; without `partial`, it stops as Ctrl-C does"
+    c,files = counters[0],sorted((flower_data[0]/'images').glob('*.jpg'))[:12]
+    whole = predict_table(c, files, bs=2, show_progress=False)
+    items = files[:6] + [_Interrupting(files[6].read_bytes())] + files[7:]
+    df = predict_table(c, items, bs=2, show_progress=False, partial=True, names=files)
+    done,left = df['error']=='',df['error']==NOT_COUNTED
+    assert done.sum() >= 4 and left.sum() >= 2 and (done | left).all() and df.attrs['interrupted']==left.sum()
+    assert np.allclose(df.loc[done, 'count'], whole.loc[done, 'count']) and df.loc[left, 'count'].isna().all()
+    assert whole.attrs['interrupted']==0
+    with pytest.raises(KeyboardInterrupt): predict_table(c, files[:2] + [_Interrupting(files[2].read_bytes())] + files[3:], bs=2, show_progress=False)
+
+def test_cli_stopped_by_its_job_writes_what_it_counted(trained, flower_data, tmp_path):
+    "SIGTERM (a job's time limit, `kill`) while the CLI counts by tiles: the table of the rows counted is written, exit 130, no traceback"
+    out,maps = tmp_path/'counts.csv',tmp_path/'maps'
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.predict', str(trained), str(flower_data[0]/'images'), '--tile', '32', '--maps', str(maps),
+                          '--out', str(out), '--bs', '4'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and len(list(maps.glob('*.png'))) < 3: time.sleep(.02) # counting: one map picture per image
+    p.send_signal(signal.SIGTERM)
+    _,err = p.communicate(timeout=120)
+    assert p.returncode==130 and 'Traceback' not in err and 'Interrupted:' in err, err
+    df = pd.read_csv(out, keep_default_na=False)
+    done,left = df['error']=='',df['error']==NOT_COUNTED
+    assert len(df)==48 and done.sum() >= 3 and left.sum() >= 1 and (done | left).all() and f'{done.sum()} of 48 images counted' in err
+    pngs = set(maps.glob('*.png')) # each counted image's picture, and at most the one being counted when the signal came
+    assert {maps/map_name(j, f) for j,f in enumerate(df['image']) if done[j]} <= pngs and len(pngs) <= done.sum()+1
 
 def test_cli_prints_table_from_csv(trained, flower_data):
     "A CSV with counts: each true count beside the predicted one, and how far they were"
