@@ -242,7 +242,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
                 counter = load_counter(model, precision='fp32' if fp32 else 'auto')
                 if maps: counter._need_map()
                 df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
-            except KeyboardInterrupt: print('Interrupted before any image was counted', file=sys.stderr); sys.exit(130)
+            except KeyboardInterrupt: print('Interrupted: nothing was written', file=sys.stderr); sys.exit(130)
         truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
         scored = add_truth(df, truth) if truth else ''
         if out:
