@@ -1,5 +1,5 @@
 """Counting many images: `predict_table`, and `python -m flowers.predict`."""
-import os, re, sys, warnings, numpy as np, pandas as pd
+import json, os, re, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastcore.script import call_parse
@@ -70,7 +70,7 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
     "The image paths `csv` names, and their true counts (NaN where a cell is no count; None without a column of them)"
     df = _read_csv(csv)
     col = 'image' if 'image' in df.columns else df.columns[0]
-    root = find_img_dir(csv, df[col])
+    root = _run_images(csv) or find_img_dir(csv, df[col])
     paths = [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
     label = next((c for c in label_cols if c in df.columns and c!=col), None)
     # a table this command wrote, given back to count again: its counts are a model's, and scoring them said 'MAE 0.00'
@@ -79,6 +79,14 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
         label = None
     if label is None: return paths,None
     return paths,pd.to_numeric(decimal_points(df[label], df.attrs['sep']), errors='coerce').to_numpy('float64')
+
+def _run_images(csv):
+    "The training images' folder, for a run's own predictions.csv, whose names are that folder's; else None"
+    csv = Path(csv)
+    if csv.name!='predictions.csv' or (csv.parent/'images').is_dir(): return None # copied beside its images: found as any CSV's
+    try: d = json.loads((csv.parent/'metrics.json').read_text())['img_dir']
+    except (OSError, ValueError, KeyError, TypeError): return None # not a run, or one from before metrics.json said where its images were
+    return Path(d) if d and Path(d).is_dir() else None
 
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
@@ -131,7 +139,7 @@ def predict_table(counter, # A `Counter`
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
                   unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
                   ids=None, # Each image's number in the picture names of `maps` (default 0, 1, ...): shards of one list never reuse one
-                  partial=False, # On Ctrl-C (or SIGTERM under `term_interrupts`), return the rows counted so far instead of raising; `df.attrs['interrupted']` says how many were not
+                  partial=False, # On Ctrl-C (or SIGTERM under `term_interrupts`), return the rows counted so far instead of raising; `df.attrs['interrupted']` says how many were not (None: not stopped)
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
@@ -140,7 +148,7 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
-    by_windows,left = {},0
+    by_windows,left = {},None
     if maps: check_folder(maps, '--maps'); (Path(maps)/MAPS_MARK).touch()
     counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}
     try:
@@ -153,6 +161,7 @@ def predict_table(counter, # A `Counter`
     # an hour of counts stopped by Ctrl-C or a job's time limit were all lost: the rows counted are kept, the others say why they are empty
     except KeyboardInterrupt:
         if not partial: raise
+        left = 0 # stopped while drawing the last map pictures, every image may be counted
         for j in np.flatnonzero(np.isnan(counts)):
             if not errors[j]: errors[j] = NOT_COUNTED; left += 1
     df = pd.DataFrame({'image': names, 'count': counts})
@@ -251,9 +260,12 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))
         if scored: print(scored)
         left = df.attrs['interrupted']
-        n_bad = int((df['error']!='').sum()) - left
+        n_bad = int((df['error']!='').sum()) - (left or 0)
         if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
         n_odd = int(df['unusual'].sum()) if 'unusual' in df else 0
         if n_odd: print(f'{n_odd} of {len(df)} images flagged as unusual (see the note column): their counts may be meaningless', file=sys.stderr)
-    if left: print(f"Interrupted: {len(df)-left} of {len(df)} images counted; the others' error says '{NOT_COUNTED}'", file=sys.stderr); sys.exit(130)
+    if left is not None:
+        print(f"Interrupted: {len(df)-left} of {len(df)} images counted" + (f"; the others' error says '{NOT_COUNTED}'" if left else
+              f", but not every count-map picture was drawn into {maps}"), file=sys.stderr)
+        sys.exit(130)
     if n_bad: sys.exit(1)
