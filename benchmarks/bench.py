@@ -73,12 +73,13 @@ class TrainTime(Callback):
     def after_train(self): self.secs += time.perf_counter()-self.t
 
 def train_speed(size=64, n=640, bs=None, arch=None, rounds=5):
-    "Training images/s (default: `train`'s arch and batch): a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
+    "Training images/s (default: `train`'s arch, and the batch of the fp32 schedule): a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
     warnings.filterwarnings('ignore')
     import inspect
     from flowers.train import train
     dflt = inspect.signature(train).parameters
-    bs,arch = bs or dflt['bs'].default,arch or dflt['arch'].default
+    from flowers.settings import SCHEDULES
+    bs,arch = bs or SCHEDULES['fp32']['bs'],arch or dflt['arch'].default # the batch size its earlier results were measured at
     import torch.nn.functional as F
     from flowers.data import count_dls
     from flowers.learner import count_learner

@@ -22,7 +22,7 @@ __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'Train
 DEFAULT_LR = 2e-3 # fastai's `fine_tune` default, used when the learning-rate finder gives no usable suggestion
 # From random init, lr_find's valley ranged over 6e-4..2.5e-3 across five seeds, and runs below 2e-3 ended above MAE 1.1;
 # 2e-3..5e-3 all ended at 0.87..1.0 (benchmarks/results/recipe_grid.jsonl)
-SCRATCH_LR = 3e-3
+SCRATCH_LR = 3e-3 # random init, batches of 16 (the fp32 schedule); `SCHEDULES` holds each schedule's
 
 def find_lr(learn, fname=None) -> float:
     "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
@@ -42,10 +42,11 @@ def pick_lr(lr, # A number, 'find' (lr_find's valley), or None for the recipe's 
             learn, # The `Learner`, for `lr_find`
             recipe, # 'fine_tune' or 'fit_one_cycle'
             fname=None, # Where to save the lr_find plot
+            scratch=SCRATCH_LR, # The learning rate from random init (the schedule's)
            ) -> float:
-    "The learning rate to train with: `lr`, else lr_find's valley when fine-tuning and `SCRATCH_LR` from random init"
+    "The learning rate to train with: `lr`, else lr_find's valley when fine-tuning and `scratch` from random init"
     lr = check_lr(lr)
-    if lr is None: lr = 'find' if recipe=='fine_tune' else SCRATCH_LR
+    if lr is None: lr = 'find' if recipe=='fine_tune' else scratch
     return find_lr(learn, fname) if lr=='find' else lr
 
 def _is_main(): return rank_distrib()==0
@@ -89,7 +90,7 @@ def _train(a, out, state, args, t0):
         if _is_main(): remove_stale(out)
         precision = resolve_precision(a.precision, default_device())
         for k,v in default_schedule(precision).items(): # resolved once, and saved with the settings: a resumed run keeps them
-            if a[k] is not None: continue
+            if k=='lr' or a[k] is not None: continue # the lr, for random init only, is picked with the recipe and saved in the state
             a[k] = v
             if args is not None: args[k] = v
         check_memory(a, precision, default_device()) # before images are decoded at that size
@@ -104,7 +105,7 @@ def _train(a, out, state, args, t0):
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             if _is_main():
-                with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png') # once, for all processes
+                with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png', default_schedule(precision)['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
         start = state['epochs_done']

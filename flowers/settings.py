@@ -20,15 +20,17 @@ PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
 OLDER = dict(head='pool', stride=16, context=0) # settings of runs saved before they were recorded
-# The default epochs, input size and head: what fits a 5-minute default run (data generation included) on 2 cores at the precision
-# a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than fp32-only ones, and GPUs faster still:
-# spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were lower on all 3 held-out pairs than
-# at 96 px and 20 epochs, held-out MAE a tie; at 64 px (an 8 x 8 map) the context was a tie that fp32 machines have no time for (README)
-SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0), fast=dict(epochs=30, size=80, context=MAP_CONTEXT))
+# The default epochs, input size, head, batch size and random-init learning rate: what fits a 5-minute default run (data generation
+# included) on 2 cores at the precision a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
+# fp32-only ones, and GPUs faster still: spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were
+# lower on all 3 held-out pairs than at 96 px and 20 epochs, held-out MAE a tie; at 64 px (an 8 x 8 map) the context was a tie that fp32
+# machines have no time for. In bf16, batches of 32 run an epoch about a fifth faster than 16: 36 epochs of them at lr 4e-3, in less
+# time than 30 of 16, counted less on empty fields in 6 runs of 6 and lower validation MAE in 6 of 6, held-out MAE a tie (README)
+SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0, bs=16, lr=3e-3), fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
                     ) -> dict:
-    "`epochs`, `size` and `context` of a default run in `precision`"
+    "`epochs`, `size`, `context`, `bs` and the random-init `lr` of a default run in `precision`"
     return SCHEDULES['fp32' if precision=='fp32' else 'fast']
 
 FORMAT = 'flowers-count-model/1' # model.json's first field: what wrote it
@@ -81,7 +83,7 @@ def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
     check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
-        if k in ('epochs','size') and a[k] is None: continue # `default_schedule`, once the precision is known
+        if k in ('epochs','size','bs') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if a.context is not None: check_context(a.context)
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):

@@ -70,10 +70,10 @@ def test_cli_lr_find(trained):
     assert m['lr']!=SCRATCH_LR and 1e-6 <= m['lr'] <= 1 and (trained/'lr_find.png').stat().st_size > 10_000
 
 def test_random_init_defaults(flower_data, tmp_path):
-    "From random init: SCRATCH_LR without lr_find, the CPU's precision, and an export that is plain fp32 with no cached images"
+    "From random init: the schedule's lr without lr_find, the CPU's precision, and an export that is plain fp32 with no cached images"
     train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no')
     m = json.loads((tmp_path/'metrics.json').read_text())
-    assert m['lr']==SCRATCH_LR and not (tmp_path/'lr_find.png').exists()
+    assert m['lr']==default_schedule(m['precision'])['lr'] and not (tmp_path/'lr_find.png').exists()
     assert m['precision']==auto_precision('cpu')
     learn = load_learner(tmp_path/'export.pkl')
     assert not any(isinstance(cb, BF16Training) for cb in learn.cbs)
@@ -94,13 +94,14 @@ def test_column_names_of_any_kind(flower_data, tmp_path):
     assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr # the pickle knows its column too
 
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
-    "No --epochs: as many as fit the time budget in the precision training runs in, printed and recorded in the run's reports"
-    train(flower_data[1], out=tmp_path, size=32, bs=8, pretrained='no', precision='fp32')
+    "No --epochs, --bs or --lr: as many epochs as fit the time budget in the precision training runs in, its batch size and lr, printed and recorded"
+    train(flower_data[1], out=tmp_path, size=32, pretrained='no', precision='fp32')
     out = capsys.readouterr().out
     assert f"{SCHEDULES['fp32']['epochs']} epochs" in out and f"head context {SCHEDULES['fp32']['context']}" in out
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
     assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
+    assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
