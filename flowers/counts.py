@@ -1,5 +1,5 @@
 """Reading a counts CSV (and `points.csv` beside it) and checking every row and image, with messages that name them."""
-import math, os, re, unicodedata, warnings, numpy as np, pandas as pd
+import hashlib, math, os, re, unicodedata, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from csv import Error as CSVError
@@ -8,7 +8,7 @@ from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
 
-__all__ = ['IMG_EXTS', 'OTHER_PICTURES', 'MAX_COUNT', 'read_counts', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
+__all__ = ['IMG_EXTS', 'OTHER_PICTURES', 'MAX_COUNT', 'read_counts', 'same_files', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
 
 IMG_EXTS = ('.jpg','.jpeg','.jfif','.jpe','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif') # .jfif: JPEGs saved by browsers on Windows
 # pictures flowers does not read (animations, drawings, camera raws): named when a folder holds them, not passed over unsaid
@@ -163,6 +163,32 @@ def _image_problems(fnames, img_dir, skip=(), size=None):
         found = ex.map(partial(_image_problem, img_dir=img_dir, size=size), [fnames.iloc[l-2] for l in lines])
         return [(l,p) for l,p in zip(lines, progress(found, total=len(lines), comment='checking images')) if p]
 
+def _digest(p) -> str:
+    "A hash of file `p`'s bytes; '' if it can't be read (its row says why)"
+    try: return hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest()
+    except OSError: return ''
+
+def same_files(fnames, # Image names, relative to `img_dir`
+               img_dir, # Their folder
+              ) -> list:
+    "Groups of names in `fnames` whose files hold the same bytes: one photo copied under several names"
+    with ThreadPoolExecutor(decode_threads()) as ex: keys = list(ex.map(_digest, [img_dir/f for f in fnames]))
+    groups = {}
+    for f,k in zip(fnames, keys):
+        if k: groups.setdefault(k, []).append(f)
+    return [g for g in groups.values() if len(g) > 1]
+
+def _copies_warning(df, fn_col, label_col, img_dir):
+    "Warn of photos copied under several names: copies on both sides of the split make validation look better than it is"
+    groups = same_files(df[fn_col], img_dir)
+    if not groups: return
+    count = dict(zip(df[fn_col], df[label_col]))
+    differ = [g for g in groups if len({count[f] for f in g}) > 1]
+    eg = ' = '.join(_short(f, 40) for f in (differ or groups)[0][:3])
+    warnings.warn(f"{sum(len(g)-1 for g in groups)} image(s) are byte-for-byte copies of others (e.g. {eg})"
+                  + (f", {len(differ)} of them with different counts" if differ else '')
+                  + ": a copy in training and another in validation makes the validation MAE look better than it is; keep one row per photo")
+
 def _count_problem(s):
     "Why `s` is not a usable count, or None"
     if s=='': return "no count"
@@ -225,6 +251,7 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
         df = df.drop(index=[l-2 for l in bad])
     df = df.reset_index(drop=True)
     df[label_col] = df[label_col].astype('float32')
+    if verify: _copies_warning(df, fn_col, label_col, img_dir)
     if 'is_valid' in df.columns: df['is_valid'] = df['is_valid'].str.lower().isin(_TRUE)
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df

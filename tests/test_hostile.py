@@ -177,6 +177,21 @@ def test_duplicated_column_is_an_error(flower_data, tmp_path):
     with pytest.raises(FlowersDataError, match="the column 'count' appears more than once"):
         read_counts(_counts_csv(tmp_path, flower_data, 'image,count,count\n00000.jpg,3,4\n'), flower_data[0]/'images')
 
+def test_copies_of_one_photo_are_named(flower_data, tmp_path):
+    "One photo saved under two names (with two counts) trained on both sides of the split unsaid: the pre-flight names the copies"
+    import shutil, warnings
+    from flowers.data import read_counts
+    imgs = flower_data[0]/'images'
+    (tmp_path/'images').mkdir()
+    for f in ('00000.jpg', '00001.jpg', '00002.jpg'): shutil.copy(imgs/f, tmp_path/'images'/f)
+    shutil.copy(imgs/'00000.jpg', tmp_path/'images'/'IMG_0000 copy.jpg') # as a file manager names a copy
+    (tmp_path/'counts.csv').write_text('image,count\n00000.jpg,3\n00001.jpg,4\n00002.jpg,5\nIMG_0000 copy.jpg,6\n')
+    with pytest.warns(UserWarning, match=r"1 image\(s\) are byte-for-byte copies of others \(e.g. 00000.jpg = IMG_0000 copy.jpg\), 1 of them with different counts"):
+        assert len(read_counts(tmp_path/'counts.csv', verify=True))==4 # a warning, not a bad row: nothing is dropped
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*byte-for-byte')
+        read_counts(flower_data[1], verify=True) # distinct photos: nothing said
+
 def test_odd_image_names_are_row_problems(flower_data, tmp_path):
     big = 'x'*1_000_000
     text = f'image,count\n,3\n,4\nbad\0name.jpg,1\n{"a"*300}.jpg,2\n{big}.jpg,5\n00000.jpg,{big}\n'
