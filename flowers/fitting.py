@@ -1,5 +1,5 @@
 """A training run once its settings are checked: the data, the learner, the learning rate, fastai's recipe, export and reports."""
-import shutil, sys, time
+import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
@@ -51,6 +51,12 @@ def pick_lr(lr, # A number, 'find' (lr_find's valley), or None for the recipe's 
 
 def _is_main(): return rank_distrib()==0
 
+def split_key(dls, # `DataLoaders` from `count_dls`
+              fn_col='image', # Column holding image file names
+             ) -> str:
+    "A hash of the names of the images `dls` validates on"
+    return hashlib.blake2b('\n'.join(sorted(map(str, dls.valid.items[fn_col]))).encode(), digest_size=16).hexdigest()
+
 check_out = check_folder # its name from before it checked `--maps` too
 
 class TrainingGuard(Callback):
@@ -97,6 +103,11 @@ def _train(a, out, state, args, t0):
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
                         method=a.method, drop_bad=a.drop_bad, num_workers=a.workers, aug=a.aug, points=a.head=='map')
+        split = split_key(dls, a.fn_col)
+        # a CSV edited between the interruption and --resume splits anew: the run then validated on images it had trained on
+        if state and state.get('split', split)!=split:
+            raise FlowersError(f"--resume {out}: {csv} changed since the run was interrupted, and its images split differently: the run would be "
+                               f"validated on images it trained on. Put the CSV back as it was to resume, or start a new run with --overwrite")
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, a.head, a.stride, a.context, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
@@ -107,7 +118,7 @@ def _train(a, out, state, args, t0):
             if _is_main():
                 with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png', default_schedule(precision)['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
-            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0)
+            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
         print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '

@@ -151,6 +151,15 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '6'), capture_output=True, text=True, timeout=300) # the same command again, without --resume
     assert again.returncode==2 and f'holds an interrupted run; continue it with --resume {out}' in again.stderr and 'Traceback' not in again.stderr
     assert {f.name: f.read_bytes() for f in out.iterdir()}==saved
+    # the CSV edited before --resume (a row dropped): the split moves, and images it trained on would validate it
+    edited = tmp_path/'edited'; edited.mkdir(); (edited/'images').symlink_to(flower_data[0]/'images')
+    (edited/'counts.csv').write_text(''.join((flower_data[0]/'counts.csv').read_text().splitlines(keepends=True)[:-1]))
+    st = json.loads(saved['state.json']); st['args']['data'] = str(edited) # as if its data folder had been edited in place
+    (out/'state.json').write_text(json.dumps(st))
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and 'changed since the run was interrupted' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    (out/'state.json').write_bytes(saved['state.json'])
+    assert {f.name: f.read_bytes() for f in out.iterdir()}==saved
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode==0, r.stderr
     assert f'resuming after epoch {done}' in r.stdout
