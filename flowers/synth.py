@@ -218,6 +218,7 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     out = Path(out)
     if not replace and (out/'counts.csv').is_file() and not (out/STAMP).is_file(): # its images/00000.jpg.. too would be drawn over
         raise FlowersError(f"{out} holds a counts.csv that flowers.synth did not write (it has no {STAMP}); give an empty or new folder")
+    ours = (out/STAMP).is_file() # a set this generator drew: its images are ours to remove
     (out/'images').mkdir(parents=True, exist_ok=True)
     counts = np.random.default_rng(seed).integers(min_count, max_count+1, n)
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else n_workers
@@ -227,6 +228,9 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
         res = parallel(f, list(enumerate(counts.tolist())), n_workers=n_workers, progress=show_progress and interactive(), chunksize=16, threadpool=False)
     # fastcore's process pool hands back nothing, not an exception, when its workers fail: never write a short data set
     if len(res)!=n: raise RuntimeError(f"drawing {n} images with {n_workers} processes returned {len(res)}; try n_workers=0")
+    # a set of ours drawn again smaller: its images past the new n stayed, and a folder count (`predict out/images`) saw them
+    for f in (out/'images').glob('*.jpg') if ours else ():
+        if f.stem.isdigit() and int(f.stem) >= n: f.unlink()
     pd.DataFrame([r for r,_ in res]).to_csv(out/'counts.csv', index=False)
     pd.DataFrame([p for _,ps in res for p in ps], columns=['image','x','y','r']).to_csv(out/'points.csv', index=False)
     stamp = dict(version=SYNTH_VERSION, n=n, size=size, min_count=min_count, max_count=max_count, seed=seed, heads=heads,

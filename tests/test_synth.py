@@ -126,8 +126,9 @@ def test_never_draws_over_a_users_data_set(tmp_path):
     before = _files(mine)
     r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(mine), '--n', '3'], capture_output=True, text=True, timeout=120)
     assert r.returncode==2 and 'did not write' in r.stderr and 'Traceback' not in r.stderr and _files(mine)==before
-    make_flowers(tmp_path/'ours', n=3, size=32, show_progress=False)
+    make_flowers(tmp_path/'ours', n=6, size=32, show_progress=False)
     assert len(pd.read_csv(make_flowers(tmp_path/'ours', n=4, size=32, show_progress=False)))==4 # a set it made: drawn again
+    assert sorted(p.name for p in (tmp_path/'ours'/'images').iterdir())==[f'{i:05d}.jpg' for i in range(4)] # none of the first set's left
 
 def test_default_data_regenerates_an_older_set(tmp_path, capsys):
     "A set without this generator's stamp is never silently reused as the default"
