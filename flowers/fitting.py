@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import check_lr, find_csv, default_schedule, check_folder, new_run_folder
+from .settings import SCHEDULES, check_lr, find_csv, default_schedule, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -22,7 +22,7 @@ __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'Train
 DEFAULT_LR = 2e-3 # fastai's `fine_tune` default, used when the learning-rate finder gives no usable suggestion
 # From random init, lr_find's valley ranged over 6e-4..2.5e-3 across five seeds, and runs below 2e-3 ended above MAE 1.1;
 # 2e-3..5e-3 all ended at 0.87..1.0 (benchmarks/results/recipe_grid.jsonl)
-SCRATCH_LR = 3e-3 # random init, batches of 16 (the fp32 schedule); `SCHEDULES` holds each schedule's
+SCRATCH_LR = SCHEDULES['fp32']['lr'] # random init, batches of 16; `SCHEDULES` holds each schedule's
 
 def find_lr(learn, fname=None) -> float:
     "The valley suggestion of `lr_find`, its plot saved to `fname`; `DEFAULT_LR` if the finder fails"
