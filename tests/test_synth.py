@@ -148,10 +148,13 @@ def test_two_first_runs_share_the_default_set(tmp_path):
     (data/'images').mkdir(parents=True)
     (data/'counts.csv').write_text('image,count\nold.jpg,3\n') # an older generator's set: both runs must redraw it
     # fastai imported in both first, then the second arrives when the first has drawn most of the set
-    draw = "import sys, time; from pathlib import Path; from flowers.data import default_data\n" \
+    draw = "import os, sys, time; from pathlib import Path; from flowers.data import default_data\n" \
            "data,who,ready = Path(sys.argv[1]),sys.argv[2],Path(sys.argv[3])\n" \
+           "def drawn():\n" \
+           "    try: return len(os.listdir(data/'images'))\n" \
+           "    except OSError: return 0 # the first removing the older set's images folder\n" \
            "if who=='second': ready.touch()\n" \
-           "while who=='first' and not ready.exists() or who=='second' and len(list((data/'images').glob('*.jpg'))) < 300: time.sleep(.02)\n" \
+           "while who=='first' and not ready.exists() or who=='second' and drawn() < 300: time.sleep(.02)\n" \
            "csv = default_data(n=400, size=96, path=data); import pandas as pd; from PIL import Image\n" \
            "for f in pd.read_csv(csv).image: Image.open(data/'images'/f).load() # as training would, at once"
     ps = [subprocess.Popen([sys.executable, '-c', draw, str(data), who, str(tmp_path/'ready')], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
