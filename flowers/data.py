@@ -100,7 +100,9 @@ def count_block(img_dir, # Folder the image names are relative to
     return DataBlock(blocks=blocks, getters=getters, n_inp=1,
                      splitter=ColSplitter(valid_col) if valid_col else RandomSplitter(valid_pct, seed=seed),
                      item_tfms=Resize(size, method=method, pad_mode=PadMode.Zeros),
-                     batch_tfms=_aug_tfms(aug), dl_type=CachedDL)
+                     # normalised here, not by the learner: a loaded model given new `dls` (`learn.dls = count_dls(...)`, to fine-tune
+                     # or validate) saw raw pixels and counted 4 heads off where it had been 0.8 off
+                     batch_tfms=[*L(_aug_tfms(aug)), Normalize.from_stats(*imagenet_stats)], dl_type=CachedDL)
 
 def _fit_bs(bs, sizes, csv, valid_col) -> int:
     "`bs`, capped to the training set of `sizes` (train, valid): fastai drops a partial last batch, so a larger `bs` trains on nothing"

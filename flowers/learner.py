@@ -111,7 +111,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here
         learn.opt = None # `vision_learner` froze, and so made an optimizer, for the body before the cut
         if pretrained: learn.freeze()
-    if not dls.after_batch.fs.filter(risinstance(Normalize)): # fastai adds it only for pretrained bodies
+    if not dls.after_batch.fs.filter(risinstance(Normalize)): # `count_dls` has it; fastai adds it only for pretrained bodies
         dls.add_tfms([Normalize.from_stats(*imagenet_stats)], 'after_batch')
     # lr_find then sees the network learning, not the output leaving saturation or a random count map
     if head=='pool': init_output(learn.model)

@@ -26,6 +26,17 @@ def test_pkl_matches_learn_predict(trained, flower_data):
     f = flower_data[0]/'images'/'00005.jpg'
     assert abs(c.predict(f) - float(c.learn.predict(f)[0][0])) < 1e-4
 
+def test_a_loaded_model_given_new_dls_counts_as_it_did(trained, flower_data, valid_images):
+    "fastai's way to check or fine-tune a loaded model on data: `learn.dls = ...`; `count_dls` once lacked the Normalize the learner had added"
+    from fastai.learner import load_learner
+    from flowers.data import count_dls
+    learn = load_learner(trained/'export.pkl')
+    before = learn.get_preds(dl=learn.dls.test_dl(valid_images))[0]
+    learn.dls = count_dls(flower_data[1], size=json.loads((trained/'model.json').read_text())['size'], bs=8)
+    assert torch.allclose(learn.get_preds(dl=learn.dls.test_dl(valid_images))[0], before, atol=1e-4)
+    mae = json.loads((trained/'metrics.json').read_text())['mae'] # the same CSV and seed: the run's own validation images
+    assert learn.validate()[1] == pytest.approx(mae, rel=.02)
+
 def test_bf16_close_to_fp32(trained, valid_images):
     fp32,auto = (load_counter(trained, precision=p).predict_batch(valid_images) for p in ('fp32','auto'))
     assert np.abs(fp32 - auto).max() <= 0.05
