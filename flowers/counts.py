@@ -8,7 +8,7 @@ from .errors import FlowersDataError
 from .settings import decode_threads, find_csv
 from .progress import progress
 
-__all__ = ['IMG_EXTS', 'OTHER_PICTURES', 'MAX_COUNT', 'read_counts', 'same_files', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
+__all__ = ['IMG_EXTS', 'OTHER_PICTURES', 'MAX_COUNT', 'is_web_address', 'read_counts', 'same_files', 'find_img_dir', 'name_key', 'match_name', 'match_names', 'read_heads', 'read_points']
 
 IMG_EXTS = ('.jpg','.jpeg','.jfif','.jpe','.png','.webp','.tif','.tiff','.bmp','.heic','.heif','.avif') # .jfif: JPEGs saved by browsers on Windows
 # pictures flowers does not read (animations, drawings, camera raws): named when a folder holds them, not passed over unsaid
@@ -58,6 +58,10 @@ def _check_cols(df, csv, fn_col, label_col):
     hint = f" ({'; '.join(hints)})" if hints else ''
     raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
                            f"Rename the columns or pass --fn-col/--label-col (fn_col=/label_col=).")
+
+def is_web_address(fn) -> bool:
+    "Is image name `fn` a web address (an iNaturalist or gallery export's image column), not a file?"
+    return str(fn).lower().startswith(('http://','https://'))
 
 def _is_full(fn) -> bool:
     "Is image name `fn` a full path (a glob's output), not one relative to an image folder?"
@@ -141,6 +145,7 @@ def match_names(fns, img_dir) -> list:
 def _path_problem(fn, img_dir, hint=None):
     "Why image name `fn` can't be used under `img_dir`, or None; `hint` (from `match_name`) is said if it is not found"
     if not fn: return "no image name (blank)"
+    if is_web_address(fn): return f"image name '{_short(fn)}' is a web address; flowers counts files, so download the images and name the files"
     if '\0' in fn: return f"image name '{_short(fn)}' contains a NUL byte"
     if len(fn) > 4096 or any(len(part.encode()) > 255 for part in Path(fn).parts): return f"image name '{_short(fn)}' is too long for a file name"
     p = Path(fn)

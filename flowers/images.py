@@ -7,6 +7,7 @@ from pillow_heif import register_heif_opener
 from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 from .settings import MIN_SIZE, decode_threads
+from .counts import is_web_address
 
 __all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_format', 'image_size', 'fit_size', 'decode_threads']
 
@@ -70,7 +71,7 @@ def _open(src, name, size=None):
     if isinstance(src, (str, Path)):
         p = Path(src)
         if not p.exists():
-            if str(src).lower().startswith(('http://','https://')): raise FlowersDataError(f"{name}: a web address; flowers counts files, so download the image first")
+            if is_web_address(src): raise FlowersDataError(f"{name}: a web address; flowers counts files, so download the image first")
             if str(src).startswith('~'): raise FlowersDataError(f"{name}: image file not found ('~' is not your home folder here: write the path out, or use Path(...).expanduser())")
             raise FlowersDataError(f"{name}: image file not found")
         if not p.is_file(): raise FlowersDataError(f"{name}: not a regular file (a folder, pipe or device); give an image file")

@@ -1,12 +1,12 @@
 """Counting many images: `predict_table`, and `python -m flowers.predict`."""
 import json, os, re, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, options_first, user_errors, term_interrupts
 from .atomic import atomic_path
 from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
-from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names
+from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names, is_web_address
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
@@ -71,7 +71,8 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
     df = _read_csv(csv)
     col = 'image' if 'image' in df.columns else df.columns[0]
     root = _run_images(csv) or find_img_dir(csv, df[col])
-    paths = [root/f for f,_ in match_names(df[col], root)] # a CSV made on Windows or a Mac names them as they are
+    # a CSV made on Windows or a Mac names them as they are; a web address, or a Windows drive's path elsewhere, is kept as written, to be named as it is
+    paths = [f if is_web_address(f) or PureWindowsPath(f).drive else root/f for f,_ in match_names(df[col], root)]
     label = next((c for c in label_cols if c in df.columns and c!=col), None)
     # a table this command wrote, given back to count again: its counts are a model's, and scoring them said 'MAE 0.00'
     if label=='count' and {'error','unusual'} <= set(df.columns) and 'predicted' not in df.columns:

@@ -202,6 +202,15 @@ def test_odd_image_names_are_row_problems(flower_data, tmp_path):
     assert 'is too long' in by_line[6] and "is not a number" in by_line[7]
     assert len(msg) < 2000 # a 1 MB cell is shortened, not repeated
 
+def test_web_addresses_in_a_csv_are_named_as_such(flower_data, tmp_path):
+    "An iNaturalist or gallery export lists image URLs: training and counting say so, rather than 'not found'"
+    text = 'image,count\nhttps://example.org/plot7.jpg,3\n00000.jpg,1\n'
+    msg,probs = _problems(_counts_csv(tmp_path, flower_data, text), flower_data)
+    assert "'https://example.org/plot7.jpg' is a web address" in dict(probs)[2] and 'download the images' in dict(probs)[2]
+    from flowers.predict import csv_images
+    (tmp_path/'urls.csv').write_text('image\nhttps://example.org/plot7.jpg\nC:\\Users\\me\\IMG_1.jpg\n')
+    assert list(map(str, csv_images(tmp_path/'urls.csv')[0]))==['https://example.org/plot7.jpg', 'C:\\Users\\me\\IMG_1.jpg'] # as written
+
 def test_images_folder_may_be_a_link(flower_data, tmp_path):
     from flowers.data import read_counts
     (tmp_path/'images').symlink_to(flower_data[0]/'images')
