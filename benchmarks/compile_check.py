@@ -3,6 +3,7 @@
 Inference at 128 px (batch 64) and a training step at 64 px (batch 64), fp32 and bf16 autocast; best of 3."""
 import json, time, warnings, torch, torch.nn.functional as F
 from fastai.vision.all import create_vision_model, resnet34
+from fastcore.script import call_parse
 
 def _rate(f, n_img, reps=3):
     best = 0.
@@ -31,6 +32,8 @@ def check(dtype=None, bs=64):
         r[f'{name} training 64 px (img/s)'] = _rate(step, bs)
     return r
 
-if __name__=='__main__':
+@call_parse
+def main():
+    "Compile time and speed of torch.compile against eager, in fp32 and bf16 autocast, printed as JSON"
     warnings.filterwarnings('ignore')
     print(json.dumps({'fp32': check(), 'bf16': check(torch.bfloat16)}, indent=1))

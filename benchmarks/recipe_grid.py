@@ -1,8 +1,9 @@
-"""How the default recipe was chosen: `python benchmarks/recipe_grid.py CSV OUT [--tiny]` (best on a GPU: about 5 minutes).
+"""How the default recipe was chosen: `python benchmarks/recipe_grid.py CSV OUT [--tiny]` (see `--help`) (best on a GPU: about 5 minutes).
 
 Appends one JSON line per run to `OUT/grid.jsonl`: final and per-epoch validation MAE for fixed learning rates, batch
 sizes and precisions, and what `lr_find` suggests for several seeds. Not part of the tests."""
-import json, sys, time, warnings
+import json, time, warnings
+from fastcore.script import call_parse
 from pathlib import Path
 from fastai.vision.all import *
 from flowers.data import count_dls
@@ -38,10 +39,14 @@ def fit(csv, out, lr, epochs=10, size=64, bs=64, seed=42, precision='bf16', epoc
     h = [round(float(v[2]), 3) for v in learn.recorder.values]
     _log(out, dict(kind='fit', size=size, bs=bs, epochs=epochs, lr=lr, seed=seed, precision=precision, mae=h[-1], hist=h, s=round(time.time()-t, 1)))
 
-if __name__=='__main__':
+@call_parse
+def main(csv:str, # Counts CSV to train on (e.g. data/flowers/counts.csv)
+         out:str, # Folder for grid.jsonl (appended to)
+         tiny:bool=False, # One lr_find and one 1-epoch fit: checks that the script runs
+        ):
+    "Append lr_find suggestions and fixed-lr fits of the default recipe to OUT/grid.jsonl"
     warnings.filterwarnings('ignore')
-    csv,out,tiny = sys.argv[1],Path(sys.argv[2]),'--tiny' in sys.argv
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
     runs = [partial(suggestions, seed=s) for s in (42, 1, 2, 3, 4)]
     runs += [partial(fit, lr=lr, seed=s) for s in (42, 1) for lr in (1e-3, 2e-3, 3e-3, 5e-3)]
     runs += [partial(fit, lr=3e-3, seed=s, precision='fp32') for s in (42, 1)]
