@@ -184,14 +184,15 @@ def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_d
     assert r.returncode==0 and f'On the {n} images with a true count' in r.stdout and 'not true counts' not in r.stderr, r.stdout + r.stderr
 
 def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp_path):
-    "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count: the MAE and the intervals are scored on the others"
+    "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count and a photo's web address: the MAE and the intervals are scored on the others"
     (tmp_path/'images').symlink_to(flower_data[0]/'images')
-    (tmp_path/'mine.csv').write_text('image;count\n00000.jpg;3,5\n00001.jpg;\n00002.jpg;2\n00003.jpg;0\n')
+    (tmp_path/'mine.csv').write_text('image;count\n00000.jpg;3,5\n00001.jpg;\n00002.jpg;2\n00003.jpg;0\nhttps://example.org/plot7.jpg;4\n')
     r = run_predict(trained, tmp_path/'mine.csv', '--out', tmp_path/'o.csv', '--interval', '0.9')
-    assert r.returncode==0, r.stderr
+    assert r.returncode==1 and '1 of 5 images could not be read' in r.stderr, r.stderr # the table is written all the same
     df = pd.read_csv(tmp_path/'o.csv')
-    assert df.columns[:3].tolist()==['image','count','true'] and np.allclose(df['true'], [3.5, np.nan, 2, 0], equal_nan=True)
-    ok = df['true'].notna()
+    assert df.columns[:3].tolist()==['image','count','true'] and np.allclose(df['true'], [3.5, np.nan, 2, 0, 4], equal_nan=True)
+    assert df['error'].iloc[-1]=='https://example.org/plot7.jpg: a web address; flowers counts files, so download the image first'
+    ok = df['true'].notna() & df['count'].notna()
     err = (df['count']-df['true'])[ok]
     held = int(df['true'][ok].between(df['low'][ok], df['high'][ok]).sum())
     assert f"On the 3 images with a true count: MAE {err.abs().mean():.2f}, bias {err.mean():+.2f}" in r.stdout
