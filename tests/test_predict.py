@@ -151,7 +151,8 @@ def test_cli_stopped_by_its_job_writes_what_it_counted(trained, flower_data, tmp
         out,maps = tmp_path/f'counts{len(tile)}.csv',tmp_path/f'maps{len(tile)}'
         p = subprocess.Popen([sys.executable, '-m', 'flowers.predict', str(trained), str(flower_data[0]/'images'), *tile, '--maps', str(maps),
                               '--out', str(out), '--bs', '4'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while p.poll() is None and len(list(maps.glob('*.png'))) < 3: time.sleep(.02) # one map picture per image
+        # one map picture per image, written before its count is kept: the 4th picture means the first 3 images were counted
+        while p.poll() is None and len(list(maps.glob('*.png'))) < 4: time.sleep(.02)
         p.send_signal(signal.SIGTERM)
         _,err = p.communicate(timeout=120)
         assert p.returncode==130 and 'Traceback' not in err and 'Interrupted:' in err, err
