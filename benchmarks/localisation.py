@@ -86,18 +86,28 @@ def save_picture(counter, csv, fname, n=6):
         ax.scatter(p['x']-.5, p['y']-.5, s=110, facecolors='none', edgecolors='cyan', linewidths=.7) # wide: the map's peak shows inside
     save_fig(fig, fname, dpi=90)
 
+def mosaic(root, # Folder for its fields' data set
+           seed, # Its fields' seed
+           side=4, # Fields a side
+           size=128, # Pixels a side of each field
+           counts=(0, 20), # Fewest and most heads in a field, drawn uniformly
+          ) -> tuple:
+    "A side x side mosaic of fresh square fields as one image, its true total, and its fields' image files"
+    from PIL import Image
+    csv = make_flowers(Path(root)/f'mosaic-{seed}', n=side*side, size=size, seed=seed, vary_size=False, show_progress=False,
+                       min_count=counts[0], max_count=counts[1])
+    df = pd.read_csv(csv)
+    files = [Path(csv).parent/'images'/f for f in df['image']]
+    m = Image.new('RGB', (side*size, side*size))
+    for i,f in enumerate(files): m.paste(Image.open(f).convert('RGB'), (size*(i%side), size*(i//side)))
+    return m,int(df['count'].sum()),files
+
 def mosaics(counter, root, n=4, side=4, size=128, seed=54321) -> list:
     "Counts by `tile` of `n` mosaics of side x side fresh fields (the last with 20 heads in every field), against their true totals"
-    from PIL import Image
     rows = []
     for k in range(n):
-        full = k==n-1
-        csv = make_flowers(Path(root)/f'mosaic-{seed+k}', n=side*side, size=size, seed=seed+k, vary_size=False, show_progress=False,
-                           max_count=20, **({'min_count': 20} if full else {}))
-        df = pd.read_csv(csv)
-        m = Image.new('RGB', (side*size, side*size))
-        for i,f in enumerate(df['image']): m.paste(Image.open(Path(csv).parent/'images'/f).convert('RGB'), (size*(i%side), size*(i//side)))
-        got,true = counter.predict(m, tile=size),int(df['count'].sum())
+        m,true,_ = mosaic(root, seed+k, side, size, (20, 20) if k==n-1 else (0, 20))
+        got = counter.predict(m, tile=size)
         rows.append(dict(true=true, counted=got, error=(got-true)/true))
     return rows
 

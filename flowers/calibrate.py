@@ -154,7 +154,7 @@ class Calibration:
         tiny,far,high = not len(d),bool(len(d) and np.median(d) > self.threshold),bool((np.asarray(pred) > self.max_count).any())
         return tiny or far or high,'; '.join(['its windows hold too few pixels to count (is --tile larger than the image?); the count may be meaningless']*int(tiny) +
                                              ['most of its windows are unlike the training images; the count may be meaningless']*int(far) +
-                                             [f'a window holds more than the largest training count ({self.max_count:g})']*int(high))
+                                             [f'a window holds more heads for its area than the largest training count ({self.max_count:g})']*int(high))
 
     def to_meta(self) -> tuple:
         "What `model.json` records, and the tensors that go into `model.safetensors`"

@@ -122,17 +122,19 @@ def test_fastai_learners_and_the_export_train_on_data_with_points(flower_data, t
     assert np.isfinite(learn.validate()).all()
 
 def test_tiles(counters, flower_data):
-    ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB').resize((64,64)) for i in range(4)]
-    mosaic = Image.new('RGB', (128,128))
-    for i,im in enumerate(ims): mosaic.paste(im, (64*(i%2), 64*(i//2)))
+    "A mosaic larger than a window is counted in windows twice a training image a side, each whole: one at the far edge is moved back inside, not cut short"
+    from flowers.counter import WINDOW
+    ims = [Image.open(flower_data[0]/'images'/f'{i%8:05d}.jpg').convert('RGB').resize((64,64)) for i in range(16)]
+    mosaic = Image.new('RGB', (256,256))
+    for i,im in enumerate(ims): mosaic.paste(im, (64*(i%4), 64*(i//4)))
     c,sides = counters[1],[]
-    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([max(x[0].shape[-2:])]*len(x[0]))) # a side per window, in batches or not
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([tuple(x[0].shape[-2:])]*len(x[0]))) # a size per window, in batches or not
     try: n = c.predict(mosaic, tile=64)
     finally: hook.remove()
-    # no window larger than a training image: the head's context would see more ground and heads than it learnt from
-    assert len(sides) > 4 and max(sides) <= c.size
+    side = WINDOW*c.size//c.stride*c.stride
+    assert len(sides) > 4 and set(sides)=={(side, side)} and side < 4*c.size # the mosaic is 4 training images a side
     m = c.count_map(mosaic, tile=64)
-    assert m.shape==(128,128) and abs(m.sum() - n) <= 0.01*max(1., n)
+    assert m.shape==(256,256) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
     assert np.allclose(c.predict_batch([mosaic, ims[0]], tile=64), [n, c.predict(ims[0], tile=64)], atol=1e-4)
     from flowers import FlowersError
@@ -152,7 +154,7 @@ def test_tile_past_the_image_shrinks_a_close_up(counters, flower_data):
     assert m.shape==(48,64) and abs(m.sum() - n) <= 0.01*max(1., n)
 
 def test_tile_of_the_image_counts_it_whole(counters, flower_data):
-    "An image that fits one training input at the tile's scale is one window, counted as a training image is (4 windows overcounted empty ground)"
+    "An image that fits one window at the tile's scale is one input, counted as a training image is (4 windows overcounted empty ground)"
     img = Image.open(flower_data[0]/'images'/'00002.jpg').convert('RGB').resize((96,96))
     c,calls = counters[1],[]
     hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: calls.append(tuple(x[0].shape)))
@@ -161,6 +163,12 @@ def test_tile_of_the_image_counts_it_whole(counters, flower_data):
     assert calls==[(1, 3, c.size, c.size)] and n==pytest.approx(c.predict(img), abs=1e-3)
     m = c.count_map(img, tile=96)
     assert m.shape==(96,96) and abs(m.sum() - n) <= 0.01*max(1., n)
+    calls.clear() # larger than a training input at the tile's scale, but inside one window: still one input, the image whole
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: calls.append(tuple(x[0].shape)))
+    try: c.predict(img, tile=64)
+    finally: hook.remove()
+    side = round(96*c.size/64/c.stride)*c.stride
+    assert calls==[(1, 3, side, side)] and side > c.size
 
 def test_cli_maps_and_tile(trained, flower_data, tmp_path):
     imgs = [str(flower_data[0]/'images'/f'{i:05d}.jpg') for i in range(3)]

@@ -314,7 +314,7 @@ def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, tra
     flag,note = cal.unusual_windows(ok, np.full(len(ok), cal.max_count)) # their total is far above the largest training count
     assert not flag and note==''
     flag,note = cal.unusual_windows(ok, [cal.max_count + 1] + [0]*(len(ok)-1))
-    assert flag and note=='a window holds more than the largest training count (8)'
+    assert flag and note=='a window holds more heads for its area than the largest training count (8)'
     noise = [torch.randint(0, 256, (3, c.size, c.size), dtype=torch.uint8) for _ in range(3)] # noise in most windows
     _,far = c._forward(noise, feats=True)
     flag,note = cal.unusual_windows(np.concatenate([far, ok[:1]]), np.zeros(4))
