@@ -133,6 +133,12 @@ def test_tiles(counters, flower_data):
     finally: hook.remove()
     side = WINDOW*c.size//c.stride*c.stride
     assert len(sides) > 4 and set(sides)=={(side, side)} and side < 4*c.size # the mosaic is 4 training images a side
+    sides.clear() # a strip whose height fits one window, though not its middle: one row of windows, each the strip's height
+    hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([tuple(x[0].shape[-2:])]*len(x[0])))
+    try: c.predict(mosaic.crop((0, 0, 256, 112)), tile=64)
+    finally: hook.remove()
+    h,core = round(112*c.size/64/c.stride)*c.stride,side - 2*c.stride # training images 4 cells wide: a margin of one cell
+    assert core < h <= side and set(sides)=={(h, side)} and len(sides)==len(range(0, 4*c.size, core))
     m = c.count_map(mosaic, tile=64)
     assert m.shape==(256,256) and abs(m.sum() - n) <= 0.01*max(1., n)
     assert n >= 0 and np.isfinite(n)
