@@ -3,6 +3,7 @@
 `python benchmarks/gpu_check.py OUT_DIR` writes `gpu.json` there. Not part of the tests: CI has no GPU."""
 import json, sys, time, warnings, pandas as pd, torch
 from pathlib import Path
+from fastcore.script import call_parse
 from fastai.vision.all import TensorImage, MixedPrecision
 from flowers.synth import make_flowers
 from flowers.train import train
@@ -10,10 +11,15 @@ from flowers.predict import load_counter
 
 def _secs(s): return int(s.split(':')[0])*60 + int(s.split(':')[1])
 
-def main(out, size=128, n=2000, epochs=14):
+@call_parse
+def main(out:str, # Folder to write gpu.json into
+         size:int=128, # Training and counting size in pixels
+         n:int=2000, # Synthetic training images
+         epochs:int=14, # Training epochs
+        ):
     "Train the default recipe at `size` px on CUDA, then time inference; results to `out/gpu.json`"
     warnings.filterwarnings('ignore')
-    assert torch.cuda.is_available(), 'no CUDA device'
+    if not torch.cuda.is_available(): print('gpu_check.py: no CUDA device here; run it on a machine with an NVIDIA GPU', file=sys.stderr); sys.exit(2)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, size=size, n_images=n, epochs=epochs)
     data,run = Path('/tmp/gpu-data'),Path('/tmp/gpu-run')
@@ -45,4 +51,3 @@ def main(out, size=128, n=2000, epochs=14):
     (out/'gpu.json').write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
-if __name__=='__main__': main(sys.argv[1])
