@@ -127,6 +127,7 @@ class Counter:
         g = FINE_STEP if fine else st
         pil = open_image(img)
         w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
+        memory.check_scaled(pil.size, (w, h), tile, memory.free_memory('cpu')) # resized by PIL, on the CPU wherever the model is
         x = image2tensor(pil.resize((w,h), Image.BILINEAR))
         # each window counts its middle, `m` pixels in from its edges so that heads there are whole, and is twice a training image a side:
         # windows as large as one lost heads across the seams of mosaics (12 fresh 4 x 4 mosaics: 6.2% off on average against 3.2%,

@@ -2,7 +2,7 @@
 import warnings, torch
 from .errors import FlowersError
 
-__all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'bs_in_memory']
+__all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'bs_in_memory', 'check_scaled']
 
 # What a training step keeps for the backward pass, as a share of every layer's fp32 output, at the least: measured
 # here in fp32 at 1.0 (resnet18 map, 256 px), in bf16 at 0.28-0.49 (resnet18 map and resnet50 pool, 512 and 1024 px,
@@ -11,6 +11,9 @@ KEPT = dict(fp32=.75, bf16=.25, fp16=.25)
 # What counting a batch holds at its peak, as a share of every layer's fp32 output: measured 0.25-0.29 (resnet18 map, 80 px,
 # batches of 256 and 1024, fp32 and bf16); an upper bound, so that only batches that may not fit are made smaller
 PEAK = .35
+# What an image counted by tiles holds per pixel at the scale it is counted at: the resized picture and its tensor (3 bytes
+# each), and its fine count map (4 bytes every 2 x 2 pixels)
+SCALED_BYTES = 7
 
 def activation_bytes(arch, # torchvision ResNet name
                      head, # 'map' or 'pool'
@@ -69,3 +72,16 @@ def bs_in_memory(bs, # Images a batch would count
     most = max(1, int(free/2/(per_image*PEAK)))
     warnings.warn(f"--bs {bs}: counting that many at once would need about {bs*per_image*PEAK/2**30:.1f} GB, and {free/2**30:.1f} GB is free; counting {most} at a time")
     return most
+
+def check_scaled(size, # (width, height) of the image as opened
+                 scaled, # (width, height) it is counted at, by tiles
+                 tile, # The `--tile` that scales it
+                 free, # Bytes free (`free_memory`), or None where unknown
+                ):
+    "Raise where counting an image by tiles at `scaled` would need more than half of `free`: a `--tile` far below the heads' size enlarges it"
+    # `--tile 16` read as "16 tiles" enlarged a 24 MP photo 5 times a side, to 600 MP: 7 GB, and minutes for one count
+    need = SCALED_BYTES*scaled[0]*scaled[1]
+    if free is None or need <= free/2: return
+    raise FlowersError(f"--tile {tile}: counting this {size[0]} x {size[1]} image by tiles enlarges it to {scaled[0]} x {scaled[1]} pixels, which needs "
+                       f"{need/2**30:.1f} GB, and {free/2**30:.1f} GB is free. --tile is how many of the image's pixels one model input shows, "
+                       f"not a number of tiles: about the side of a patch that holds as many heads as a training image")

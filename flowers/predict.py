@@ -262,7 +262,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if scored: print(scored)
         left = df.attrs['interrupted']
         n_bad = int((df['error']!='').sum()) - (left or 0)
-        if n_bad: print(f'{n_bad} of {len(df)} images could not be read', file=sys.stderr)
+        if n_bad: print(f'{n_bad} of {len(df)} images could not be counted (see the error column)', file=sys.stderr)
         n_odd = int(df['unusual'].sum()) if 'unusual' in df else 0
         if n_odd: print(f'{n_odd} of {len(df)} images flagged as unusual (see the note column): their counts may be meaningless', file=sys.stderr)
     if left is not None:

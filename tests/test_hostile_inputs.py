@@ -169,6 +169,25 @@ def test_a_batch_too_large_for_memory_is_made_smaller(counter, flower_data):
     items = sorted((flower_data[0]/'images').glob('*.jpg'))[:6]
     assert np.allclose(predict_table(counter, items, bs=10**12)['count'], counter.predict_batch(items, bs=2), atol=1e-4) # a batch of all 6
 
+def test_a_tile_that_enlarges_an_image_past_memory_is_refused(counter, flower_data, monkeypatch):
+    "`--tile 16` read as '16 tiles' enlarged a 24 MP photo to 600 MP (7 GB, minutes a count); `--tile 8` asks for 16 GB: refused per image, saying what --tile is"
+    from flowers.memory import check_scaled, SCALED_BYTES
+    check_scaled((6000, 4000), (6000, 4000), 512, None) # free memory unknown: not refused
+    check_scaled((6000, 4000), (938, 625), 512, 1e9)
+    with pytest.raises(FlowersError, match=r'--tile 8: counting this 6000 x 4000 image by tiles enlarges it to 60000 x 40000 pixels, which needs 15.6 GB, '
+                                           r'and 20.0 GB is free. --tile is how many of the image.s pixels one model input shows, not a number of tiles'):
+        check_scaled((6000, 4000), (60000, 40000), 8, 20*2**30)
+    items = sorted((flower_data[0]/'images').glob('*.jpg'))[:3]
+    counts = [counter.predict(f, tile=64) for f in items]
+    w,h = Image.open(items[0]).size
+    monkeypatch.setattr('flowers.memory.free_memory', lambda device: 2*SCALED_BYTES*w*h*counter.size**2/32**2) # what --tile 32 needs: 4x --tile 64's, 1/4 of --tile 16's
+    assert counter.predict(items[0], tile=64)==pytest.approx(counts[0], abs=1e-4)
+    for f in (counter.predict, counter.count_map, counter.is_unusual):
+        with pytest.raises(FlowersError, match='--tile 16: counting this .* not a number of tiles'): f(items[0], tile=16)
+    df = predict_table(counter, [items[0], items[1]], tile=16, show_progress=False)
+    assert df['count'].isna().all() and df['error'].str.contains('not a number of tiles').all() # each row says why; nothing else is lost
+    assert np.allclose(predict_table(counter, items, tile=64, show_progress=False)['count'], counts, atol=1e-4)
+
 @pytest.mark.parametrize('bs', [0, -1])
 def test_predict_batch_bad_bs(counter, flower_data, bs):
     with pytest.raises(FlowersError, match=f'--bs {bs}: must be a whole number'): counter.predict_batch([flower_data[0]/'images'/'00000.jpg'], bs=bs)

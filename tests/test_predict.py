@@ -189,7 +189,7 @@ def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp
     (tmp_path/'images').symlink_to(flower_data[0]/'images')
     (tmp_path/'mine.csv').write_text('image;count\n00000.jpg;3,5\n00001.jpg;\n00002.jpg;2\n00003.jpg;0\nhttps://example.org/plot7.jpg;4\n')
     r = run_predict(trained, tmp_path/'mine.csv', '--out', tmp_path/'o.csv', '--interval', '0.9')
-    assert r.returncode==1 and '1 of 5 images could not be read' in r.stderr, r.stderr # the table is written all the same
+    assert r.returncode==1 and '1 of 5 images could not be counted (see the error column)' in r.stderr, r.stderr # the table is written all the same
     df = pd.read_csv(tmp_path/'o.csv')
     assert df.columns[:3].tolist()==['image','count','true'] and np.allclose(df['true'], [3.5, np.nan, 2, 0, 4], equal_nan=True)
     assert df['error'].iloc[-1]=='https://example.org/plot7.jpg: a web address; flowers counts files, so download the image first'
