@@ -14,6 +14,7 @@ PEAK = .35
 # What an image counted by tiles holds per pixel at the scale it is counted at: the resized picture and its tensor (3 bytes
 # each), and its fine count map (4 bytes every 2 x 2 pixels)
 SCALED_BYTES = 7
+LONG_SCALED = 64e6 # pixels at that scale that take about a minute to count on 2 CPU cores
 
 def activation_bytes(arch, # torchvision ResNet name
                      head, # 'map' or 'pool'
@@ -78,10 +79,11 @@ def check_scaled(size, # (width, height) of the image as opened
                  tile, # The `--tile` that scales it
                  free, # Bytes free (`free_memory`), or None where unknown
                 ):
-    "Raise where counting an image by tiles at `scaled` would need more than half of `free`: a `--tile` far below the heads' size enlarges it"
+    "Raise where counting an image by tiles at `scaled` would need more than half of `free`, and warn where it takes minutes: a `--tile` far below the heads' size enlarges it"
     # `--tile 16` read as "16 tiles" enlarged a 24 MP photo 5 times a side, to 600 MP: 7 GB, and minutes for one count
     need = SCALED_BYTES*scaled[0]*scaled[1]
-    if free is None or need <= free/2: return
-    raise FlowersError(f"--tile {tile}: counting this {size[0]} x {size[1]} image by tiles enlarges it to {scaled[0]} x {scaled[1]} pixels, which needs "
-                       f"{need/2**30:.1f} GB, and {free/2**30:.1f} GB is free. --tile is how many of the image's pixels one model input shows, "
-                       f"not a number of tiles: about the side of a patch that holds as many heads as a training image")
+    grows = f"--tile {tile}: counting this {size[0]} x {size[1]} image by tiles enlarges it to {scaled[0]} x {scaled[1]} pixels"
+    what = "--tile is how many of the image's pixels one model input shows, not a number of tiles"
+    if free is not None and need > free/2:
+        raise FlowersError(f"{grows}, which needs {need/2**30:.1f} GB, and {free/2**30:.1f} GB is free. {what}: about the side of a patch that holds as many heads as a training image")
+    if scaled[0]*scaled[1] > max(LONG_SCALED, size[0]*size[1]): warnings.warn(f"{grows}, which takes a while; {what}") # said while it counts, not after

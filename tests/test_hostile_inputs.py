@@ -174,6 +174,8 @@ def test_a_tile_that_enlarges_an_image_past_memory_is_refused(counter, flower_da
     from flowers.memory import check_scaled, SCALED_BYTES
     check_scaled((6000, 4000), (6000, 4000), 512, None) # free memory unknown: not refused
     check_scaled((6000, 4000), (938, 625), 512, 1e9)
+    with pytest.warns(UserWarning, match=r'--tile 32: counting this 6000 x 4000 image by tiles enlarges it to 15000 x 10000 pixels, which takes a while; --tile is'):
+        check_scaled((6000, 4000), (15000, 10000), 32, 20*2**30) # counted, in a few minutes
     with pytest.raises(FlowersError, match=r'--tile 8: counting this 6000 x 4000 image by tiles enlarges it to 60000 x 40000 pixels, which needs 15.6 GB, '
                                            r'and 20.0 GB is free. --tile is how many of the image.s pixels one model input shows, not a number of tiles'):
         check_scaled((6000, 4000), (60000, 40000), 8, 20*2**30)
