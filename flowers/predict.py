@@ -136,7 +136,7 @@ def predict_table(counter, # A `Counter`
                   names=None, # How to name each item (default: the item itself)
                   show_progress=True, # Progress bar for more than one batch
                   level=None, # Add `low`,`high` columns: an interval holding the true count with this probability (e.g. 0.9)
-                  tile=None, # Count each image in windows of `tile` pixels at the training scale (`Counter.predict`)
+                  tile=None, # Count each image window by window, `tile` of its pixels per model input (`Counter.predict`)
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
                   unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
                   ids=None, # Each image's number in the picture names of `maps` (default 0, 1, ...): shards of one list never reuse one
@@ -225,7 +225,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
          interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9 (none for counts by --tile)
-         tile:int=None, # For images larger than the training images: count windows of PX pixels at the training scale, with no upper limit; twice the longer side shrinks a close-up to half
+         tile:int=None, # For images larger than the training images: PX of the image's pixels per model input (not a number of tiles), counted window by window, with no upper limit; twice the longer side shrinks a close-up to half
          maps:str=None, # Write a picture of each image with its count map (where it counted) into this folder
         ):
     "Count things in images with a trained model"
