@@ -62,7 +62,7 @@ def main(model:str, # Run folder of a model with a count map
     counter = load_counter(model, precision='fp32')
     ws = [float(w) for w in windows.split(',')]
     df = mosaic_table(counter, root, ws, n, seed, empty)
-    full,rel = df[df['true']>0],None
+    full = df[df['true']>0]
     rel = full.drop(columns='true').div(full['true'], axis=0) - 1
     summary = pd.DataFrame({'mean abs error %': 100*rel.abs().mean(), 'within 10%': (rel.abs() <= .1).sum(), 'mean error %': 100*rel.mean(),
                             'empty mosaic count': df[df['true']==0].drop(columns='true').mean()}).round(2)
