@@ -83,6 +83,7 @@ class Calibration:
                  scale=None, # Per block: its 99th percentile minus the median (default 1)
                  legacy=False, # Calibrated before the blocks: one block, the last stage's channel means
                  aspect=None, # (narrowest, widest) width/height of the training images as shown; None: not recorded then
+                 side=None, # The training images' median side (square root of width x height) as shown: `tile='auto'` counts at their scale; None: not recorded then
                 ):
         self.scores = np.sort(np.asarray(scores, np.float64))
         self.means,self.precisions = [np.asarray(m, np.float32) for m in means],[np.asarray(p, np.float32) for p in precisions]
@@ -90,6 +91,7 @@ class Calibration:
         self.scale = np.ones(len(self.means)) if scale is None else np.asarray(scale, np.float64)
         self.threshold,self.max_count,self.level,self.legacy = float(threshold),float(max_count),float(level),legacy
         self.aspect = None if aspect is None else tuple(map(float, aspect))
+        self.side = None if side is None else float(side)
 
     def quantile(self, level=None) -> float:
         "The conformal score quantile for `level`: the ceil((n+1) level)-th smallest held-out score"
@@ -160,7 +162,7 @@ class Calibration:
         "What `model.json` records, and the tensors that go into `model.safetensors`"
         meta = dict(conformal=dict(scores=[round(float(s), 6) for s in self.scores], spread='sqrt(count+1)', level=self.level),
                     unusual=dict(threshold=self.threshold, max_count=self.max_count, centre=self.centre.tolist(), scale=self.scale.tolist(),
-                                 **({} if getattr(self, 'aspect', None) is None else dict(aspect=list(self.aspect)))))
+                                 **{k: list(v) if isinstance(v, tuple) else v for k in ('aspect', 'side') if (v := getattr(self, k, None)) is not None}))
         tensors = {f'calibration.{k}.{i}': torch.from_numpy(v) for k,vs in (('mean', self.means), ('precision', self.precisions)) for i,v in enumerate(vs)}
         return meta,tensors
 
@@ -174,7 +176,7 @@ class Calibration:
                        u['max_count'], c.get('level', 0.9), legacy=True)
         n = len(u['centre'])
         return cls(c['scores'], [tensors[f'calibration.mean.{i}'].numpy() for i in range(n)], [tensors[f'calibration.precision.{i}'].numpy() for i in range(n)],
-                   u['threshold'], u['max_count'], c.get('level', 0.9), u['centre'], u['scale'], aspect=u.get('aspect'))
+                   u['threshold'], u['max_count'], c.get('level', 0.9), u['centre'], u['scale'], aspect=u.get('aspect'), side=u.get('side'))
 
 def fingerprints(model, dl) -> tuple:
     "`fingerprint` features and counts of every item of `dl`, in order, in eval mode; and the blocks' sizes"
@@ -215,12 +217,13 @@ def calibrate(learn, # A trained count `Learner`
     cal.centre = np.median(d, 0)
     cal.scale = np.maximum(np.quantile(d, .99, axis=0) - cal.centre, 1e-6)
     cal.threshold = float(np.quantile(cal.distance(f_va), 1-flag_pct))
-    cal.aspect = _aspects(learn.dls.train_ds)
+    cal.aspect,cal.side = _shapes(learn.dls.train_ds)
     return cal
 
-def _aspects(ds) -> tuple:
-    "(narrowest, widest) width/height of the images of `ds` as shown, from their headers"
+def _shapes(ds) -> tuple:
+    "(narrowest, widest) width/height of the images of `ds` as shown, and their median side (square root of width x height), from their headers"
     from .images import image_size
     src = ds.tls[0].tfms.fs[0] # the `ColReader` giving each row's file
-    ws = [w/h for w,h in (image_size(src(r)) for _,r in ds.items.iterrows())] # rows as Series: a column may be named 'file name'
-    return min(ws),max(ws)
+    wh = np.array([image_size(src(r)) for _,r in ds.items.iterrows()], np.float64) # rows as Series: a column may be named 'file name'
+    ws = wh[:,0]/wh[:,1]
+    return (float(ws.min()), float(ws.max())),float(np.median(np.sqrt(wh.prod(1))))

@@ -2,7 +2,7 @@
 import pickle, types, warnings, numpy as np
 from pathlib import Path
 from fastai.vision.all import *
-from .errors import FlowersError, check_int
+from .errors import FlowersError, check_tile
 from .safe import load_safe, input_spec
 from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
@@ -120,9 +120,23 @@ class Counter:
                 for i,di,fi in zip(part, d, f): cells[i],fs[i] = di,fi
         return cells,(np.stack(fs) if feats else None)
 
+    @property
+    def train_side(self) -> float:
+        "The training images' median side (square root of width x height) as shown, their scale for `tile='auto'`; None if not recorded"
+        return getattr(self.calibration, 'side', None) # calibrations made before it was recorded have none
+
+    def tile_px(self, tile) -> int:
+        "`tile` checked, as pixels of an image per model input; 'auto' is the training images' median side: counted at their scale"
+        tile = check_tile(tile, MIN_SIZE)
+        if tile!='auto': return tile
+        if self.train_side is None:
+            raise FlowersError("--tile auto: this model does not record its training images' size (trained before it was, or without "
+                               "a calibration); give --tile PX, the pixels a side of a training image had")
+        return max(MIN_SIZE, round(self.train_side))
+
     def _tiled_cells(self, img, tile, fine=False, feats=False):
         "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window; its size; the windows' features (with `feats`, else None) and counts for a training image's area"
-        tile = check_int('--tile', tile, MIN_SIZE)
+        tile = self.tile_px(tile)
         st = self.stride
         g = FINE_STEP if fine else st
         pil = open_image(img)
@@ -154,7 +168,7 @@ class Counter:
         return out,pil.size,fs,np.array([float(d.sum())*min(1, self.size**2/(win.shape[-1]*win.shape[-2])) for win,d in zip(wins, cells)])
 
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
-                  tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input (see `predict`)
+                  tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input, or 'auto' (see `predict`)
                   max_side=None, # Make the map at most this many pixels a side, in the image's shape (to show it small); same sum
                   fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
                  ) -> np.ndarray:
@@ -202,7 +216,7 @@ class Counter:
         return bool(self._calibration().unusual(feats, counts, [size])[0][0])
 
     def predict(self, img, # A path, `PIL.Image`, numpy array or raw bytes
-                tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window
+                tile=None, # For images larger than the training images: `tile` pixels of `img` per model input, counted window by window; 'auto': the training images' median side
                ) -> float:
         "The count in one image; with `tile`, without the training counts' range as a limit"
         if tile is not None: return float(self._tiled_cells(img, tile)[0].sum())
@@ -210,7 +224,7 @@ class Counter:
 
     def predict_batch(self, items, # Images: paths, `PIL.Image`s, arrays or bytes
                       bs=64, # Batch size
-                      tile=None, # Count each image in windows of `tile` of its pixels at the training scale, as `predict`
+                      tile=None, # Count each image in windows of `tile` of its pixels (or 'auto'), as `predict`
                      ) -> np.ndarray:
         "Counts for many images, `bs` at a time; raises naming the first unreadable image"
         if isinstance(items, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(items, np.ndarray) and items.ndim!=4):

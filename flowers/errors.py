@@ -2,7 +2,7 @@
 import signal, sys, threading, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'options_first', 'user_errors', 'term_interrupts']
+__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -20,6 +20,16 @@ def check_int(name, # The flag, e.g. '--bs'
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
         raise FlowersError(f"{name} {v!r}: must be a whole number of at least {lo}{hint}")
     return v
+
+def check_tile(tile, # `--tile`: pixels of the image per model input, as a number or its text, or 'auto'
+               lo=8, # Smallest allowed
+              ):
+    "`tile` as a whole number of at least `lo`, or 'auto' (the training images' side, which only the model knows), else a `FlowersError`"
+    if isinstance(tile, str):
+        t = tile.strip().lower()
+        if t=='auto': return t
+        if t.isdigit(): tile = int(t)
+    return check_int('--tile', tile, lo, hint=", or auto (the training images' size)")
 
 def options_first(args, # A command line's arguments, without the program's name
                   flags=(), # Its options that take no value

@@ -3,14 +3,14 @@ import json, os, re, sys, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PureWindowsPath
 from fastcore.script import call_parse
-from .errors import FlowersError, check_int, options_first, user_errors, term_interrupts
+from .errors import FlowersError, check_int, check_tile, options_first, user_errors, term_interrupts
 from .atomic import atomic_path
 from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
 from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names, is_web_address
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
-__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table']
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table', 'tile_note']
 
 def __getattr__(name):
     "`flowers.counter`'s names, here too, where scripts written before the split find them"
@@ -136,7 +136,7 @@ def predict_table(counter, # A `Counter`
                   names=None, # How to name each item (default: the item itself)
                   show_progress=True, # Progress bar for more than one batch
                   level=None, # Add `low`,`high` columns: an interval holding the true count with this probability (e.g. 0.9)
-                  tile=None, # Count each image window by window, `tile` of its pixels per model input (`Counter.predict`)
+                  tile=None, # Count each image window by window, `tile` of its pixels per model input, or 'auto' (`Counter.predict`)
                   maps=None, # Folder to write each image's count map picture into, as NAME.png
                   unusual=True, # Add `unusual`,`note` columns when the model has a calibration (the images' features cost about 10% of the time)
                   ids=None, # Each image's number in the picture names of `maps` (default 0, 1, ...): shards of one list never reuse one
@@ -144,7 +144,7 @@ def predict_table(counter, # A `Counter`
                  ) -> pd.DataFrame:
     "A row per image, in order: image, count (and interval), whether it is unusual and why, and the error for images that couldn't be read"
     check_int('--bs', bs)
-    if tile is not None: check_int('--tile', tile, MIN_SIZE), counter._need_map() # before any image is decoded, as one error, not one per row
+    if tile is not None: tile = counter.tile_px(tile); counter._need_map() # before any image is decoded, as one error, not one per row
     cal = counter.calibration
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
@@ -214,6 +214,17 @@ def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
         count = float(cmap.sum())
     return count,why
 
+def tile_note(counter, # A `Counter`
+              tile, # `--tile`, as given
+             ) -> str:
+    "A line saying how far `tile` scales images from the training images' scale, where that is more than 2x; else ''"
+    side = counter.train_side
+    if side is None or tile=='auto': return ''
+    f = side/check_tile(tile)
+    if 1/2 <= f <= 2: return ''
+    return (f"--tile {tile} counts each image at {f:.2g}x the scale of the training images, which were about {side:.0f} px a side "
+            f"(--tile auto): right where heads look {1/f:.2g}x as large as in training, not for photos at the training scale")
+
 FLAGS = ('--fp32',) # the options of `main` that take no value: its bool parameters
 if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first(sys.argv[1:], flags=FLAGS)] # the usage line argparse prints; options among the files
 
@@ -225,7 +236,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
          fp32:bool=False, # Full fp32 precision (bf16 is used where the CPU supports it, within 0.05 heads of fp32)
          shard:str=None, # K/N: count only every N-th image from the K-th (K = 0..N-1), for job arrays; the N parts make the whole table
          interval:float=None, # Add low,high columns: an interval holding the true count with this probability, e.g. 0.9 (none for counts by --tile)
-         tile:int=None, # For images larger than the training images: PX of the image's pixels per model input (not a number of tiles), counted window by window, with no upper limit; twice the longer side shrinks a close-up to half
+         tile:str=None, # For images larger than the training images: PX of the image's pixels per model input (not a number of tiles), counted window by window, with no upper limit; auto: the training images' size, for photos at their scale; twice the longer side shrinks a close-up to half
          maps:str=None, # Write a picture of each image with its count map (where it counted) into this folder
         ):
     "Count things in images with a trained model"
@@ -234,7 +245,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         check_int('--bs', bs)
         if out: check_csv_out(out)
         if shard: take_shard([], shard)
-        if tile is not None: check_int('--tile', tile, MIN_SIZE)
+        if tile is not None: tile = check_tile(tile, MIN_SIZE)
         if tile is not None and interval is not None:
             warnings.warn("--interval with --tile: low and high are left empty; the interval is calibrated on whole images like the validation set, not on totals of windows")
         model_file(model)
@@ -251,6 +262,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
                 from .counter import load_counter
                 counter = load_counter(model, precision='fp32' if fp32 else 'auto')
                 if maps: counter._need_map()
+                if tile is not None and (note := tile_note(counter, tile)): print(note, file=sys.stderr)
                 df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
             except KeyboardInterrupt: print('Interrupted: nothing was written', file=sys.stderr); sys.exit(130)
         truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'

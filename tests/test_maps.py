@@ -199,6 +199,38 @@ def test_cli_maps_and_tile(trained, flower_data, tmp_path):
         assert r.returncode==2 and f'--maps {maps}: {says}' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert (tmp_path/'notes.txt').read_text()=='mine'
 
+def test_tile_auto_counts_at_the_training_scale(counters, trained, flower_data, tmp_path):
+    "`tile='auto'` is the training images' median side, which the model records: `--tile 160` on 600 px training photos counted 12x the heads, unsaid"
+    from flowers import FlowersError
+    from flowers.predict import predict_table
+    valid = set(pd.read_csv(trained/'predictions.csv')['image'])
+    sides = [np.sqrt(np.prod(Image.open(flower_data[0]/'images'/f).size)) for f in pd.read_csv(flower_data[1])['image'] if f not in valid]
+    assert json.loads((trained/'model.json').read_text())['unusual']['side']==pytest.approx(np.median(sides))
+    ims = [Image.open(flower_data[0]/'images'/f'{i:05d}.jpg').convert('RGB') for i in range(9)]
+    mosaic = Image.new('RGB', (3*max(im.width for im in ims), 3*max(im.height for im in ims)))
+    for i,im in enumerate(ims): mosaic.paste(im, (mosaic.width//3*(i%3), mosaic.height//3*(i//3)))
+    mosaic.save(tmp_path/'mosaic.png')
+    px = round(np.median(sides))
+    for c in counters: # the export and the safe format
+        assert c.train_side==pytest.approx(np.median(sides)) and c.tile_px('auto')==px and c.tile_px(' AUTO ')==px and c.tile_px('96')==96
+        n = c.predict(mosaic, tile=px)
+        assert c.predict(mosaic, tile='auto')==pytest.approx(n, abs=1e-4) and abs(c.count_map(mosaic, tile='auto').sum() - n) <= .01*max(1., n)
+        assert predict_table(c, [mosaic], tile='auto', show_progress=False)['count'][0]==pytest.approx(n, abs=1e-4)
+    old = load_counter(trained/'export.pkl', precision='fp32') # a model trained before the side was recorded: says what to give instead
+    old.calibration.side = None
+    for f in (old.predict, old.count_map, lambda im, tile: predict_table(old, [im], tile=tile, show_progress=False)):
+        with pytest.raises(FlowersError, match="--tile auto: this model does not record its training images' size.*give --tile PX"): f(mosaic, tile='auto')
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(tmp_path/'mosaic.png'), '--tile', 'auto', '--fp32', '--out', str(tmp_path/'a.csv')],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode==0 and 'scale of the training images' not in r.stderr, r.stderr
+    assert pd.read_csv(tmp_path/'a.csv')['count'][0]==pytest.approx(counters[0].predict(mosaic, tile='auto'), abs=1e-3)
+    # a --tile far below the training images' size enlarges every head past what the model learnt: said, and counted as asked
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(tmp_path/'mosaic.png'), '--tile', str(px//4), '--fp32'], capture_output=True, text=True, timeout=300)
+    says = f"--tile {px//4} counts each image at {np.median(sides)/(px//4):.2g}x the scale of the training images, which were about {px} px a side (--tile auto)"
+    assert r.returncode==0 and says in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), str(tmp_path/'mosaic.png'), '--tile', 'many'], capture_output=True, text=True, timeout=300)
+    assert r.returncode==2 and "--tile 'many': must be a whole number of at least 8, or auto" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+
 def test_a_sharp_peak_shows_in_the_picture():
     "A sharpened map holds a head in a pixel or two: its picture spreads it where an eye finds it, and leaves empty ground clear"
     from flowers.report import map_rgba
