@@ -1,5 +1,5 @@
 """A counts CSV, checked (`flowers.counts`), as fastai `DataLoaders`; and the default synthetic data set."""
-import os, shutil, warnings
+import math, os, shutil, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from fastai.vision.all import *
@@ -104,13 +104,17 @@ def count_block(img_dir, # Folder the image names are relative to
                      # or validate) saw raw pixels and counted 4 heads off where it had been 0.8 off
                      batch_tfms=[*L(_aug_tfms(aug)), Normalize.from_stats(*imagenet_stats)], dl_type=CachedDL)
 
-def _fit_bs(bs, sizes, csv, valid_col) -> int:
+def _fit_bs(bs, sizes, csv, valid_col, valid_pct=None) -> int:
     "`bs`, capped to the training set of `sizes` (train, valid): fastai drops a partial last batch, so a larger `bs` trains on nothing"
     how = "its is_valid column" if valid_col else "--valid-pct (valid_pct=)"
     n_train,n_valid = sizes
-    if not n_valid:
-        raise FlowersDataError(f"{csv}: no validation images (set by {how}); a model can't be checked without them. "
-                               f"Use a --valid-pct between 0 and 1, or mark some rows is_valid=true (at least 2 images in all)")
+    if not n_valid and valid_col:
+        raise FlowersDataError(f"{csv}: no validation images (set by {how}); a model can't be checked without them. Mark some rows is_valid=true")
+    if not n_valid and n_train < 2:
+        raise FlowersDataError(f"{csv}: only {n_train} image; a model needs at least 2, one to train on and one to check it with")
+    if not n_valid: # fastai's `RandomSplitter` rounds down: 0.2 of 4 images is none, and "use a --valid-pct between 0 and 1" said nothing of it
+        raise FlowersDataError(f"{csv}: no validation images (set by {how}): --valid-pct {valid_pct:g} of its {n_train} images is less than one, "
+                               f"and a model can't be checked without them. Give --valid-pct {math.ceil(100/n_train)/100:g} or more (one image), or more images")
     if not n_train: raise FlowersDataError(f"{csv}: no training images (set by {how}); mark some rows is_valid=false")
     if bs > n_train:
         warnings.warn(f"batch size {bs} is more than the {n_train} training images; using bs={n_train}")
@@ -143,7 +147,7 @@ def count_dls(csv, # CSV file with one row per image, or a folder holding `count
     dblock = count_block(df.attrs['img_dir'], fn_col, label_col, size=size, method=method, valid_pct=valid_pct, seed=seed, valid_col=valid_col,
                          aug=aug, points_col='_points' if pts is not None else None, rims_col='_rims' if rims is not None else None)
     set_seed(seed) # the shuffling order, too, follows the seed
-    bs = _fit_bs(bs, [len(o) for o in dblock.splitter(df)], df.attrs['csv'], valid_col) # the splitters are seeded: the same split again
+    bs = _fit_bs(bs, [len(o) for o in dblock.splitter(df)], df.attrs['csv'], valid_col, valid_pct) # the splitters are seeded: the same split again
     dsets = dblock.datasets(df)
     cache = cache and cache_fits(len(df), size)
     if pts is not None: kwargs['before_batch'] = pad_points

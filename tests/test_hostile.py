@@ -71,7 +71,9 @@ def _csv(tmp_path, flower_data, rows=None, is_valid=None):
 @pytest.mark.parametrize('rows,is_valid,msg', [
     (None, 'false', 'no validation images (set by its is_valid column)'),
     (None, 'true', 'no training images (set by its is_valid column)'),
-    (1, None, 'no validation images (set by --valid-pct'),
+    (1, None, 'only 1 image; a model needs at least 2'),
+    (4, None, 'no validation images (set by --valid-pct (valid_pct=)): --valid-pct 0.2 of its 4 images is less than one, and a model '
+              "can't be checked without them. Give --valid-pct 0.25 or more (one image)"), # fastai rounds down: 0.2 of 4 is none
 ])
 def test_no_validation_or_training_rows_are_refused(flower_data, tmp_path, rows, is_valid, msg):
     csv = _csv(tmp_path, flower_data, rows, is_valid)
