@@ -194,6 +194,12 @@ def _copies_warning(df, fn_col, label_col, img_dir):
                   + (f", {len(differ)} of them with different counts" if differ else '')
                   + ": a copy in training and another in validation makes the validation MAE look better than it is; keep one row per photo")
 
+def _one_count_warning(df, label_col):
+    "Warn where every image has the same count: a model learns nothing from them but that number"
+    if len(df) > 1 and df[label_col].nunique()==1:
+        warnings.warn(f"all {len(df)} images have the count {df[label_col].iloc[0]:g} (column '{label_col}'): a model learns nothing from "
+                      f"them but that number; is --label-col (label_col=) the column of counts, and are images with other counts missing?")
+
 def _count_problem(s):
     "Why `s` is not a usable count, or None"
     if s=='': return "no count"
@@ -257,6 +263,7 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     df = df.reset_index(drop=True)
     df[label_col] = df[label_col].astype('float32')
     if verify: _copies_warning(df, fn_col, label_col, img_dir)
+    if verify: _one_count_warning(df, label_col)
     if 'is_valid' in df.columns: df['is_valid'] = df['is_valid'].str.lower().isin(_TRUE)
     df.attrs.update(img_dir=img_dir, csv=csv, dropped=[dict(line=l, problem=m) for l,m in problems])
     return df

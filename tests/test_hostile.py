@@ -194,6 +194,18 @@ def test_copies_of_one_photo_are_named(flower_data, tmp_path):
         warnings.filterwarnings('error', message='.*byte-for-byte')
         read_counts(flower_data[1], verify=True) # distinct photos: nothing said
 
+def test_one_count_for_every_image_is_said(flower_data, tmp_path):
+    "A --label-col naming a column of one value (a plot number, a 'heads' marker) trained a model that answers that number, unsaid"
+    import warnings
+    from flowers.data import read_counts
+    df = pd.read_csv(flower_data[1])
+    df.assign(plot=4).to_csv(tmp_path/'counts.csv', index=False)
+    with pytest.warns(UserWarning, match=r"all 48 images have the count 4 \(column 'plot'\): a model learns nothing from them but that number; is --label-col"):
+        assert len(read_counts(tmp_path/'counts.csv', flower_data[0]/'images', label_col='plot', verify=True))==48
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*learns nothing')
+        read_counts(tmp_path/'counts.csv', flower_data[0]/'images', verify=True) # the counts: nothing said
+
 def test_odd_image_names_are_row_problems(flower_data, tmp_path):
     big = 'x'*1_000_000
     text = f'image,count\n,3\n,4\nbad\0name.jpg,1\n{"a"*300}.jpg,2\n{big}.jpg,5\n00000.jpg,{big}\n'
