@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import SCHEDULES, check_lr, find_csv, default_schedule, check_folder, new_run_folder
+from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -116,7 +116,7 @@ def _train(a, out, state, args, t0):
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             if _is_main():
-                with alone(): lr = pick_lr(a.lr, learn, recipe, out/'lr_find.png', default_schedule(precision)['lr']) # once, for all processes
+                with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision)['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']

@@ -7,6 +7,7 @@ from .atomic import atomic_path, atomic_text
 from .images import open_image, fit_size
 from .density import CountMapHead
 from .counter import Counter
+from .settings import LOSS_PLOT, FIT_PLOT, WORST_PLOT
 
 __all__ = ['save_fig', 'count_metrics', 'interval_metrics', 'valid_predictions', 'plot_predicted_vs_true', 'show_count_map', 'map_rgba', 'map_png', 'PICTURE_SIDE', 'save_count_map', 'plot_worst', 'versions', 'write_report']
 
@@ -144,8 +145,8 @@ def write_report(learn, # The trained `Learner`
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
              **interval_metrics(getattr(learn, 'calibration', None), preds), **info, versions=versions())
     atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))
-    learn.recorder.plot_loss(); save_fig(plt.gcf(), out/'loss.png')
-    plot_predicted_vs_true(preds, out/'predicted_vs_true.png')
+    learn.recorder.plot_loss(); save_fig(plt.gcf(), out/LOSS_PLOT)
+    plot_predicted_vs_true(preds, out/FIT_PLOT)
     counter = Counter.from_learner(learn, precision='fp32', device=learn.dls.device) if isinstance(learn.model[1], CountMapHead) else None
-    plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/'worst.png', counter=counter)
+    plot_worst(preds, learn.dls.df.attrs['img_dir'] if hasattr(learn.dls, 'df') else '.', out/WORST_PLOT, counter=counter)
     return m

@@ -4,7 +4,7 @@ from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
-           'FORMAT', 'RUN_PLOTS', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
@@ -34,7 +34,8 @@ def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16'
     return SCHEDULES['fp32' if precision=='fp32' else 'fast']
 
 FORMAT = 'flowers-count-model/1' # model.json's first field: what wrote it
-RUN_PLOTS = ('lr_find.png','loss.png','predicted_vs_true.png','worst.png') # the pictures a run writes: no photos to count
+LR_PLOT,LOSS_PLOT,FIT_PLOT,WORST_PLOT = 'lr_find.png','loss.png','predicted_vs_true.png','worst.png'
+RUN_PLOTS = (LR_PLOT,LOSS_PLOT,FIT_PLOT,WORST_PLOT) # the pictures a run writes: no photos to count
 STATE,CHECKPOINT,BEST,HISTORY = 'state.json','checkpoint.pth','best.pth','history.csv' # what an unfinished run keeps in its folder
 
 def check_arch(arch):
