@@ -83,7 +83,7 @@ class Calibration:
                  scale=None, # Per block: its 99th percentile minus the median (default 1)
                  legacy=False, # Calibrated before the blocks: one block, the last stage's channel means
                  aspect=None, # (narrowest, widest) width/height of the training images as shown; None: not recorded then
-                 side=None, # The training images' median side (square root of width x height) as shown: `tile='auto'` counts at their scale; None: not recorded then
+                 side=None, # Pixels of a training image per model input side, their median (the square root of width x height when squished, the longer side when padded): `tile='auto'`; None: not recorded then
                 ):
         self.scores = np.sort(np.asarray(scores, np.float64))
         self.means,self.precisions = [np.asarray(m, np.float32) for m in means],[np.asarray(p, np.float32) for p in precisions]
@@ -217,13 +217,16 @@ def calibrate(learn, # A trained count `Learner`
     cal.centre = np.median(d, 0)
     cal.scale = np.maximum(np.quantile(d, .99, axis=0) - cal.centre, 1e-6)
     cal.threshold = float(np.quantile(cal.distance(f_va), 1-flag_pct))
-    cal.aspect,cal.side = _shapes(learn.dls.train_ds)
+    from .safe import input_spec # which imports this module
+    cal.aspect,cal.side = _shapes(learn.dls.train_ds, input_spec(learn)['method'])
     return cal
 
-def _shapes(ds) -> tuple:
-    "(narrowest, widest) width/height of the images of `ds` as shown, and their median side (square root of width x height), from their headers"
+def _shapes(ds, method='squish') -> tuple:
+    "(narrowest, widest) width/height of the images of `ds` as shown, and the median of their pixels per model input side, from their headers"
     from .images import image_size
     src = ds.tls[0].tfms.fs[0] # the `ColReader` giving each row's file
     wh = np.array([image_size(src(r)) for _,r in ds.items.iterrows()], np.float64) # rows as Series: a column may be named 'file name'
     ws = wh[:,0]/wh[:,1]
-    return (float(ws.min()), float(ws.max())),float(np.median(np.sqrt(wh.prod(1))))
+    # squished, each side is scaled on its own, the area by the square root of width x height; padded, both by the longer side
+    side = wh.max(1) if method=='pad' else np.sqrt(wh.prod(1))
+    return (float(ws.min()), float(ws.max())),float(np.median(side))

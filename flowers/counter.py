@@ -122,7 +122,7 @@ class Counter:
 
     @property
     def train_side(self) -> float:
-        "The training images' median side (square root of width x height) as shown, their scale for `tile='auto'`; None if not recorded"
+        "Pixels of a training image per model input side, their median: their scale, which `tile='auto'` counts at; None if not recorded"
         return getattr(self.calibration, 'side', None) # calibrations made before it was recorded have none
 
     def tile_px(self, tile) -> int:

@@ -285,3 +285,21 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args)
         meta['net_sha256'] = _net_sha256(out/'model.safetensors', meta)
         (out/'model.json').write_text(json.dumps(meta))
         assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
+
+def test_a_padded_model_maps_and_tiles_at_its_scale(flower_data, tmp_path):
+    "`--method pad` end to end (no test trained one): the safe format counts as the export, maps add up, and `tile='auto'` is the longer side"
+    from flowers.train import train
+    train(flower_data[0], out=tmp_path/'run', method='pad', size=32, bs=8, epochs=1, pretrained='no')
+    valid = set(pd.read_csv(tmp_path/'run'/'predictions.csv')['image'])
+    longer = [max(Image.open(flower_data[0]/'images'/f).size) for f in pd.read_csv(flower_data[1])['image'] if f not in valid]
+    wide = Image.open(flower_data[0]/'images'/'00004.jpg').convert('RGB').resize((96, 48)) # padded to a square, half of it black
+    pkl,safe = [load_counter(tmp_path/'run'/f, precision='fp32') for f in ('export.pkl', 'model.safetensors')]
+    assert json.loads((tmp_path/'run'/'model.json').read_text())['method']=='pad'
+    for c in (pkl, safe):
+        assert c.method=='pad' and c.train_side==pytest.approx(np.median(longer)) and c.tile_px('auto')==round(np.median(longer))
+        n = c.predict(wide)
+        assert n==pytest.approx(pkl.predict(wide), abs=1e-4)
+        for fine in (True, False):
+            m = c.count_map(wide, fine=fine)
+            assert m.shape==(48, 96) and m.min() >= 0 and abs(m.sum() - n) <= .01*max(1., n)
+        assert abs(c.count_map(wide, tile='auto').sum() - c.predict(wide, tile='auto')) <= .01*max(1., n)
