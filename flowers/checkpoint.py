@@ -4,9 +4,10 @@ from pathlib import Path
 from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .distributed import any_rank
-from .settings import STATE, CHECKPOINT, BEST, HISTORY, read_state # here too, where code written before the split finds them
+from .density import PointSupervision
+from .settings import STATE, CHECKPOINT, BEST, HISTORY, EXTENT, read_state # here too, where code written before the split finds them
 
-__all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
+__all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
 
 class StopFlag:
     "Set by a signal handler; read by `GracefulStop` after each batch"
@@ -36,7 +37,7 @@ class GracefulStop(Callback):
         if any_rank(self.flag): raise CancelFitException
 
 class Checkpoint(Callback):
-    "After each epoch, atomically: a row in `history.csv`, model and optimizer in `checkpoint.pth`, the best weights in `best.pth`, progress in `state.json`"
+    "After each epoch, atomically: a row in `history.csv`, model and optimizer in `checkpoint.pth` (the extent layer in `extent.pth`), the best weights in `best.pth`, progress in `state.json`"
     order = Recorder.order+1 # after the recorder has logged the epoch
     def __init__(self, path, state:dict): # `state`: run settings, and progress when resuming
         self.path,self.state = Path(path),state
@@ -54,15 +55,21 @@ class Checkpoint(Callback):
         if best is None or loss < best['valid_loss']:
             with atomic_path(self.path/BEST) as tmp: torch.save(get_model(self.learn.model).state_dict(), tmp) # not DDP's wrapper
             self.state['best'] = dict(epoch=len(self.rows)-1, valid_loss=loss, mae=float(vals.get('mae', np.nan)))
+        ext = first(self.learn.cbs.filter(risinstance(PointSupervision)))
+        if ext is not None and ext.extent_state() is not None:
+            with atomic_path(self.path/EXTENT) as tmp: torch.save(ext.extent_state(), tmp)
+        else: (self.path/EXTENT).unlink(missing_ok=True) # an earlier run's, in a folder trained into again with --overwrite
         with atomic_path(self.path/CHECKPOINT) as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         self.state['epochs_done'] = len(self.rows)
         atomic_text(self.path/STATE, json.dumps(self.state, indent=2))
 
 def load_checkpoint(learn, run, name=CHECKPOINT, with_opt=True):
-    "Load `name` from run folder `run` into `learn` (weights, and the optimizer state for a checkpoint)"
+    "Load `name` from run folder `run` into `learn` (weights, and for a checkpoint the optimizer state and `PointSupervision`'s extent layer)"
     f = Path(run)/name
     if name==BEST: learn.model.load_state_dict(torch.load(f, map_location='cpu', weights_only=True))
     else:
         if learn.opt is None: learn.create_opt()
         load_model(f, learn.model, learn.opt, with_opt=with_opt, device='cpu')
+        ext = first(learn.cbs.filter(risinstance(PointSupervision)))
+        if ext is not None and (Path(run)/EXTENT).is_file(): ext.saved = Path(run)/EXTENT # loaded when the layer is made, at the first batch
     return learn

@@ -113,6 +113,13 @@ class PointSupervision(Callback):
                 ):
         self.count_weight,self.extent_weight = count_weight,extent_weight
         self.hook = self.feat = self.pts = self.rims = self.extent = self.xopt = None
+        self.saved = None # a file of `extent_state` to start the extent layer from: a resumed run's (`load_checkpoint`)
+
+    def extent_state(self) -> dict:
+        "The extent layer's weights and its optimiser's state, for a checkpoint; None before the layer's first batch"
+        if self.extent is None: return None
+        o = self.xopt.state_dict() # fastai's `L`s made plain, for `torch.load(weights_only=True)`
+        return dict(layer=self.extent.state_dict(), opt=dict(state=list(o['state']), hypers=[dict(h) for h in o['hypers']]))
 
     def before_fit(self):
         m = getattr(self.learn.model, 'module', self.learn.model) # unwrapped from DistributedDataParallel
@@ -151,6 +158,11 @@ class PointSupervision(Callback):
         if self.extent is None: # the callback's own: not in the network, so not in its export either
             self.extent = nn.Conv2d(f.shape[1], 1, 1).to(f.device)
             self.xopt = Adam(list(self.extent.parameters()), lr=float(self.opt.hypers[-1]['lr']))
+            # a resumed run goes on with the layer it had: a new one's loss, at first larger than the count's, jolted the features it teaches
+            if self.saved is not None:
+                st = torch.load(self.saved, map_location=f.device, weights_only=True)
+                self.extent.load_state_dict(st['layer']); self.xopt.load_state_dict(dict(state=st['opt']['state'], hypers=L(st['opt']['hypers'])))
+                self.saved = None
         on = extent_targets(pts, self.rims.as_subclass(Tensor).float(), *t.shape[-2:]) | (t > 0)
         return F.binary_cross_entropy_with_logits(self.extent(f), on.float(), reduction='none').sum((1,2,3)).mean()
 

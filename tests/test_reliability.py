@@ -144,7 +144,7 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     assert p.returncode==130, err
     assert 'saved the best model so far' in err and f'--resume {out}' in err and 'Traceback' not in err
     done = json.loads((out/'state.json').read_text())['epochs_done']
-    assert 1 <= done < 6
+    assert 1 <= done < 6 and (out/'extent.pth').is_file() # the extent layer, which is the callback's, not the network's
     _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
     assert load_counter(out/'model.safetensors').predict(flower_data[0]/'images'/'00000.jpg') > 0
     saved = {f.name: f.read_bytes() for f in out.iterdir()}
@@ -166,7 +166,30 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     hist = pd.read_csv(out/'history.csv')
     assert hist['epoch'].tolist()==list(range(6))
     m = json.loads((out/'metrics.json').read_text())
-    assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists()
+    assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists() and not (out/'extent.pth').exists()
+
+def test_a_resumed_run_goes_on_with_its_extent_layer(flower_data, tmp_path):
+    "The extent layer belongs to `PointSupervision`, not the network: a resumed run made a new one, whose loss, larger than the count's at first, jolted the features"
+    import torch
+    from fastai.vision.all import Callback, first, risinstance
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.density import PointSupervision
+    from flowers.checkpoint import Checkpoint, load_checkpoint, EXTENT
+    class FirstLayer(Callback): # the extent layer as its first batch made it, before its first step
+        w = None
+        def after_loss(self):
+            ps = first(self.learn.cbs.filter(risinstance(PointSupervision)))
+            if self.w is None and ps.extent is not None: self.w = ps.extent.weight.detach().clone()
+    def learner(): return count_learner(count_dls(flower_data[1], size=32, bs=8, seed=42), 'resnet18', pretrained=False)
+    learn = learner()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Checkpoint(tmp_path, {}))
+    saved = torch.load(tmp_path/EXTENT, weights_only=True)
+    for resume in (True, False):
+        again,seen = learner(),FirstLayer()
+        if resume: load_checkpoint(again, tmp_path)
+        with again.no_bar(), again.no_logging(): again.fit(1, 1e-3, cbs=seen)
+        assert torch.equal(seen.w, saved['layer']['weight'])==resume # a new run: a new layer
 
 def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
     "No --epochs: the CLI saves the epochs it chose for this precision, so --resume finishes that schedule, whatever the machine; and an older state resumes its head"
