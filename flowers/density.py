@@ -158,7 +158,7 @@ class PointSupervision(Callback):
         if self.extent is None: # the callback's own: not in the network, so not in its export either
             self.extent = nn.Conv2d(f.shape[1], 1, 1).to(f.device)
             self.xopt = Adam(list(self.extent.parameters()), lr=float(self.opt.hypers[-1]['lr']))
-            # a resumed run goes on with the layer it had: a new one's loss, at first larger than the count's, jolted the features it teaches
+            # a resumed run goes on with the layer it had: a new one's gradients, from a random start, went into the features it teaches
             if self.saved is not None:
                 st = torch.load(self.saved, map_location=f.device, weights_only=True)
                 self.extent.load_state_dict(st['layer']); self.xopt.load_state_dict(dict(state=st['opt']['state'], hypers=L(st['opt']['hypers'])))

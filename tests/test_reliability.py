@@ -169,7 +169,7 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists() and not (out/'extent.pth').exists()
 
 def test_a_resumed_run_goes_on_with_its_extent_layer(flower_data, tmp_path):
-    "The extent layer belongs to `PointSupervision`, not the network: a resumed run made a new one, whose loss, larger than the count's at first, jolted the features"
+    "The extent layer belongs to `PointSupervision`, not the network: a resumed run made a new one, whose gradients from a random start went into the features"
     import torch
     from fastai.vision.all import Callback, first, risinstance
     from flowers.data import count_dls
