@@ -177,11 +177,20 @@ def same_files(fnames, # Image names, relative to `img_dir`
                img_dir, # Their folder
               ) -> list:
     "Groups of names in `fnames` whose files hold the same bytes: one photo copied under several names"
-    with ThreadPoolExecutor(decode_threads()) as ex: keys = list(ex.map(_digest, [img_dir/f for f in fnames]))
+    by_size = {}
+    for f in fnames: by_size.setdefault(_size(img_dir/f), []).append(f)
+    # only files of one size can be copies: the others are not read again after the images' check (a second read of every photo)
+    alike = [f for n,fs in by_size.items() if n is not None and len(fs) > 1 for f in fs]
+    with ThreadPoolExecutor(decode_threads()) as ex: keys = list(ex.map(_digest, [img_dir/f for f in alike]))
     groups = {}
-    for f,k in zip(fnames, keys):
+    for f,k in zip(alike, keys):
         if k: groups.setdefault(k, []).append(f)
     return [g for g in groups.values() if len(g) > 1]
+
+def _size(p) -> int:
+    "File `p`'s size in bytes; None if it can't be read (its row says why)"
+    try: return Path(p).stat().st_size
+    except OSError: return None
 
 def _copies_warning(df, fn_col, label_col, img_dir):
     "Warn of photos copied under several names: copies on both sides of the split make validation look better than it is"

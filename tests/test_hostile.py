@@ -179,7 +179,7 @@ def test_duplicated_column_is_an_error(flower_data, tmp_path):
     with pytest.raises(FlowersDataError, match="the column 'count' appears more than once"):
         read_counts(_counts_csv(tmp_path, flower_data, 'image,count,count\n00000.jpg,3,4\n'), flower_data[0]/'images')
 
-def test_copies_of_one_photo_are_named(flower_data, tmp_path):
+def test_copies_of_one_photo_are_named(flower_data, tmp_path, monkeypatch):
     "One photo saved under two names (with two counts) trained on both sides of the split unsaid: the pre-flight names the copies"
     import shutil, warnings
     from flowers.data import read_counts
@@ -188,8 +188,14 @@ def test_copies_of_one_photo_are_named(flower_data, tmp_path):
     for f in ('00000.jpg', '00001.jpg', '00002.jpg'): shutil.copy(imgs/f, tmp_path/'images'/f)
     shutil.copy(imgs/'00000.jpg', tmp_path/'images'/'IMG_0000 copy.jpg') # as a file manager names a copy
     (tmp_path/'counts.csv').write_text('image,count\n00000.jpg,3\n00001.jpg,4\n00002.jpg,5\nIMG_0000 copy.jpg,6\n')
+    import flowers.counts
+    hashed,digest = [],flowers.counts._digest
+    def _digest(p): hashed.append(p.name); return digest(p) # which photos are read a second time, to be compared byte for byte
+    monkeypatch.setattr(flowers.counts, '_digest', _digest)
     with pytest.warns(UserWarning, match=r"1 image\(s\) are byte-for-byte copies of others \(e.g. 00000.jpg = IMG_0000 copy.jpg\), 1 of them with different counts"):
         assert len(read_counts(tmp_path/'counts.csv', verify=True))==4 # a warning, not a bad row: nothing is dropped
+    sizes = pd.Series({f.name: f.stat().st_size for f in (tmp_path/'images').iterdir()})
+    assert sorted(hashed)==sorted(sizes.index[sizes.duplicated(keep=False)]) # only files of one size can be copies: every photo was read twice
     with warnings.catch_warnings():
         warnings.filterwarnings('error', message='.*byte-for-byte')
         read_counts(flower_data[1], verify=True) # distinct photos: nothing said
