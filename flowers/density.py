@@ -1,5 +1,5 @@
 """Counting by maps: a head that predicts a count per location and adds them up, taught where the heads are when that is known."""
-import math
+import math, torch.distributed as dist
 from fastai.vision.all import *
 from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
@@ -163,14 +163,23 @@ class PointSupervision(Callback):
                 st = torch.load(self.saved, map_location=f.device, weights_only=True)
                 self.extent.load_state_dict(st['layer']); self.xopt.load_state_dict(dict(state=st['opt']['state'], hypers=L(st['opt']['hypers'])))
                 self.saved = None
+            elif _data_parallel(): # each process made its own: all start from rank 0's
+                for q in self.extent.parameters(): dist.broadcast(q.data, 0)
         on = extent_targets(pts, self.rims.as_subclass(Tensor).float(), *t.shape[-2:]) | (t > 0)
         return F.binary_cross_entropy_with_logits(self.extent(f), on.float(), reduction='none').sum((1,2,3)).mean()
 
     def after_step(self):
         if self.xopt is None: return
+        if _data_parallel(): # as DDP does for the network's: one layer, taught by every process's batches, not one per process
+            for q in self.extent.parameters():
+                if q.grad is not None: dist.all_reduce(q.grad); q.grad /= num_distrib()
         for k in ('lr','mom','wd'): # the head's, as the schedule moves them
             if k in self.opt.hypers[-1]: self.xopt.set_hyper(k, float(self.opt.hypers[-1][k]))
         self.xopt.step(); self.xopt.zero_grad()
+
+def _data_parallel() -> bool:
+    "Training in several processes now: not in a fit of rank 0 alone (`lr_find`, in `flowers.distributed.alone`), where the others would never answer"
+    return num_distrib() > 1 and dist.is_initialized()
 
 def _loaders(dls):
     "`dls`' own loaders, also while `DDPTrainer` has wrapped them for a fit"

@@ -51,6 +51,34 @@ def test_validation_covers_everything(ddp_run, trained):
     preds = pd.read_csv(out/'predictions.csv')
     assert abs(m2['mae'] - (preds['predicted']-preds['count']).abs().mean()) < 1e-4 and preds['image'].is_unique
 
+EXTENT_SCRIPT = """
+import sys, torch
+from fastai.vision.all import Callback
+from flowers.distributed import setup_ddp, teardown_ddp, ddp_ctx
+from flowers.data import count_dls
+from flowers.learner import count_learner
+from flowers.density import PointSupervision
+class Keep(Callback): # the extent layer as the fit ends, before `PointSupervision` lets it go
+    order = PointSupervision.order - 1
+    def after_fit(self):
+        ps = self.learn.cbs.filter(lambda c: isinstance(c, PointSupervision))[0]
+        torch.save(ps.extent.state_dict(), f'{sys.argv[2]}/extent{torch.distributed.get_rank()}.pth')
+setup_ddp()
+learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
+with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Keep())
+teardown_ddp()
+"""
+
+def test_processes_teach_one_extent_layer(flower_data, tmp_path):
+    "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
+    (tmp_path/'fit.py').write_text(EXTENT_SCRIPT)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
+                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    import torch
+    a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and a['weight'].abs().sum() > 0
+
 def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
     "Two jobs of an array (one through the CLI) make the whole table, row for row"
     items,_ = find_images([flower_data[0]/'images'])
