@@ -55,13 +55,22 @@ class Checkpoint(Callback):
         if best is None or loss < best['valid_loss']:
             with atomic_path(self.path/BEST) as tmp: torch.save(get_model(self.learn.model).state_dict(), tmp) # not DDP's wrapper
             self.state['best'] = dict(epoch=len(self.rows)-1, valid_loss=loss, mae=float(vals.get('mae', np.nan)))
-        ext = first(self.learn.cbs.filter(risinstance(PointSupervision)))
-        if ext is not None and ext.extent_state() is not None:
-            with atomic_path(self.path/EXTENT) as tmp: torch.save(ext.extent_state(), tmp)
+        ext = _extent_state(self.learn)
+        if ext is not None:
+            with atomic_path(self.path/EXTENT) as tmp: torch.save(ext, tmp)
         else: (self.path/EXTENT).unlink(missing_ok=True) # an earlier run's, in a folder trained into again with --overwrite
         with atomic_path(self.path/CHECKPOINT) as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         self.state['epochs_done'] = len(self.rows)
         atomic_text(self.path/STATE, json.dumps(self.state, indent=2))
+
+def _point_supervision(learn):
+    "`learn`'s `PointSupervision` callback, or None"
+    return first(learn.cbs.filter(risinstance(PointSupervision)))
+
+def _extent_state(learn):
+    "`PointSupervision`'s extent layer and its optimiser's state, or None without one"
+    ps = _point_supervision(learn)
+    return ps.extent_state() if ps is not None else None
 
 def load_checkpoint(learn, run, name=CHECKPOINT, with_opt=True):
     "Load `name` from run folder `run` into `learn` (weights, and for a checkpoint the optimizer state and `PointSupervision`'s extent layer)"
@@ -70,6 +79,6 @@ def load_checkpoint(learn, run, name=CHECKPOINT, with_opt=True):
     else:
         if learn.opt is None: learn.create_opt()
         load_model(f, learn.model, learn.opt, with_opt=with_opt, device='cpu')
-        ext = first(learn.cbs.filter(risinstance(PointSupervision)))
-        if ext is not None and (Path(run)/EXTENT).is_file(): ext.saved = Path(run)/EXTENT # loaded when the layer is made, at the first batch
+        ps = _point_supervision(learn)
+        if ps is not None and (Path(run)/EXTENT).is_file(): ps.saved = Path(run)/EXTENT # loaded when the layer is made, at the first batch
     return learn
