@@ -218,9 +218,9 @@ def tile_note(counter, # A `Counter`
               tile, # `--tile`, as given
              ) -> str:
     "A line saying how far `tile` scales images from the training images' scale, where that is more than 2x; else ''"
-    side = counter.train_side
+    side,tile = counter.train_side,check_tile(tile)
     if side is None or tile=='auto': return ''
-    f = side/check_tile(tile)
+    f = side/tile
     if 1/2 <= f <= 2: return ''
     return (f"--tile {tile} counts each image at {f:.2g}x the scale of the training images, which were about {side:.0f} px a side "
             f"(--tile auto): right where heads look {1/f:.2g}x as large as in training, not for photos at the training scale")

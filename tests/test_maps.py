@@ -228,7 +228,7 @@ def test_tile_auto_counts_at_the_training_scale(counters, trained, flower_data, 
     from flowers.predict import tile_note
     says = f"--tile {px//4} counts each image at {np.median(sides)/(px//4):.2g}x the scale of the training images, which were about {px} px a side (--tile auto)"
     assert tile_note(counters[0], px//4).startswith(says) and tile_note(counters[0], str(px//4)).startswith(says)
-    assert tile_note(counters[0], 4*px).startswith(f"--tile {4*px} counts each image at 0.25x") and tile_note(counters[0], px+1)=='' and tile_note(counters[0], 'auto')==''
+    assert tile_note(counters[0], 4*px).startswith(f"--tile {4*px} counts each image at 0.25x") and tile_note(counters[0], px+1)=='' and tile_note(counters[0], ' Auto')==''
     with pytest.raises(FlowersError, match="--tile 'many': must be a whole number of at least 8, or auto"): predict_table(counters[1], [mosaic], tile='many') # the CLI's --tile 0: test_cli_maps_and_tile
 
 def test_a_sharp_peak_shows_in_the_picture():
