@@ -113,6 +113,7 @@ class PointSupervision(Callback):
                 ):
         self.count_weight,self.extent_weight = count_weight,extent_weight
         self.hook = self.feat = self.pts = self.rims = self.extent = self.xopt = None
+        self.skipped = False
         self.saved = None # a file of `extent_state` to start the extent layer from: a resumed run's (`load_checkpoint`)
 
     def extent_state(self) -> dict:
@@ -168,11 +169,20 @@ class PointSupervision(Callback):
         on = extent_targets(pts, self.rims.as_subclass(Tensor).float(), *t.shape[-2:]) | (t > 0)
         return F.binary_cross_entropy_with_logits(self.extent(f), on.float(), reduction='none').sum((1,2,3)).mean()
 
+    def after_cancel_step(self): self.skipped = True # fp16's loss scaling found an overflow, and the network did not step
+
     def after_step(self):
         if self.xopt is None: return
+        skipped,self.skipped = self.skipped,False
+        qs = [q for q in self.extent.parameters() if q.grad is not None]
         if _data_parallel(): # as DDP does for the network's: one layer, taught by every process's batches, not one per process
-            for q in self.extent.parameters():
-                if q.grad is not None: dist.all_reduce(q.grad); q.grad /= num_distrib()
+            for q in qs: dist.all_reduce(q.grad); q.grad /= num_distrib()
+        # fp16 (fastai's `MixedPrecision`) scales the loss and unscales only the network's gradients; an overflow's inf stepped
+        # this layer to NaN at a GPU run's first step, and every loss after it was NaN
+        scaler = getattr(self.learn, 'scaler', None)
+        if scaler is not None and scaler.is_enabled():
+            for q in qs: q.grad /= scaler.get_scale()
+        if skipped or not all(q.grad.isfinite().all() for q in qs): return self.xopt.zero_grad()
         for k in ('lr','mom','wd'): # the head's, as the schedule moves them
             if k in self.opt.hypers[-1]: self.xopt.set_hyper(k, float(self.opt.hypers[-1][k]))
         self.xopt.step(); self.xopt.zero_grad()

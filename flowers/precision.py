@@ -23,7 +23,7 @@ class ChannelsLastFit(ChannelsLast):
 class BF16Training(Callback):
     "bf16 autocast for training and validation; fastai's `MixedPrecision` is CUDA-only"
     order = MixedPrecision.order
-    def before_fit(self): self.autocast = torch.autocast(self.dls.device.type if self.dls.device else 'cpu', dtype=torch.bfloat16)
+    def before_fit(self): self.autocast = torch.autocast(torch.device(self.dls.device or 'cpu').type, dtype=torch.bfloat16) # 'cpu' given as a string too
     def before_batch(self): self.autocast.__enter__()
     def after_pred(self):
         # loss and metrics in fp32 (backward follows the forward's dtypes); bf16 has fp32's range, so no loss scaling
