@@ -78,7 +78,8 @@ def load_checkpoint(learn, run, name=CHECKPOINT, with_opt=True):
     if name==BEST: learn.model.load_state_dict(torch.load(f, map_location='cpu', weights_only=True))
     else:
         if learn.opt is None: learn.create_opt()
-        load_model(f, learn.model, learn.opt, with_opt=with_opt, device='cpu')
+        # where fastai's `Learner.load` puts it: the optimiser's state on the CPU and the weights on CUDA failed a GPU run's first resumed step
+        load_model(f, learn.model, learn.opt, with_opt=with_opt, device=getattr(learn.dls, 'device', None))
         ps = _point_supervision(learn)
         if ps is not None and (Path(run)/EXTENT).is_file(): ps.saved = Path(run)/EXTENT # loaded when the layer is made, at the first batch
     return learn

@@ -34,6 +34,8 @@ class Counter:
         # channels_last lets oneDNN/cuDNN use their fastest low-precision convolutions
         fmt = torch.channels_last if self.precision!='fp32' else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=fmt)
+        # the `Learner` shares the model, and its `predict` moves it to its data's device: on a GPU, counting after `learn.predict` failed
+        if learn is not None: learn.dls.device = self.device
         self.stride = map_stride(self.model) if isinstance(self.model[1], CountMapHead) else None # input pixels per map cell
         self.fmt = fmt
         self.resize = Resize(size, method=method, pad_mode=PadMode.Zeros)

@@ -246,6 +246,9 @@ def test_training_and_prediction_paths_agree_on_large_photos(trained, camera_jpe
     pkl,safe = load_counter(trained/'export.pkl', precision='fp32'),load_counter(trained, precision='fp32')
     want = float(pkl.learn.predict(camera_jpeg)[0][0])
     assert pkl.predict(camera_jpeg)==pytest.approx(want, abs=1e-4) and safe.predict(camera_jpeg)==pytest.approx(want, abs=1e-4)
+    # `learn.predict` moves the shared model to its data's device, so they must be the counter's (on a GPU it broke the counter's
+    # next count); PyTorch's meta device stands in for CUDA here
+    assert load_counter(trained/'export.pkl', device='meta').learn.dls.device==torch.device('meta')
 
 def test_decoding_threads_keep_order_and_errors(counters, flower_data, tmp_path):
     "Batches decoded ahead in threads: the rows stay in order, a bad image in the middle stays on its row"
