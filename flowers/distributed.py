@@ -3,14 +3,25 @@ import contextlib, os, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from fastai.vision.all import *
 from fastai.distributed import DistributedDL, DistributedTrainer
+from .errors import FlowersError
 
-__all__ = ['setup_ddp', 'teardown_ddp', 'ShardDL', 'DDPTrainer', 'ddp_ctx', 'broadcast_obj', 'any_rank', 'alone']
+__all__ = ['check_gpus', 'setup_ddp', 'teardown_ddp', 'ShardDL', 'DDPTrainer', 'ddp_ctx', 'broadcast_obj', 'any_rank', 'alone']
+
+def check_gpus(procs, # Training processes on this machine (`LOCAL_WORLD_SIZE`)
+               gpus, # CUDA GPUs a process sees
+              ):
+    "Raise unless each of `procs` processes can have a GPU of its own"
+    # the process without one failed in CUDA's 'invalid device ordinal', and torchrun's traceback buried it
+    if procs > gpus: raise FlowersError(f"{procs} training processes on this machine but {gpus} CUDA GPU{'s'*(gpus!=1)}: each process needs one of its own. "
+                                        f"Start {gpus} (torchrun --nproc_per_node {gpus}), or train on the CPU with CUDA_VISIBLE_DEVICES=''")
 
 def setup_ddp() -> bool:
     "Join the process group that the launcher describes in the environment (`WORLD_SIZE`, `RANK`, ...); False when launched alone"
     if num_distrib() <= 1: return False
     if not dist.is_initialized():
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        if torch.cuda.is_available():
+            check_gpus(int(os.environ.get('LOCAL_WORLD_SIZE', 1)), torch.cuda.device_count())
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     return True
 

@@ -1,9 +1,12 @@
 "Data-parallel training with torchrun: 2 processes on the CPU (gloo), as on several GPUs (nccl)"
-import json, re, shutil, subprocess, sys, pandas as pd, pytest
+import json, os, re, shutil, subprocess, sys, pandas as pd, pytest
 from flowers.data import count_dls
 from flowers.predict import find_images, take_shard, load_counter, predict_table
 from flowers import FlowersError
+from flowers.distributed import check_gpus
 from test_predict import run_predict
+
+CPU = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''} # the gloo path, on a machine with a GPU too
 
 @pytest.fixture(scope='module')
 def ddp_run(flower_data, tmp_path_factory):
@@ -11,7 +14,7 @@ def ddp_run(flower_data, tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')/'run'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
                         '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--epochs', '2',
-                        '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600)
+                        '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600, env=CPU)
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout + r.stderr
 
@@ -73,7 +76,7 @@ def test_processes_teach_one_extent_layer(flower_data, tmp_path):
     "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
     (tmp_path/'fit.py').write_text(EXTENT_SCRIPT)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
-                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600)
+                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=CPU)
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     import torch
     a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
@@ -126,3 +129,8 @@ def test_help_names_the_module_without_warnings():
     assert [l.split()[:2] for l in lines[-4:]]==[[m, 'usage:'] for m in ('predict','synth','train','serve')]
     assert all(f'usage: python -m flowers.{l.split()[0]}' in l for l in lines[-4:]), lines
     assert 'RuntimeWarning' not in r.stderr
+
+def test_more_processes_than_gpus_is_said():
+    "torchrun --nproc_per_node 2 on a machine with one GPU failed in CUDA's 'invalid device ordinal', under torchrun's traceback"
+    with pytest.raises(FlowersError, match=r"2 training processes on this machine but 1 CUDA GPU: .*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES=''"): check_gpus(2, 1)
+    check_gpus(2, 2); check_gpus(1, 4)
