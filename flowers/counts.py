@@ -45,8 +45,9 @@ def decimal_points(col, # Cells of a count column, as strings
     "`col` with decimal commas as points where a comma does not separate columns: European spreadsheets write 7,5 for 7.5"
     return col.str.replace(r'^(\d+),(\d+)$', r'\1.\2', regex=True) if sep in (';','\t') else col
 
-def _short(s, n=80):
+def _short(s, n=260):
     "`s` for a message: at most `n` characters"
+    # long enough for any real path (Windows' old limit is 260): at 80, a test's own temporary paths came out cut in the middle
     return s if len(s) <= n else f"{s[:n-20]}...{s[-10:]} ({len(s):,} characters)"
 
 def _check_cols(df, csv, fn_col, label_col):

@@ -61,13 +61,14 @@ def test_full_paths_train_and_predict(ds, tmp_path):
     "A CSV of full paths (a glob's output), kept apart from the photos, reads and batches as one of names does; predict takes it too"
     from flowers.predict import find_images
     path,_ = ds
-    (tmp_path/'sub').mkdir(); shutil.move(path/'images'/'00001.jpg', tmp_path/'sub'/'00001.jpg')
-    full = [str(path/'images'/'00000.jpg'), str(tmp_path/'sub'/'00001.jpg'), str(path/'images'/'00002.jpg')]
+    sub = tmp_path/('sub-' + 'x'*80) # a long path, as real ones are: a message must name all of it
+    sub.mkdir(); shutil.move(path/'images'/'00001.jpg', sub/'00001.jpg')
+    full = [str(path/'images'/'00000.jpg'), str(sub/'00001.jpg'), str(path/'images'/'00002.jpg')]
     (tmp_path/'elsewhere').mkdir()
     csv = tmp_path/'elsewhere'/'counts.csv'
     pd.DataFrame(dict(image=full, count=[1, 2, 3])).to_csv(csv, index=False)
     df = read_counts(csv)
-    assert df.attrs['img_dir']==tmp_path.resolve() and df['image'].tolist()==['images/00000.jpg', 'sub/00001.jpg', 'images/00002.jpg']
+    assert df.attrs['img_dir']==tmp_path.resolve() and df['image'].tolist()==['images/00000.jpg', f'{sub.name}/00001.jpg', 'images/00002.jpg']
     assert "line 4: image 'images/00000.jpg' is listed again" in _err(ds[1]('image,count\n' + f'{full[0]},1\n' + f'{full[1]},1\n' + 'images/00000.jpg,1\n'), img_dir=tmp_path)
     pd.DataFrame(dict(image=[full[0], *full[1:2]*2, *full[2:]*3], x=5., y=5.)).to_csv(csv.with_name('points.csv'), index=False) # named as in its CSV
     with warnings.catch_warnings():
@@ -76,8 +77,8 @@ def test_full_paths_train_and_predict(ds, tmp_path):
     dls = count_dls(csv, size=32, bs=2, valid_pct=.34, points=False)
     assert dls.one_batch()[0].shape==(2, 3, 32, 32)
     assert find_images([csv])==([Path(f) for f in full], [])
-    msg = _err(ds[1]('image,count\n00000.jpg,1\n' + f'{tmp_path/"sub"/"00001.jpg"},2\n'))
-    assert f"line 3: image path '{tmp_path/'sub'/'00001.jpg'}' is absolute, and not in the image folder {(path/'images').resolve()}" in msg
+    msg = _err(ds[1]('image,count\n00000.jpg,1\n' + f'{sub/"00001.jpg"},2\n'))
+    assert f"line 3: image path '{sub/'00001.jpg'}' is absolute, and not in the image folder {(path/'images').resolve()}" in msg
 
 def test_duplicates_after_normalising(ds):
     assert "line 3: image './00001.jpg' is listed again" in _err(ds[1]('image,count\n00001.jpg,1\n./00001.jpg,1\n'))
