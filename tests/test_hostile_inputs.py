@@ -140,7 +140,7 @@ def peak(): return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status
 from flowers.density import count_model
 from flowers.counter import Counter
 from flowers.memory import layer_bytes
-c = Counter(count_model(resnet18), 80, precision=sys.argv[1])
+c = Counter(count_model(resnet18), 80, precision=sys.argv[1], device='cpu') # the host's memory, on a GPU machine too
 xs = [torch.randint(0, 256, (3, 80, 80), dtype=torch.uint8) for _ in range(256)]
 before = peak()
 c._forward(xs, feats=True) # as `predict_table` counts a batch

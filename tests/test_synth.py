@@ -170,7 +170,7 @@ def test_installed_package_keeps_its_data_out_of_site_packages(tmp_path):
     import shutil, sysconfig
     root,site = Path(__file__).resolve().parents[1],tmp_path/'site'
     shutil.copytree(root/'flowers', site/'flowers', ignore=shutil.ignore_patterns('__pycache__')) # the package as pip lays it out
-    env = {**os.environ, 'PYTHONPATH': f"{site}{os.pathsep}{sysconfig.get_paths()['purelib']}", 'FASTAI_HOME': str(tmp_path/'fastai')}
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(site), sysconfig.get_paths()['purelib'], *os.environ.get('PYTHONPATH', '').split(os.pathsep)]).rstrip(os.pathsep), 'FASTAI_HOME': str(tmp_path/'fastai')}
     code = "import flowers; from flowers.data import default_data; csv = default_data(n=2, size=32); print(flowers.__file__); print(csv)"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode==0, r.stderr
