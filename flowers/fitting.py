@@ -62,11 +62,14 @@ check_out = check_folder # its name from before it checked `--maps` too
 class TrainingGuard(Callback):
     "Stop, with a clear message, a fit whose loss stops being a number; count the optimiser steps taken"
     order = Recorder.order+2
+    def __init__(self, lr=None): self.lr = lr # the run's --lr (default: the optimiser's now)
     def before_fit(self): self.steps = getattr(self, 'steps', 0)
     def after_loss(self):
         if self.training and not torch.isfinite(self.loss).all():
+            # the schedule's lr now is no guide: one cycle's first steps take a 25th of the run's
+            lr = self.lr or self.opt.hypers[-1]['lr']
             raise FlowersError(f"training diverged: the loss became {float(self.loss.detach()):g} in epoch {self.epoch+1}; nothing was exported. "
-                               f"Try a lower --lr (e.g. half of {self.opt.hypers[-1]['lr']:.2g}) or check the counts for extreme values")
+                               f"Try a lower --lr than this run's {lr:.2g} (e.g. {lr/2:.2g}) or check the counts for extreme values")
     def after_step(self): self.steps += 1
 
 def run(a, # The checked settings of `flowers.train.train`
@@ -124,7 +127,7 @@ def _train(a, out, state, args, t0):
         print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
               + (f'head context {a.context}, ' if a.head=='map' else '') + f'{precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
-        guard = TrainingGuard()
+        guard = TrainingGuard(lr)
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag), guard] + ([Checkpoint(out, state)] if _is_main() else []))

@@ -139,10 +139,11 @@ def test_diverging_loss_stops_the_fit(flower_data):
     from flowers.data import count_dls
     from flowers.learner import count_learner
     from flowers.fitting import TrainingGuard
-    learn = count_learner(count_dls(flower_data[1], size=32, bs=8), pretrained=False, cbs=TrainingGuard())
+    learn = count_learner(count_dls(flower_data[1], size=32, bs=8), pretrained=False, cbs=TrainingGuard(4e-3))
     with torch.no_grad(): learn.model[0][0].weight.fill_(float('nan')) # what a diverged fit leaves behind
-    with pytest.raises(FlowersError, match=r'training diverged: the loss became nan in epoch 1; nothing was exported'):
-        with learn.no_bar(): learn.fit(1, 1e-3)
+    # the run's lr, not the schedule's at that step (a 25th of it at one cycle's start)
+    with pytest.raises(FlowersError, match=r"training diverged: the loss became nan in epoch 1; nothing was exported. Try a lower --lr than this run's 0.004 \(e.g. 0.002\)"):
+        with learn.no_bar(): learn.fit_one_cycle(1, 4e-3)
 
 def test_metrics_json_is_strict_when_counts_are_all_equal(flower_data, tmp_path):
     "R² is undefined when every count is the same: metrics.json says null, not NaN"
