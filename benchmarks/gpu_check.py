@@ -13,24 +13,27 @@ def _secs(s): return int(s.split(':')[0])*60 + int(s.split(':')[1])
 
 @call_parse
 def main(out:str, # Folder to write gpu.json into
-         size:int=128, # Training and counting size in pixels
+         size:int=None, # Training size in pixels (default: the no-flag run's, as `flowers.train` picks it on a GPU)
          n:int=2000, # Synthetic training images
-         epochs:int=14, # Training epochs
+         epochs:int=None, # Training epochs (default: the no-flag run's)
+         bs:int=None, # Batch size (default: the no-flag run's)
+         workers:int=8, # Data-loading processes
         ):
-    "Train the default recipe at `size` px on CUDA, then time inference; results to `out/gpu.json`"
+    "Train the default recipe on CUDA from fresh synthetic data, then time inference; results to `out/gpu.json`"
     warnings.filterwarnings('ignore')
     if not torch.cuda.is_available(): print('gpu_check.py: no CUDA device here; run it on a machine with an NVIDIA GPU', file=sys.stderr); sys.exit(2)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, size=size, n_images=n, epochs=epochs)
+    res = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, n_images=n, workers=workers)
     data,run = Path('/tmp/gpu-data'),Path('/tmp/gpu-run')
-    t = time.time(); make_flowers(data, n=n, size=size, show_progress=False); res['generate_s'] = round(time.time()-t, 1)
+    # the default data set's own settings, so the run is the no-flag one apart from where the data lives
+    t = time.time(); make_flowers(data, n=n, show_progress=False, replace=True); res['generate_s'] = round(time.time()-t, 1)
     t = time.time()
-    learn = train(data, out=run, overwrite=True, size=size, bs=64, epochs=epochs, pretrained='no', workers=8)
+    learn = train(str(data), out=str(run), overwrite=True, size=size, bs=bs, epochs=epochs, workers=workers)
     res['train_s'] = round(time.time()-t, 1)
     res['mixed_precision'] = any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     res['model_on'] = str(next(learn.model.parameters()).device)
     m = json.loads((run/'metrics.json').read_text())
-    res.update(mae=round(m['mae'], 3), lr=m['lr'], recipe=m['recipe'])
+    res.update(mae=round(m['mae'], 3), lr=m['lr'], recipe=m['recipe'], settings={k:m.get(k) for k in ('size','bs','epochs','head','context','precision')})
     h = pd.read_csv(run/'history.csv')
     res['epoch_s_median'] = float(h['time'].map(_secs).median())
     res['train_img_s'] = round(m['n_train']/max(res['epoch_s_median'], 1), 1)
