@@ -14,6 +14,11 @@ from . import memory
 WINDOW = 2 # training images a side in each window of counting by tiles
 
 __all__ = ['Counter', 'load_counter', 'load_pkl']
+def _on(norm, device):
+    "`norm` with its mean and std on `device`"
+    norm.mean,norm.std = norm.mean.to(device),norm.std.to(device)
+    return norm
+
 class Counter:
     "Counts with a trained network: `predict` one image, `predict_batch` many, in real batches"
     def __init__(self, model, # The network, ending in the count
@@ -39,7 +44,7 @@ class Counter:
         self.stride = map_stride(self.model) if isinstance(self.model[1], CountMapHead) else None # input pixels per map cell
         self.fmt = fmt
         self.resize = Resize(size, method=method, pad_mode=PadMode.Zeros)
-        self.norm = Normalize.from_stats(*stats, cuda=self.device.type=='cuda') if stats is not None else noop
+        self.norm = noop if stats is None else _on(Normalize.from_stats(*stats, cuda=False), self.device) # fastai's cuda=True: the first GPU's
         self._image_bytes = None # what one image's layers output: measured when a batch of more is asked for
 
     def bs_in_memory(self, bs:int) -> int:

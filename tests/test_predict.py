@@ -249,6 +249,11 @@ def test_training_and_prediction_paths_agree_on_large_photos(trained, camera_jpe
     # `learn.predict` moves the shared model to its data's device, so they must be the counter's (on a GPU it broke the counter's
     # next count); PyTorch's meta device stands in for CUDA here
     assert load_counter(trained/'export.pkl', device='meta').learn.dls.device==torch.device('meta')
+    # and the normalisation's statistics are on the counter's device (fastai's `cuda=True` put them on the first GPU, whichever it counts on)
+    from torchvision.models import resnet18
+    from flowers.density import count_model
+    from flowers.counter import Counter
+    assert Counter(count_model(resnet18), 32, stats=([.5]*3, [.25]*3), device='meta').norm.mean.device==torch.device('meta')
 
 def test_decoding_threads_keep_order_and_errors(counters, flower_data, tmp_path):
     "Batches decoded ahead in threads: the rows stay in order, a bad image in the middle stays on its row"
