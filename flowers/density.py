@@ -122,6 +122,10 @@ class PointSupervision(Callback):
         o = self.xopt.state_dict() # fastai's `L`s made plain, for `torch.load(weights_only=True)`
         return dict(layer=self.extent.state_dict(), opt=dict(state=list(o['state']), hypers=[dict(h) for h in o['hypers']]))
 
+    def __getstate__(self):
+        # the extent layer teaches the features and goes: the network, its export and the safe format stay as without it
+        return {**self.__dict__, **dict.fromkeys(('hook','feat','extent','xopt','saved','pts','rims'))}
+
     def before_fit(self):
         m = getattr(self.learn.model, 'module', self.learn.model) # unwrapped from DistributedDataParallel
         self.hook = hook_output(m[1].density, detach=False)
@@ -130,8 +134,10 @@ class PointSupervision(Callback):
     def after_fit(self):
         for h in (self.hook, self.feat):
             if h is not None: h.remove()
-        # the extent layer teaches the features and goes: the network, its export and the safe format stay as without it
-        self.hook = self.feat = self.extent = self.xopt = None
+        self.hook = self.feat = None
+        # the layer goes on to the run's next fit (`fine_tune`'s unfrozen one made a new layer, whose gradients from a random
+        # start went into the features it teaches), but not from `lr_find`'s, which is undone
+        if any(isinstance(cb, LRFinder) for cb in self.learn.cbs): self.extent = self.xopt = None
         # between fits the data decode (image, count), as `learn.predict` and `get_preds` need straight after `fit`
         drop_points(self.learn.dls)
 
@@ -156,7 +162,7 @@ class PointSupervision(Callback):
     def _extent_loss(self, pts, t):
         "Cross-entropy of a 1x1 layer over the map's features saying which cells lie on a head (a head smaller than a cell: its own)"
         f = self.feat.stored.float()
-        if self.extent is None: # the callback's own: not in the network, so not in its export either
+        if self.extent is None or self.extent.in_channels!=f.shape[1]: # the callback's own: not in the network, so not in its export either
             self.extent = nn.Conv2d(f.shape[1], 1, 1).to(f.device)
             self.xopt = Adam(list(self.extent.parameters()), lr=float(self.opt.hypers[-1]['lr']))
             # a resumed run goes on with the layer it had: a new one's gradients, from a random start, went into the features it teaches

@@ -191,6 +191,29 @@ def test_a_resumed_run_goes_on_with_its_extent_layer(flower_data, tmp_path):
         with again.no_bar(), again.no_logging(): again.fit(1, 1e-3, cbs=seen)
         assert torch.equal(seen.w, saved['layer']['weight'])==resume # a new run: a new layer
 
+def test_one_extent_layer_teaches_every_fit_of_a_run(flower_data, tmp_path):
+    "`fine_tune`'s unfrozen fit made a new extent layer, whose gradients from a random start went into the features the frozen fit's had taught"
+    import torch
+    from fastai.vision.all import Callback, load_learner
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    class FirstLayer(Callback): # the extent layer as a fit's first batch has it, before its first step
+        w = None
+        def after_loss(self):
+            x = self.learn.point_supervision.extent
+            if self.w is None and x is not None: self.w = x.weight.detach().clone()
+    learn = count_learner(count_dls(flower_data[1], size=32, bs=8, seed=42), 'resnet18', pretrained=False)
+    ps = learn.point_supervision
+    with learn.no_bar(), learn.no_logging():
+        learn.lr_find(num_it=4, show_plot=False)
+        assert ps.extent is None # lr_find's fit is undone, its layer too
+        learn.fit(1, 1e-3)
+        w,seen = ps.extent.weight.detach().clone(),FirstLayer()
+        learn.fit(1, 1e-3, cbs=seen)
+    assert torch.equal(seen.w, w) and not torch.equal(ps.extent.weight, w) # the second fit went on with the first fit's layer, and taught it
+    learn.export(tmp_path/'export.pkl')
+    assert ps.extent is not None and load_learner(tmp_path/'export.pkl').point_supervision.extent is None # and an export carries none
+
 def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
     "No --epochs: the CLI saves the epochs it chose for this precision, so --resume finishes that schedule, whatever the machine; and an older state resumes its head"
     from flowers.settings import SCHEDULES
