@@ -108,6 +108,9 @@ def map_deviance(pred, # Predicted counts per cell, non-negative
 class PointSupervision(Callback):
     "Where the data know each head's centre: the map is also taught to put each head's count there, and only there; and with radii, which cells lie on a head"
     order = -5 # before the loss, after `DDPTrainer` has wrapped the model
+    # what a callback pickled in an older `export.pkl` lacks: trained further, it failed at its first step
+    hook = feat = pts = rims = extent = xopt = saved = None
+    skipped,extent_weight = False,0. # no extent taught, as before there was one
     def __init__(self, count_weight=.03, # Share of the count's loss beside the map's, which teaches more per image (.1 before: README, Generalisation)
                  extent_weight=.1, # Share of the extent's loss (which cells lie on a head), where the data have radii
                 ):

@@ -100,6 +100,19 @@ def test_predict_after_fit_and_points_again(flower_data):
         count = float(learn.predict(img)[0][0])
         assert count == pytest.approx(Counter.from_learner(learn, precision='fp32').predict(img), rel=1e-3, abs=1e-3)
 
+def test_an_older_exports_callback_trains_on(flower_data):
+    "`PointSupervision` pickled in an export.pkl of an earlier version lacks what was added since: trained further, it failed at its first step"
+    import pickle
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    from flowers.density import PointSupervision
+    ps = PointSupervision()
+    for k in ('saved', 'skipped', 'extent_weight'): del ps.__dict__[k] # as pickled before they were
+    learn = count_learner(count_dls(flower_data[1], size=32, bs=8), 'resnet18', pretrained=False)
+    learn.remove_cb(PointSupervision).add_cb(pickle.loads(pickle.dumps(ps)))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    assert learn.point_supervision.extent is None and learn.recorder.values[-1][0] > 0 # trained, with no extent taught, as it was made
+
 def test_fastai_learners_and_the_export_train_on_data_with_points(flower_data, trained):
     "Head positions are for `PointSupervision` only: fastai's plain `vision_learner` trains on the same `dls`, and so does a loaded export, taught them again"
     from fastai.vision.all import Callback, first, risinstance, load_learner, vision_learner, resnet18, mae
