@@ -108,16 +108,15 @@ def map_deviance(pred, # Predicted counts per cell, non-negative
 class PointSupervision(Callback):
     "Where the data know each head's centre: the map is also taught to put each head's count there, and only there; and with radii, which cells lie on a head"
     order = -5 # before the loss, after `DDPTrainer` has wrapped the model
-    # what a callback pickled in an older `export.pkl` lacks: trained further, it failed at its first step
+    # a fit's state, set as it goes; a class's defaults, so that a callback pickled in an older `export.pkl`, which lacks what
+    # was added since, trains on (it failed at its first step). `saved`: a file of `extent_state` to start the extent layer
+    # from, a resumed run's (`load_checkpoint`); `skipped`: the network skipped this step
     hook = feat = pts = rims = extent = xopt = saved = None
     skipped,extent_weight = False,0. # no extent taught, as before there was one
     def __init__(self, count_weight=.03, # Share of the count's loss beside the map's, which teaches more per image (.1 before: README, Generalisation)
                  extent_weight=.1, # Share of the extent's loss (which cells lie on a head), where the data have radii
                 ):
         self.count_weight,self.extent_weight = count_weight,extent_weight
-        self.hook = self.feat = self.pts = self.rims = self.extent = self.xopt = None
-        self.skipped = False
-        self.saved = None # a file of `extent_state` to start the extent layer from: a resumed run's (`load_checkpoint`)
 
     def extent_state(self) -> dict:
         "The extent layer's weights and its optimiser's state, for a checkpoint; None before the layer's first batch"
@@ -127,7 +126,7 @@ class PointSupervision(Callback):
 
     def __getstate__(self):
         # the extent layer teaches the features and goes: the network, its export and the safe format stay as without it
-        return {**self.__dict__, **dict.fromkeys(('hook','feat','extent','xopt','saved','pts','rims'))}
+        return {k:v for k,v in self.__dict__.items() if k not in ('hook','feat','extent','xopt','saved','pts','rims','skipped')}
 
     def before_fit(self):
         m = getattr(self.learn.model, 'module', self.learn.model) # unwrapped from DistributedDataParallel
