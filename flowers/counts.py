@@ -1,5 +1,5 @@
 """Reading a counts CSV (and `points.csv` beside it) and checking every row and image, with messages that name them."""
-import hashlib, math, os, re, unicodedata, warnings, numpy as np, pandas as pd
+import hashlib, io, math, os, re, unicodedata, warnings, numpy as np, pandas as pd
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from csv import Error as CSVError
@@ -24,11 +24,16 @@ def _encoding(csv):
 def _read_csv(csv):
     "Every cell of `csv` as a stripped string; `,`, `;` or tab separated, UTF-8 (with or without a BOM) or UTF-16"
     enc = _encoding(csv)
-    try: head = csv.read_text(encoding=enc).lstrip().partition('\n')[0]
+    try: text = csv.read_text(encoding=enc)
     except UnicodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
+    head = text.lstrip().partition('\n')[0]
     if not head: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
     sep = max((',', ';', '\t'), key=head.count) # the first, a comma, when none is found
-    try: df = pd.read_csv(csv, sep=sep, dtype=str, keep_default_na=False, encoding=enc, skip_blank_lines=True)
+    # pandas 2's C parser (Python 3.10 gets no pandas 3) ends a cell at a NUL byte, and the row named a file that isn't the one
+    # written; its Python parser refuses cells over 128 kB. So a NUL goes through as a character no text holds, and comes back
+    nul = '\0' in text
+    if nul: text = text.replace('\0', '\uffff')
+    try: df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
     except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
     except (pd.errors.ParserError, UnicodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
     cols = [c.strip() for c in head.split(sep)]
@@ -36,6 +41,7 @@ def _read_csv(csv):
     if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
     df.columns = [str(c).strip() for c in df.columns]
     df = df.map(str.strip)
+    if nul: df = df.map(lambda c: c.replace('\uffff', '\0'))
     df.attrs['sep'] = sep
     return df
 
