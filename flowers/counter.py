@@ -14,6 +14,7 @@ from . import memory
 WINDOW = 2 # training images a side in each window of counting by tiles
 
 __all__ = ['Counter', 'load_counter', 'load_pkl']
+
 def _on(norm, device):
     "`norm` with its mean and std on `device`"
     norm.mean,norm.std = norm.mean.to(device),norm.std.to(device)
