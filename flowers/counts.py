@@ -35,7 +35,7 @@ def _read_csv(csv):
     if nul: text = text.replace('\0', '\uffff')
     try: df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
     except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
-    except (pd.errors.ParserError, UnicodeError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})")
+    except (pd.errors.ParserError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})") # decoded above: no UnicodeError here
     cols = [c.strip() for c in head.split(sep)]
     dup = sorted({c for c in cols if c and cols.count(c) > 1})
     if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")

@@ -6,6 +6,7 @@ from flowers.errors import FlowersDataError
 from flowers.images import open_image
 from flowers.data import read_counts
 from flowers.predict import load_counter
+from fastai.vision.all import Callback
 
 def _png_header_only(w, h):
     "A tiny PNG file that claims to be `w` x `h` pixels"
@@ -168,20 +169,24 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     m = json.loads((out/'metrics.json').read_text())
     assert m['resumed'] and m['epochs']==6 and not (out/'checkpoint.pth').exists() and not (out/'extent.pth').exists()
 
+class FirstLayer(Callback):
+    "The extent layer of `PointSupervision` as a fit's first batch has it, before its first step"
+    w = None
+    def after_loss(self):
+        x = self.learn.point_supervision.extent
+        if self.w is None and x is not None: self.w = x.weight.detach().clone()
+
+def _extent_learner(flower_data):
+    "A small count-map `Learner` on the session's data, whose radii `PointSupervision` teaches an extent layer from"
+    from flowers.data import count_dls
+    from flowers.learner import count_learner
+    return count_learner(count_dls(flower_data[1], size=32, bs=8, seed=42), 'resnet18', pretrained=False)
+
 def test_a_resumed_run_goes_on_with_its_extent_layer(flower_data, tmp_path):
     "The extent layer belongs to `PointSupervision`, not the network: a resumed run made a new one, whose gradients from a random start went into the features"
     import torch
-    from fastai.vision.all import Callback, first, risinstance
-    from flowers.data import count_dls
-    from flowers.learner import count_learner
-    from flowers.density import PointSupervision
     from flowers.checkpoint import Checkpoint, load_checkpoint, EXTENT
-    class FirstLayer(Callback): # the extent layer as its first batch made it, before its first step
-        w = None
-        def after_loss(self):
-            ps = first(self.learn.cbs.filter(risinstance(PointSupervision)))
-            if self.w is None and ps.extent is not None: self.w = ps.extent.weight.detach().clone()
-    def learner(): return count_learner(count_dls(flower_data[1], size=32, bs=8, seed=42), 'resnet18', pretrained=False)
+    def learner(): return _extent_learner(flower_data)
     learn = learner()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Checkpoint(tmp_path, {}))
     saved = torch.load(tmp_path/EXTENT, weights_only=True)
@@ -194,15 +199,8 @@ def test_a_resumed_run_goes_on_with_its_extent_layer(flower_data, tmp_path):
 def test_one_extent_layer_teaches_every_fit_of_a_run(flower_data, tmp_path):
     "`fine_tune`'s unfrozen fit made a new extent layer, whose gradients from a random start went into the features the frozen fit's had taught"
     import torch
-    from fastai.vision.all import Callback, load_learner
-    from flowers.data import count_dls
-    from flowers.learner import count_learner
-    class FirstLayer(Callback): # the extent layer as a fit's first batch has it, before its first step
-        w = None
-        def after_loss(self):
-            x = self.learn.point_supervision.extent
-            if self.w is None and x is not None: self.w = x.weight.detach().clone()
-    learn = count_learner(count_dls(flower_data[1], size=32, bs=8, seed=42), 'resnet18', pretrained=False)
+    from fastai.vision.all import load_learner
+    learn = _extent_learner(flower_data)
     ps = learn.point_supervision
     with learn.no_bar(), learn.no_logging():
         learn.lr_find(num_it=4, show_plot=False)
