@@ -7,7 +7,7 @@ from pillow_heif import register_heif_opener
 from fastai.vision.all import PILImage, Transform
 from .errors import FlowersDataError
 from .settings import MIN_SIZE, decode_threads
-from .counts import is_web_address
+from .names import is_web_address
 
 __all__ = ['FORMATS', 'MIN_SIZE', 'BACKGROUND', 'open_image', 'OpenImage', 'shrink', 'to_rgb8', 'image_pixels', 'image_format', 'image_size', 'fit_size', 'decode_threads']
 

@@ -6,7 +6,8 @@ from fastcore.script import call_parse
 from .errors import FlowersError, check_int, check_tile, options_first, user_errors, term_interrupts
 from .atomic import atomic_path
 from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
-from .counts import IMG_EXTS, OTHER_PICTURES, _read_csv, decimal_points, find_img_dir, match_names, is_web_address
+from .counts import _read_csv, decimal_points
+from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_address
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 

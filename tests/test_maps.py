@@ -254,7 +254,7 @@ def test_a_sharp_peak_shows_in_the_picture():
 def test_map_pictures_of_large_photos_are_drawn_small_and_in_place(trained, counters, flower_data, tmp_path):
     "A photo larger than any picture is drawn, with its map, at most PICTURE_SIDE a side; a map of any size covers the whole photo"
     import matplotlib; matplotlib.use('Agg')
-    from flowers.report import show_count_map, save_count_map, PICTURE_SIDE
+    from flowers.report import show_count_map, PICTURE_SIDE
     from flowers.images import open_image
     big = tmp_path/'big.jpg' # a camera photo's size, drawn on from a field
     Image.open(flower_data[0]/'images'/'00003.jpg').convert('RGB').resize((2400, 1800)).save(big)

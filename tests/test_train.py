@@ -28,7 +28,7 @@ def test_cli_run_writes_everything(trained):
 
 def test_a_run_folder_among_photos_adds_no_photos(trained, tmp_path):
     "`--out photos/model` once made the next count of photos/ count the run's plots too: they are left out, and said so"
-    import shutil, warnings
+    import shutil
     from flowers.settings import RUN_PLOTS
     from flowers.predict import find_images
     assert {p.name for p in trained.glob('*.png')}==set(RUN_PLOTS) # every picture a run writes is one it knows
