@@ -32,16 +32,21 @@ def _read_csv(csv):
     # written; its Python parser refuses cells over 128 kB. So a NUL goes through as a character no text holds, and comes back
     nul = '\0' in text
     if nul: text = text.replace('\0', '\uffff')
-    try: df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True)
+    # rows may be longer than the header (a separator at the end of every line, a notes cell without a name): read with room
+    # for them, pandas took a longer first row's first cells for an index, and its names became counts; a later one stopped it
+    width = min(max(line.count(sep) for line in text.splitlines()) + 1, head.count(sep) + 17)
+    try: cells = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=True, header=None, names=range(width))
     except pd.errors.EmptyDataError: raise FlowersDataError(f"{csv}: the file is empty; it needs a header line such as 'image,count' and one row per image")
     except (pd.errors.ParserError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})") # decoded above: no UnicodeError here
-    cols = [c.strip() for c in head.split(sep)]
+    if nul: cells = cells.map(lambda c: c.replace('\uffff', '\0'))
+    cols = [c.strip() for c in cells.iloc[0]]
+    while cols and not cols[-1]: cols.pop() # a separator at the header's end names no column
     dup = sorted({c for c in cols if c and cols.count(c) > 1})
     if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
-    df.columns = [str(c).strip() for c in df.columns]
-    df = df.map(str.strip)
-    if nul: df = df.map(lambda c: c.replace('\uffff', '\0'))
-    df.attrs['sep'] = sep
+    df = cells.iloc[1:, :len(cols)].map(str.strip).reset_index(drop=True)
+    df.columns = [c or f'Unnamed: {i}' for i,c in enumerate(cols)] # as pandas names them
+    more = [[c.strip() for c in row if c.strip()] for row in cells.iloc[1:, len(cols):].itertuples(index=False)]
+    df.attrs.update(sep=sep, extra={i+2:row for i,row in enumerate(more) if row})
     return df
 
 def decimal_points(col, # Cells of a count column, as strings
@@ -59,7 +64,7 @@ def _check_cols(df, csv, fn_col, label_col):
     "Raise if `fn_col` or `label_col` is missing from `df`, suggesting near matches"
     missing = [c for c in (fn_col,label_col) if c not in df.columns]
     if not missing: return
-    found = ', '.join(repr(c) for c in df.columns)
+    found = ', '.join(repr(c) for c in df.columns) or 'no named column'
     hints = [f"'{m}' looks like {c!r}" for m in missing for c in df.columns if c.lower()==m.lower()]
     hint = f" ({'; '.join(hints)})" if hints else ''
     raise FlowersDataError(f"{csv}: missing column {' and '.join(repr(m) for m in missing)}; found {found}{hint}. "
@@ -144,6 +149,12 @@ def _count_problem(s):
     if v<0: return f"count {_short(s)} is negative"
     if v > MAX_COUNT: return f"count {_short(s)} is absurdly large (more than {MAX_COUNT:,}); check the column"
 
+def _extra_problem(cells, n, sep):
+    "What is wrong with a row of `n` columns that has `cells` beyond them"
+    shown = ', '.join(repr(_short(c, 40)) for c in cells[:3]) + (', ...' if len(cells) > 3 else '')
+    hint = "a decimal comma (write 7.5) or a name holding a ','? Put such a name in double quotes" if sep==',' else f"a name holding a {sep!r}? Put it in double quotes"
+    return f"{len(cells)} more cell{'s'*(len(cells)!=1)} than the header's {n} column{'s'*(n!=1)} ({shown}): {hint}"
+
 def _problem_msg(csv, problems, what):
     "One message listing every `(line, message)` in `problems`"
     n = len(problems)
@@ -172,8 +183,10 @@ def read_counts(csv, # CSV file with one row per image, or a folder holding `cou
     df[fn_col] = [relative_name(fn, img_dir) for fn in df[fn_col]]
     matched = match_names(df[fn_col], img_dir)
     df[fn_col] = [fn for fn,_ in matched]
-    problems = []
+    problems,extra = [],df.attrs['extra']
     for i,(fn,cnt,(_,hint)) in enumerate(zip(df[fn_col], df[label_col], matched)):
+        # its name and count may be cells out of place: the extra cells are the problem to name
+        if i+2 in extra: problems.append((i+2, _extra_problem(extra[i+2], len(df.columns), df.attrs['sep']))); continue
         for p in (_path_problem(fn, img_dir, hint), _count_problem(cnt)):
             if p: problems.append((i+2, p))
     if verify: problems += _image_problems(df[fn_col], img_dir, {l for l,_ in problems}, size)
@@ -207,7 +220,7 @@ def read_heads(df, # A clean counts `DataFrame` from `read_counts`
     "Head centres from `points.csv` beside the counts CSV, and where it has radii (`r`), a point on each head's rim: two Series of -1..1 coordinates per row of `df`, each None without"
     f = Path(df.attrs['csv']).with_name('points.csv')
     if not f.is_file(): return None,None
-    try: pts = pd.read_csv(f)
+    try: pts = pd.read_csv(f, index_col=False) # a separator at each line's end: not the names as an index
     except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None,None
     if not {'image','x','y'} <= set(pts.columns):
         warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None,None
