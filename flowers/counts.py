@@ -220,7 +220,8 @@ def read_heads(df, # A clean counts `DataFrame` from `read_counts`
     "Head centres from `points.csv` beside the counts CSV, and where it has radii (`r`), a point on each head's rim: two Series of -1..1 coordinates per row of `df`, each None without"
     f = Path(df.attrs['csv']).with_name('points.csv')
     if not f.is_file(): return None,None
-    try: pts = pd.read_csv(f, index_col=False) # a separator at each line's end: not the names as an index
+    # index_col: a separator at each line's end is not the names as an index; a blank name is '', not a NaN no name matches
+    try: pts = pd.read_csv(f, index_col=False, dtype={'image': str}, keep_default_na=False)
     except Exception as e: warnings.warn(f"{f}: not readable ({e}); training from the counts only"); return None,None
     if not {'image','x','y'} <= set(pts.columns):
         warnings.warn(f"{f}: needs the columns image, x and y; training from the counts only"); return None,None

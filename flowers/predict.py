@@ -80,7 +80,7 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
         warnings.warn(f"{csv}: a table of counts flowers.predict wrote; its counts are a model's, not true counts, so they are not scored")
         label = None
     if label is None: return paths,None
-    counts = pd.to_numeric(decimal_points(df[label], df.attrs['sep']), errors='coerce').to_numpy('float64')
+    counts = pd.to_numeric(decimal_points(df[label], df.attrs['sep']), errors='coerce').to_numpy('float64', copy=True)
     counts[[l-2 for l in df.attrs['extra']]] = np.nan # cells past the header: '7,5' is no count of 7
     return paths,counts
 

@@ -128,7 +128,8 @@ def test_batch_shapes(flower_data, aug):
     assert y.shape==(8,)
 
 @pytest.mark.parametrize('points,says', [(None, None), ('image,x,y,r\n', "don't match their counts"), (b'\xff\xfe\x00junk', 'not readable'),
-                                         ('image,u,v\n', 'needs the columns image, x and y'), ('word', "aren't numbers")])
+                                         ('image,u,v\n', 'needs the columns image, x and y'), ('word', "aren't numbers"),
+                                         ('blank', "don't match their counts"), ('trailing', None)])
 def test_points_that_cannot_be_used_are_said_and_left_out(flower_data, tmp_path, points, says):
     "A points.csv from another tool may be anything: the counts still train, and a warning says why the points don't"
     src = flower_data[0]
@@ -136,6 +137,9 @@ def test_points_that_cannot_be_used_are_said_and_left_out(flower_data, tmp_path,
     f = tmp_path/'d'/'points.csv'
     if points=='word': # a non-number where a coordinate should be was a traceback
         p = pd.read_csv(f).astype({'x': object}); p.loc[0,'x'] = 'left'; p.to_csv(f, index=False)
+    elif points=='blank': # a row without a name was a traceback (pandas 3 kept it NaN)
+        p = pd.read_csv(f); p.loc[0,'image'] = ''; p.to_csv(f, index=False)
+    elif points=='trailing': f.write_text(f.read_text().replace('\n', ',\n')) # a separator at each line's end: the names became an index
     elif isinstance(points, bytes): f.write_bytes(points)
     elif points: f.write_text(points)
     df = read_counts(tmp_path/'d'/'counts.csv')

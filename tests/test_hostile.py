@@ -184,13 +184,13 @@ def test_rows_longer_than_the_header(flower_data, tmp_path):
     for text in ('image,count\n00000.jpg,3,\n00001.jpg,4,\n', 'image,count,\n00000.jpg,3\n00001.jpg,4,,\n'):
         csv = _counts_csv(tmp_path, flower_data, text)
         assert read_counts(csv, imgs)[['image','count']].values.tolist()==[['00000.jpg', 3.], ['00001.jpg', 4.]]
-    csv = _counts_csv(tmp_path, flower_data, 'image,count\n00000.jpg,3,blurry\n00001.jpg,4\n00002.jpg,7,5\n')
+    csv = _counts_csv(tmp_path, flower_data, 'image,count\n00000.jpg,3,blurry\n00001.jpg,4.5\n00002.jpg,7,5\n')
     msg,_ = _problems(csv, flower_data)
     assert "line 2: 1 more cell than the header's 2 columns ('blurry')" in msg and "line 4: 1 more cell than the header's 2 columns ('5'): a decimal comma (write 7.5)" in msg
     assert 'line 3' not in msg
     with pytest.warns(UserWarning, match=r'2 bad rows, dropped \(1 rows left\)'): assert read_counts(csv, imgs, drop_bad=True)['image'].tolist()==['00001.jpg']
     paths,counts = csv_images(csv) # counted by predict: every image, but only the row that is whole scored
-    assert [p.name for p in paths]==['00000.jpg', '00001.jpg', '00002.jpg'] and counts.tolist()[1]==4. and np.isnan(counts[[0, 2]]).all()
+    assert [p.name for p in paths]==['00000.jpg', '00001.jpg', '00002.jpg'] and counts.tolist()[1]==4.5 and np.isnan(counts[[0, 2]]).all()
 
 def test_duplicated_column_is_an_error(flower_data, tmp_path):
     from flowers.data import read_counts, FlowersDataError
