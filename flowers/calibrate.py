@@ -168,15 +168,38 @@ class Calibration:
 
     @classmethod
     def from_meta(cls, meta, tensors):
-        "The `Calibration` saved by `to_meta` (or by the one-block version before it), or None for a model trained before calibration"
+        "The `Calibration` saved by `to_meta` (or by the one-block version before it), or None for a model trained before calibration; ValueError for fields no export writes"
         if 'conformal' not in meta: return None
         c,u = meta['conformal'],meta['unusual']
+        scores,level = _vector(c['scores'], 'conformal.scores'),_number(c.get('level', 0.9), 'conformal.level', 0, 1)
+        threshold,max_count = _number(u['threshold'], 'unusual.threshold'),_number(u['max_count'], 'unusual.max_count')
         if 'calibration.mean' in tensors: # one block: the last stage's channel means
-            return cls(c['scores'], [tensors['calibration.mean'].numpy()], [tensors['calibration.precision'].numpy()], u['threshold'],
-                       u['max_count'], c.get('level', 0.9), legacy=True)
-        n = len(u['centre'])
-        return cls(c['scores'], [tensors[f'calibration.mean.{i}'].numpy() for i in range(n)], [tensors[f'calibration.precision.{i}'].numpy() for i in range(n)],
-                   u['threshold'], u['max_count'], c.get('level', 0.9), u['centre'], u['scale'], aspect=u.get('aspect'), side=u.get('side'))
+            return cls(scores, *_blocks_of(tensors, ['']), threshold, max_count, level, legacy=True)
+        n = sum(k.startswith('calibration.mean.') for k in tensors) # a block each
+        centre,aspect,side = _vector(u['centre'], 'unusual.centre', n),u.get('aspect'),u.get('side')
+        if aspect is not None and not (0 < (aspect := _vector(aspect, 'unusual.aspect', 2))[0] <= aspect[1] < math.inf): raise ValueError('unusual.aspect must be [narrowest, widest] above 0')
+        return cls(scores, *_blocks_of(tensors, [f'.{i}' for i in range(n)]), threshold, max_count, level, centre,
+                   _vector(u['scale'], 'unusual.scale', n), aspect=aspect, side=None if side is None else _number(side, 'unusual.side', 0))
+
+def _number(v, what, above=None, below=math.inf) -> float:
+    "`v` if it is a number (and with `above`, finite and between `above` and `below`), else ValueError naming `what`"
+    # an export may hold NaN where its held-out images had a stage it could not measure: it flags nothing, and must still load
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (above is not None and not above < v < below):
+        raise ValueError(f"{what} is {str(v)[:80]}, not a number" + (f" in ({above}, {below})" if above is not None else ''))
+    return float(v)
+
+def _vector(v, what, n=None) -> np.ndarray:
+    "`v` as a list of numbers (`n` of them), else ValueError naming `what`"
+    try: a = np.asarray(v, np.float64)
+    except (TypeError, ValueError): a = None
+    if a is None or a.ndim!=1 or (n is not None and len(a)!=n): raise ValueError(f"{what} is {str(v)[:80]}, not a list of {n or 'some'} numbers")
+    return a
+
+def _blocks_of(tensors, ends) -> tuple:
+    "The means and precisions `calibration.mean{end}`, `calibration.precision{end}` among `tensors`, each mean d numbers and each precision d x d"
+    means,precs = [tensors[f'calibration.mean{e}'].numpy() for e in ends],[tensors[f'calibration.precision{e}'].numpy() for e in ends]
+    if any(m.ndim!=1 or p.shape!=(len(m), len(m)) for m,p in zip(means, precs)): raise ValueError('calibration means and precisions of unlike sizes')
+    return means,precs
 
 def fingerprints(model, dl) -> tuple:
     "`fingerprint` features and counts of every item of `dl`, in order, in eval mode; and the blocks' sizes"

@@ -27,23 +27,24 @@ def _net_sha256(weights, meta):
 
 def _num(v): return isinstance(v, (int,float)) and not isinstance(v, bool) and math.isfinite(v)
 def _nums(v, n): return isinstance(v, list) and len(v)==n and all(map(_num, v))
+def _one_of(v, opts): return isinstance(v, (str, int)) and not isinstance(v, bool) and v in opts # a list or dict there is no key of `opts`, not a TypeError
 
 def check_meta(meta:dict, # `model.json` as read
                jfile, # Its name, for messages
               ) -> dict:
     "`meta` if every field `load_safe` uses is present and sane, else one `FlowersError` naming the field"
     def bad(k, want): raise FlowersError(f"{jfile}: field {k!r} is {meta.get(k, 'missing')!r}; it must be {want}. Re-export the model rather than editing this file")
-    if meta.get('arch') not in ARCHS: bad('arch', f"one of {', '.join(ARCHS)}")
+    if not _one_of(meta.get('arch'), ARCHS): bad('arch', f"one of {', '.join(ARCHS)}")
     if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
-    if meta.get('head', 'pool') not in HEAD_TYPES: bad('head', f"one of {', '.join(HEAD_TYPES)}")
-    if meta.get('stride', 16) not in MAP_CUTS: bad('stride', f"one of {', '.join(map(str, MAP_CUTS))}")
-    if meta.get('context', 0) not in range(MAX_CONTEXT+1): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
+    if not _one_of(meta.get('head', 'pool'), HEAD_TYPES): bad('head', f"one of {', '.join(HEAD_TYPES)}")
+    if not _one_of(meta.get('stride', 16), MAP_CUTS): bad('stride', f"one of {', '.join(map(str, MAP_CUTS))}")
+    if not _one_of(meta.get('context', 0), range(MAX_CONTEXT+1)): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
     y = meta.get('y_range')
     if meta.get('head', 'pool')=='pool' and not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
     if not (_num(meta.get('ps', 0.5)) and 0 <= meta.get('ps', 0.5) < 1): bad('ps', 'a dropout probability in [0, 1)')
     size = meta.get('size')
     if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= MAX_SIZE): bad('size', f'a whole number of pixels from 8 to {MAX_SIZE}')
-    if meta.get('method') not in ('squish','pad'): bad('method', "'squish' or 'pad'")
+    if not _one_of(meta.get('method'), ('squish','pad')): bad('method', "'squish' or 'pad'")
     norm = meta.get('normalize')
     if norm is not None and not (isinstance(norm, dict) and _nums(norm.get('mean'), 3) and _nums(norm.get('std'), 3) and min(norm['std']) > 0):
         bad('normalize', 'null or {"mean": [3 numbers], "std": [3 numbers above 0]}')
@@ -108,5 +109,5 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
     try: cal = Calibration.from_meta(meta, cal)
-    except (KeyError, TypeError, ValueError) as e: raise FlowersError(f"{jfile}: its calibration fields are incomplete ({e}); re-export the model")
+    except (KeyError, TypeError, ValueError) as e: raise FlowersError(f"{jfile}: its calibration fields are incomplete or invalid ({e}); re-export the model")
     return model.eval(),meta,cal

@@ -116,12 +116,20 @@ def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
     ('y_range', [5, 1], "'y_range'"), ('y_range', [0, float('inf')], "'y_range'"), ('y_range', None, "'y_range'"),
     ('method', 'crop', "'method'"), ('normalize', {'mean':[0,0,0], 'std':[1,0,1]}, "'normalize'"),
     ('ps', 2, "'ps'"), ('head', 'crop', "'head' is 'crop'"), ('arch', DROP, "'arch' is 'missing'"), ('method', DROP, "'method' is 'missing'"),
+    ('stride', {}, "'stride' is {}"), # was a TypeError: unhashable
 ])
 def test_model_json_fields_are_validated(trained, tmp_path, key, value, msg):
     "Without the hash (older files, or one removed by hand) every field is still checked"
     extra = dict(head='pool') if key=='y_range' else {} # only fastai's pooled head has a y_range
     f = _copy_model(trained, tmp_path, (lambda m: m.pop(key)) if value is DROP else (lambda m: m.update({key:value, **extra})))
     with pytest.raises(FlowersError, match=msg.replace('[','\\[')): load_counter(f)
+
+@pytest.mark.parametrize('part,key,value', [('unusual', 'aspect', []), ('unusual', 'centre', [1.]), ('unusual', 'scale', {'a': 1}),
+                                            ('unusual', 'threshold', 'far'), ('conformal', 'scores', [[1.]]), ('conformal', 'level', 2)])
+def test_calibration_fields_are_validated(trained, tmp_path, part, key, value):
+    "Calibration fields no export writes were tracebacks at the first count (a ValueError from numpy): one message when the model loads"
+    f = _copy_model(trained, tmp_path, lambda m: m[part].update({key: value}))
+    with pytest.raises(FlowersError, match=f"calibration fields are incomplete or invalid .*{part}.{key}"): load_counter(f)
 
 def test_model_files_are_readable_by_others(trained):
     "Written as `open` would: model.safetensors is not the 0600 of safetensors' temporary file"
