@@ -2,7 +2,7 @@
 import signal, sys, threading, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'check_int', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
+__all__ = ['FlowersError', 'FlowersDataError', 'MAX_SEED', 'check_int', 'check_seed', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -15,11 +15,18 @@ def check_int(name, # The flag, e.g. '--bs'
               v, # Its value
               lo=1, # Smallest allowed
               hint='', # Said after the rule
+              hi=None, # Largest allowed, if any
              ) -> int:
-    "`v` if it is a whole number of at least `lo`, else a `FlowersError` naming the flag"
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise FlowersError(f"{name} {v!r}: must be a whole number of at least {lo}{hint}")
+    "`v` if it is a whole number of at least `lo` (and at most `hi`), else a `FlowersError` naming the flag"
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        raise FlowersError(f"{name} {v!r}: must be a whole number " + (f"from {lo} to {hi}" if hi is not None else f"of at least {lo}") + hint)
     return v
+
+MAX_SEED = 2**32-1 # numpy's seeds: torch's manual_seed overflowed past 2^64 and numpy's generators refuse negative ones, with tracebacks
+
+def check_seed(seed) -> int:
+    "`seed` if it is a seed every library here takes, else a `FlowersError`"
+    return check_int('--seed', seed, 0, hi=MAX_SEED)
 
 def check_tile(tile, # `--tile`: pixels of the image per model input, as a number or its text, or 'auto'
                lo=8, # Smallest allowed

@@ -1,7 +1,7 @@
 """A training run's settings: what each may be, and what an interrupted run saved. No torch or fastai here, so a bad command line is refused at once."""
 import itertools, json, os, time
 from pathlib import Path
-from .errors import FlowersError, FlowersDataError, check_int
+from .errors import FlowersError, FlowersDataError, check_int, check_seed
 
 __all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
            'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
@@ -88,6 +88,7 @@ def check_args(a):
         if k in ('epochs','size','bs') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if a.context is not None: check_context(a.context)
+    check_seed(a.seed)
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
         raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
 

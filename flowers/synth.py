@@ -9,7 +9,7 @@ from fastcore.script import call_parse
 from .heads import HEADS, head_colours, head_parts, draw_parts, petal_outline, circle
 from .backgrounds import BACKGROUNDS, value_noise, leaf_colour, jitters, leaf_poly
 from .progress import interactive
-from .errors import FlowersError, check_int, user_errors, term_interrupts
+from .errors import FlowersError, check_int, check_seed, user_errors, term_interrupts
 from .settings import MIN_TRAIN_SIZE
 
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'LAYOUTS', 'check_families', 'render_field', 'flower_field',
@@ -211,7 +211,7 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     "Write a synthetic flower-count data set to `out`; returns the path of its CSV"
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
     layouts = check_families(layouts, LAYOUTS, 'layout')
-    check_int('--n', n, 0), check_int('--size', size, MIN_TRAIN_SIZE, ' (a ResNet sees nothing in smaller images)')
+    check_int('--n', n, 0), check_int('--size', size, MIN_TRAIN_SIZE, ' (a ResNet sees nothing in smaller images)'), check_seed(seed)
     if not 0 <= min_count <= max_count: raise FlowersError(f"counts must satisfy 0 <= min_count <= max_count, not {min_count}..{max_count}")
     # placing n heads takes n^2 steps, and past this they shrink under 1.5 px: a typo's 100000 would draw for hours
     if max_count > (size//4)**2: raise FlowersError(f"--max-count {max_count}: at most {(size//4)**2} heads can be told apart in a {size} px image; use a larger --size")
