@@ -11,7 +11,9 @@ def _umask():
 @contextlib.contextmanager
 def atomic_path(fname):
     "Yield a temporary path beside `fname` to write to; it replaces `fname` only once the block ends without error"
-    fname = Path(fname)
+    # `--out /dev/null` (run as root) replaced the device with a file, and `/dev/stdout` its link: what is no file is written to as it is
+    if os.path.exists(fname) and not os.path.isfile(fname): yield Path(fname); return
+    fname = Path(os.path.realpath(fname)) # a link to a file stays a link: the file it names is replaced
     tmp = fname.with_name(f'.{fname.stem}.tmp{os.getpid()}{fname.suffix}') # same suffix: savers pick formats by it
     try:
         yield tmp

@@ -25,6 +25,9 @@ def check_csv_out(out) -> Path:
     if out.is_dir(): raise FlowersError(f"--out {out}: is a folder; give a file name such as {out/'counts.csv'}")
     # a spreadsheet app refuses a CSV named .xlsx ("file format or extension is not valid") and the counts look lost
     if out.suffix.lower() not in ('.csv','.txt',''): raise FlowersError(f"--out {out}: the table is written as CSV, which Excel and LibreOffice open; name it {out.with_suffix('.csv')}")
+    if out.exists() and not out.is_file(): # a device or pipe (/dev/null, /dev/stdout) is written to as it is, not replaced
+        if not os.access(out, os.W_OK): raise FlowersError(f"--out {out}: not writable")
+        return out
     if not out.parent.is_dir(): raise FlowersError(f"--out {out}: folder {out.parent} does not exist; create it first")
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)): raise FlowersError(f"--out {out}: not writable")
     return out

@@ -210,6 +210,20 @@ def test_predict_out_checked_before_counting(trained, flower_data, tmp_path):
     with pytest.raises(FlowersError, match=r'written as CSV.*name it .*counts\.csv$'): check_csv_out(tmp_path/'counts.xlsx')
     assert check_csv_out(tmp_path/'counts.CSV')==tmp_path/'counts.CSV' and check_csv_out(tmp_path/'counts')==tmp_path/'counts'
 
+def test_predict_out_that_is_a_pipe_or_a_link(trained, flower_data, tmp_path):
+    "`--out /dev/null` (as root) replaced the device with a file: a pipe or device is written to, not replaced; a link to a file stays a link"
+    import os, threading
+    from flowers.atomic import atomic_text
+    pipe,got = tmp_path/'table.csv',[]
+    os.mkfifo(pipe) # a device as /dev/null is, without touching this machine's
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text()), daemon=True); reader.start()
+    r = run_predict(trained, flower_data[0]/'images'/'00000.jpg', '--out', pipe)
+    reader.join(30)
+    assert r.returncode==0 and pipe.is_fifo() and got and got[0].startswith('image,count'), r.stderr
+    real = tmp_path/'real.csv'; real.write_text('old'); (tmp_path/'link.csv').symlink_to(real)
+    atomic_text(tmp_path/'link.csv', 'new')
+    assert (tmp_path/'link.csv').is_symlink() and real.read_text()=='new' and not list(tmp_path.glob('.*tmp*'))
+
 def test_predict_never_writes_over_its_inputs(trained, flower_data, tmp_path):
     "`--out` naming the CSV being counted (with the user's true counts) or one of the photos is refused, and the file is as it was"
     csv = tmp_path/'mine.csv'
