@@ -106,8 +106,8 @@ def create_app(counter, # A `Counter`, loaded once
         if size > max_request_mb*MB: raise _TooLarge(f'request is {size/MB:.1f} MB; the limit is {max_request_mb:g} MB')
         ctype,_ = parse_options_header(request.headers.get('content-type') or '')
         if ctype!=b'multipart/form-data': raise MultiPartException('expected a multipart form with image files in the field "files"')
-        parser = _LimitedParser(request.headers, _limited(request.stream(), int(max_request_mb*MB)), max_files=max_files,
-                                max_file=int(max_upload_mb*MB), max_part_size=MB)
+        parser = _LimitedParser(request.headers, _limited(request.stream(), max_request_mb*MB), max_files=max_files,
+                                max_file=max_upload_mb*MB, max_part_size=MB)
         return await parser.parse()
 
     async def count(request:Request):
@@ -168,7 +168,7 @@ if __name__=='__main__': sys.argv[0] = 'python -m flowers.serve' # the usage lin
 def main(model:str, # Run folder, model.safetensors or export.pkl (the safe format is preferred)
          host:str='127.0.0.1', # Address to listen on; loopback by default
          port:int=8000, # Port; 0 lets the system pick a free one (the printed address says which)
-         max_upload_mb:float=20., # Largest single image in MB
+         max_upload_mb:float=20., # Largest single image in MB (inf: no limit, as for each limit here)
          max_request_mb:float=100., # Largest request in MB
          max_megapixels:float=64., # Largest single image in megapixels (decoding costs memory by pixels, not bytes)
          max_request_megapixels:float=256., # Most megapixels in one request

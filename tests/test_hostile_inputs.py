@@ -1,5 +1,5 @@
 "Careless and hostile inputs to prediction, model files and the server: one clear message, nothing computed lost"
-import io, json, os, re, shutil, stat, struct, numpy as np, pandas as pd, pytest, torch
+import io, json, math, os, re, shutil, stat, struct, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from flowers import FlowersError
 from flowers.images import open_image
@@ -312,6 +312,13 @@ def test_pixel_budget(app, counter, flower_data):
     assert rows[0]['count']==pytest.approx(counter.predict(good), abs=1e-4) # the app counts with this same counter
     assert 'big.png: 3 megapixels; the limit is 2 per image' in rows[1]['error']
     assert 'count' in rows[2] and "over this request's budget of 2.2 megapixels" in rows[3]['error']
+
+def test_limits_of_inf_mean_no_limit(counter, flower_data):
+    "`--max-upload-mb inf` answered every request with a bare 500 (an int of infinity): inf is no limit"
+    app = create_app(counter, max_upload_mb=math.inf, max_request_mb=math.inf, max_megapixels=math.inf, max_request_megapixels=math.inf)
+    good = (flower_data[0]/'images'/'00000.jpg').read_bytes()
+    status,rows,_ = _asgi_post(app, _body(_part('files', good, 'good.jpg')), CT)
+    assert status==200 and rows[0]['count']==pytest.approx(counter.predict(good), abs=1e-4)
 
 @pytest.mark.parametrize('port,msg', [(70000, '--port 70000: must be at most 65535'), (-1, '--port -1: must be a whole number of at least 0')])
 def test_port_out_of_range(trained, port, msg):
