@@ -54,15 +54,26 @@ def load_body_weights(learn, arch, fname, head='map', stride=MAP_STRIDE):
     fname = Path(fname)
     if not fname.is_file(): raise FlowersError(f"--weights {fname}: file not found")
     try: sd = torch.load(fname, map_location='cpu', weights_only=True)
-    except Exception as e: raise FlowersError(f"--weights {fname}: not a PyTorch state dict ({e})")
+    except Exception as e:
+        why = 'it needs pickle to load, which can run code' if 'Weights only load failed' in str(e) else (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise FlowersError(f"--weights {fname}: not a PyTorch state dict ({why}); save one with torch.save(model.state_dict(), '{fname.name}')") from None
     if isinstance(sd, dict) and isinstance(sd.get('state_dict', sd.get('model')), dict): sd = sd.get('state_dict', sd.get('model'))
+    if not isinstance(sd, dict): raise FlowersError(f"--weights {fname}: holds a {type(sd).__name__}, not a state dict")
     m = get_arch(arch)(weights=None)
+    body = [n for n,_ in list(m.named_children())[:body_cut(arch, head, stride)]]
+    # only the body's tensors are used: a ResNet trained on other classes (its fc of another size) gives its body as any other
+    ours,sd = [k for k in m.state_dict() if k.split('.')[0] in body],{k:v for k,v in sd.items() if isinstance(k, str) and k.split('.')[0] in body}
+    if not sd: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
+    # a resnet34's weights given for a resnet18 filled its blocks with the 34's first ones, unsaid (batch-norm step counts: older files lack them)
+    other,gone = sorted(set(sd) - set(ours)),sorted(k for k in set(ours) - set(sd) if not k.endswith('num_batches_tracked'))
+    if other or gone:
+        eg = f"{len(other)} tensors a {arch} lacks (e.g. {other[0]})" if other else f"none of {len(gone)} tensors of the {arch} body (e.g. {gone[0]})"
+        raise FlowersError(f"--weights {fname}: has {eg}; are they another architecture's? Pass the --arch they were saved from")
+    if bad := [k for k,v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise FlowersError(f"--weights {fname}: {bad[0]} holds NaN or infinite values; the file is damaged")
     try: m.load_state_dict(sd, strict=False)
     except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({str(e).splitlines()[0]})")
-    loaded = set(sd) & set(m.state_dict())
-    if not loaded: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
-    body = create_body(m, 3, True, body_cut(arch, head, stride))
-    learn.model[0].load_state_dict(body.state_dict())
+    learn.model[0].load_state_dict(create_body(m, 3, True, body_cut(arch, head, stride)).state_dict())
     return learn
 
 def count_y_range(counts, # Training counts

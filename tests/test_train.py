@@ -129,11 +129,27 @@ def test_pretrained_path_fine_tunes(torch_home, flower_data, tmp_path):
     assert len(norms)==1 and torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
 
 def test_weights_file(flower_data, tmp_path):
+    "A ResNet trained on 10 classes gives its body (its classifier of another size was refused as not fitting)"
     w = tmp_path/'body.pth'
-    sd = torchvision.models.resnet18().state_dict()
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
     torch.save(sd, w)
     train(flower_data[1], out=tmp_path/'run', arch='resnet18', size=32, bs=8, epochs=1, weights=w, lr=1e-3)
     assert json.loads((tmp_path/'run'/'metrics.json').read_text())['recipe']=='fine_tune'
+
+def _bad_weights(kind):
+    sd = (torchvision.models.resnet34 if kind=='resnet34' else torchvision.models.resnet18)().state_dict()
+    if kind=='nan': sd['layer1.0.conv1.weight'][0] = float('nan')
+    return sd
+
+@pytest.mark.parametrize('kind,msg', [('resnet34', 'has 36 tensors a resnet18 lacks (e.g. layer1.2.bn1.bias); are they another architecture'), # were loaded unsaid
+                                      ('nan', 'layer1.0.conv1.weight holds NaN or infinite values'), # trained to NaN, said as a learning rate's fault
+                                      ('empty', 'not a PyTorch state dict (EOFError)')])
+def test_weights_that_do_not_fit_are_refused(flower_data, tmp_path, kind, msg):
+    w = tmp_path/'body.pth'
+    if kind=='empty': w.write_bytes(b'')
+    else: torch.save(_bad_weights(kind), w)
+    with pytest.raises(FlowersError, match=re.escape(msg)): train(flower_data[1], out=tmp_path/'run', size=32, epochs=1, weights=w)
+    assert not (tmp_path/'run').exists()
 
 def test_pretrained_yes_without_weights_exits_2(flower_data, tmp_path):
     r = run_cli('--data', flower_data[0], '--out', tmp_path/'run', '--pretrained', 'yes', env={'TORCH_HOME': str(tmp_path/'th')})
