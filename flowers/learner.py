@@ -116,8 +116,13 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         cut = margs.pop('cut', None) # fastai 2.8's `vision_learner` does not pass `cut` on to `create_vision_model`
         # MAE over the gathered predictions, as fastai's rmse and R2Score are: its plain `mae` averages per-batch values, and in a
         # data-parallel run kept only rank 0's half of the validation set (history and the best checkpoint were 9% off the report)
-        learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
-                               metrics=[AccumMetric(mae), rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
+        try: learn = vision_learner(dls, get_arch(arch), n_out=1, pretrained=pretrained, loss_func=LOSSES[loss](),
+                                    metrics=[AccumMetric(mae), rmse, R2Score()], y_range=y_range, ps=ps, **margs, **kwargs)
+        except Exception as e: # a web page saved as the .pth, or another ResNet's file under its name: torch's traceback said neither
+            if not pretrained: raise
+            f = weights_file(arch)
+            raise FlowersError(f"ImageNet weights {f} can't be loaded ({(str(e).splitlines() or [type(e).__name__])[0][:200]}): the file is damaged "
+                               f"or not {arch}'s. Delete it to download it again, or put the right file there, or pass --pretrained no") from None
     if cut is not None:
         learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here
         learn.opt = None # `vision_learner` froze, and so made an optimizer, for the body before the cut

@@ -128,6 +128,13 @@ def test_pretrained_path_fine_tunes(torch_home, flower_data, tmp_path):
     norms = learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))
     assert len(norms)==1 and torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
 
+def test_a_damaged_imagenet_file_is_named(torch_home, flower_data, tmp_path):
+    "A web page saved as the weights, as a download behind a proxy leaves it: torch's traceback named neither the file nor what to do"
+    weights_file('resnet34').write_text('<html>Access denied</html>')
+    with pytest.raises(FlowersError, match=re.escape(f"ImageNet weights {weights_file('resnet34')} can't be loaded") + '.*Delete it to download it again'):
+        train(flower_data[1], out=tmp_path/'run', arch='resnet34', size=32, epochs=1, pretrained='auto')
+    assert not (tmp_path/'run').exists()
+
 def test_weights_file(flower_data, tmp_path):
     "A ResNet trained on 10 classes gives its body (its classifier of another size was refused as not fitting)"
     w = tmp_path/'body.pth'
