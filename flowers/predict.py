@@ -55,10 +55,13 @@ def _not_photos(root, files) -> tuple:
     return (set(RUN_PLOTS) & set(files),"a training run's plots") if run else (set(),'')
 
 def image_files(folder) -> tuple:
-    "Image files under `folder`, sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`), and the pictures flowers wrote"
-    found,other = [],[]
-    for root,dirs,files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith('.')]
+    "Image files under `folder` (links to folders followed), sorted, and the pictures there it can't read; names starting with '.' skipped, as fastai's `get_image_files` does (macOS's `._IMG_1.jpg` copies, `.thumbnails/`), and the pictures flowers wrote"
+    found,other,seen = [],[],set()
+    # links to folders are followed, as fastai's `get_files` does (photos/2024 -> a share's folder was passed over unsaid), each folder once: a link to a folder above it is no endless loop
+    for root,dirs,files in os.walk(folder, followlinks=True):
+        if (real := os.path.realpath(root)) in seen: dirs[:] = []; continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
         ours,what = _not_photos(root, files)
         if ours: warnings.warn(f"left out {len(ours)} picture(s) in {root}: {what}, not photos")
         files = [Path(root)/f for f in files if not f.startswith('.') and f not in ours]

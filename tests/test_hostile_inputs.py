@@ -87,6 +87,14 @@ def test_hidden_files_in_folders_are_not_images(flower_data, tmp_path):
     assert items==[tmp_path/'a.jpg', tmp_path/'sub'/'b.JPG'] and missing==[]
     assert find_images([tmp_path/'._a.jpg'])[0]==[tmp_path/'._a.jpg'] # named on its own, it is counted (and its row says it is no image)
 
+def test_linked_folders_are_searched_once(flower_data, tmp_path):
+    "A folder of photos linked in (photos/2024 -> a share) was passed over unsaid; a link to a folder above it must not loop, nor count a photo twice"
+    src,share,photos = flower_data[0]/'images'/'00000.jpg',tmp_path/'share',tmp_path/'photos'
+    for p in (share/'x.jpg', photos/'a.jpg'): p.parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, p)
+    (photos/'2024').symlink_to(share); (photos/'again').symlink_to(share); (share/'up').symlink_to(photos)
+    items,_ = find_images([photos])
+    assert items==[photos/'2024'/'x.jpg', photos/'a.jpg']
+
 # Model files
 def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
     for f in ('model.safetensors','model.json'): shutil.copy(trained/f, tmp_path/f)
