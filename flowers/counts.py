@@ -21,7 +21,7 @@ def _encoding(csv):
     return 'utf-16' if bom in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig'
 
 def _read_csv(csv):
-    "Every cell of `csv` as a stripped string; `,`, `;` or tab separated, UTF-8 (with or without a BOM) or UTF-16"
+    "Every cell of `csv` under the header's columns as a stripped string, and in `attrs` its `sep` and the `extra` cells past them by line; `,`, `;` or tab separated, UTF-8 (with or without a BOM) or UTF-16"
     enc = _encoding(csv)
     try: text = csv.read_text(encoding=enc)
     except UnicodeError as e: raise FlowersDataError(f"{csv}: not a UTF-8 text file ({e}); save it as CSV (UTF-8)")
