@@ -2,7 +2,7 @@
 import pickle, types, warnings, numpy as np
 from pathlib import Path
 from fastai.vision.all import *
-from .errors import FlowersError, check_tile
+from .errors import FlowersError, check_int, check_tile
 from .safe import load_safe, input_spec
 from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
@@ -181,6 +181,7 @@ class Counter:
                   fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
                  ) -> np.ndarray:
         "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
+        if max_side is not None: check_int('max_side', max_side) # 0 gave a full-size map, -1 one of a single pixel
         if tile is not None: cells,(w,h),*_ = self._tiled_cells(img, tile, fine)
         else:
             if callable(getattr(img, 'read', None)): img = img.read() # a stream is read once, for its size and its pixels

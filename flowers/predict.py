@@ -158,6 +158,8 @@ def predict_table(counter, # A `Counter`
     flag = unusual and cal is not None
     if level is not None: counter._calibration().quantile(level) # a bad level fails before any image is decoded
     names,ids = [str(o) for o in (names or items)],list(range(len(items)) if ids is None else ids)
+    if len(names)!=len(items) or len(ids)!=len(items): # a row would have been named or numbered by another image's, or an IndexError
+        raise FlowersError(f"predict_table: {len(items)} items, but {len(names)} names and {len(ids)} ids; give one of each per item")
     by_windows,left = {},None
     if maps: check_folder(maps, '--maps'); (Path(maps)/MAPS_MARK).touch()
     counts,feats,errors,sizes = np.full(len(items), np.nan),{},['']*len(items),{}

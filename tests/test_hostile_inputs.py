@@ -68,6 +68,13 @@ def test_things_that_are_not_images(counter, x):
 def test_predict_batch_wants_a_list(counter, x):
     with pytest.raises(FlowersError, match='predict_batch takes a list of images'): counter.predict_batch(x)
 
+def test_arguments_of_the_python_api_that_fit_no_image(counter, flower_data):
+    "Names or ids fewer than the images were an IndexError; a map's `max_side=0` drew it full size, and -1 as one pixel"
+    f = flower_data[0]/'images'/'00000.jpg'
+    with pytest.raises(FlowersError, match='2 items, but 1 names and 2 ids'): predict_table(counter, [f, f], names=['a'], show_progress=False)
+    for side in (0, -1, 2.5):
+        with pytest.raises(FlowersError, match=f'max_side {side}: must be a whole number of at least 1'): counter.count_map(f, max_side=side)
+
 def test_folder_and_fifo_named_like_images(counter, trained, tmp_path):
     (tmp_path/'dir.jpg').mkdir()
     with pytest.raises(FlowersError, match='dir.jpg: not a regular file'): counter.predict(tmp_path/'dir.jpg')
