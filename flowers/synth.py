@@ -15,6 +15,7 @@ from .settings import MIN_TRAIN_SIZE
 __all__ = ['SYNTH_VERSION', 'STAMP', 'HEADS', 'BACKGROUNDS', 'LAYOUTS', 'check_families', 'render_field', 'flower_field',
            'make_flowers', 'read_stamp', 'is_current']
 
+MAX_FIELD = 4096 # pixels a side of a field's typical size, at most
 SYNTH_VERSION = 3 # bump whenever the same seed would draw different images: older data sets are then regenerated
 STAMP = 'synth.json'
 _SS = 2 # supersampling: heads are drawn at 2x, then downsampled, for anti-aliased edges
@@ -211,7 +212,9 @@ def make_flowers(out, # Folder to write `images/`, `counts.csv`, `points.csv` an
     "Write a synthetic flower-count data set to `out`; returns the path of its CSV"
     heads,backgrounds = check_families(heads, HEADS, 'head family'),check_families(backgrounds, BACKGROUNDS, 'background family')
     layouts = check_families(layouts, LAYOUTS, 'layout')
-    check_int('--n', n, 0), check_int('--size', size, MIN_TRAIN_SIZE, ' (a ResNet sees nothing in smaller images)'), check_seed(seed)
+    check_int('--n', n, 0), check_seed(seed)
+    # `--size 99999` (a typo) asked numpy for 24 GB for one field, and died with its MemoryError's traceback
+    check_int('--size', size, MIN_TRAIN_SIZE, f' (a ResNet sees nothing in smaller images, and a field of {MAX_FIELD} px takes about 1 GB to draw)', hi=MAX_FIELD)
     if not 0 <= min_count <= max_count: raise FlowersError(f"counts must satisfy 0 <= min_count <= max_count, not {min_count}..{max_count}")
     # placing n heads takes n^2 steps, and past this they shrink under 1.5 px: a typo's 100000 would draw for hours
     if max_count > (size//4)**2: raise FlowersError(f"--max-count {max_count}: at most {(size//4)**2} heads can be told apart in a {size} px image; use a larger --size")

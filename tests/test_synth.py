@@ -108,7 +108,8 @@ def test_min_count_sets_the_fewest_heads(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.synth', str(tmp_path/'x'), '--n', '2', '--min-count', '6', '--max-count', '5'], capture_output=True, text=True)
     assert r.returncode==2 and 'min_count <= max_count' in r.stderr and 'Traceback' not in r.stderr
 
-@pytest.mark.parametrize('kw,msg', [(dict(n=-1), '--n -1: must be a whole number of at least 0'), (dict(size=5), '--size 5: must be a whole number of at least 32'),
+@pytest.mark.parametrize('kw,msg', [(dict(n=-1), '--n -1: must be a whole number of at least 0'), (dict(size=5), '--size 5: must be a whole number from 32 to 4096'),
+                                    (dict(size=99_999), '--size 99999: must be a whole number from 32 to 4096'), # numpy's MemoryError for 24 GB
                                     (dict(max_count=100_000), '--max-count 100000: at most 1024 heads'), # a negative n was a traceback, 100000 heads drew for hours
                                     (dict(seed=-1), '--seed -1: must be a whole number from 0 to 4294967295')]) # numpy's traceback
 def test_numbers_no_data_set_can_have(tmp_path, kw, msg):
