@@ -144,10 +144,23 @@ def read_state(run) -> dict:
     if not f.is_file(): return {}
     try: state = json.loads(f.read_text())
     except (ValueError, UnicodeDecodeError) as e: state = e
-    if not isinstance(state, dict) or not isinstance(state.get('args'), dict):
-        raise FlowersError(f"{f}: not a readable run state ({state if isinstance(state, Exception) else 'wrong contents'}); "
-                           f"this run can't be resumed: start a new one with the same flags")
+    why = state if isinstance(state, Exception) else 'wrong contents' if not (isinstance(state, dict) and isinstance(state.get('args'), dict)) else _odd_field(state)
+    if why: raise FlowersError(f"{f}: not a readable run state ({why}); this run can't be resumed: start a new one with the same flags")
     return state
+
+_NUM,_PATH = (int, float),(str, type(None))
+_STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH) # as `train` writes them
+_ARG_FIELDS = dict(data=_PATH, img_dir=_PATH, weights=_PATH, out=_PATH, fn_col=str, label_col=str) # those `check_args` does not check
+
+def _odd_field(state) -> str:
+    "What is wrong with the first field of `state` that no run writes ('field lr is 'fast''), or ''"
+    # an edited state.json was a traceback from deep inside the resumed run (a format code, a slice, a path of a number)
+    best = state.get('best')
+    for d,fields,pre in ((state, _STATE_FIELDS, ''), (state['args'], _ARG_FIELDS, 'args.')):
+        for k,t in fields.items():
+            if k in d and not isinstance(d[k], t): return f"field {pre}{k} is {d[k]!r}"
+    if isinstance(best, dict) and not all(isinstance(best.get(k), _NUM) for k in ('epoch','valid_loss','mae')): return f"field best is {best!r}"
+    return ''
 
 def resume_state(run) -> dict:
     "The saved state of run folder `run`, or an error saying why it can't be resumed"

@@ -259,6 +259,8 @@ def test_images_folder_may_be_a_link(flower_data, tmp_path):
     ('{not json', 'not a readable run state'),
     ('["a list"]', 'not a readable run state (wrong contents)'),
     ('{"args": {"epochs": "many"}, "lr": 0.001}', "--epochs 'many': must be a whole number"),
+    ('{"args": {"data": 5}, "lr": 0.001}', 'not a readable run state (field args.data is 5)'), # tracebacks from deep inside the resumed run
+    ('{"args": {}, "lr": "fast", "epochs_done": 2}', "not a readable run state (field lr is 'fast')"),
 ])
 def test_corrupt_resume_state_exits_2(tmp_path, state, msg):
     run = tmp_path/'run'; run.mkdir()
