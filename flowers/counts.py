@@ -40,7 +40,7 @@ def _read_csv(csv):
     except (pd.errors.ParserError, CSVError) as e: raise FlowersDataError(f"{csv}: not a readable CSV file ({e})") # decoded above: no UnicodeError here
     if nul: cells = cells.map(lambda c: c.replace('\uffff', '\0'))
     cols = [c.strip() for c in cells.iloc[0]]
-    while cols and not cols[-1]: cols.pop() # a separator at the header's end names no column
+    while len(cols) > 1 and not cols[-1]: cols.pop() # a separator at the header's end names no column; a header of blanks keeps its first
     dup = sorted({c for c in cols if c and cols.count(c) > 1})
     if dup: raise FlowersDataError(f"{csv}: the column {', '.join(map(repr, dup))} appears more than once in the header; rename or remove the copies")
     df = cells.iloc[1:, :len(cols)].map(str.strip).reset_index(drop=True)

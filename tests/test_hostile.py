@@ -189,6 +189,7 @@ def test_rows_longer_than_the_header(flower_data, tmp_path):
     assert "line 2: 1 more cell than the header's 2 columns ('blurry')" in msg and "line 4: 1 more cell than the header's 2 columns ('5'): a decimal comma (write 7.5)" in msg
     assert 'line 3' not in msg
     with pytest.warns(UserWarning, match=r'2 bad rows, dropped \(1 rows left\)'): assert read_counts(csv, imgs, drop_bad=True)['image'].tolist()==['00001.jpg']
+    assert [p.name for p in csv_images(_counts_csv(tmp_path, flower_data, ' , \n00000.jpg,3\n', 'blanks.csv'))[0]]==['00000.jpg'] # a header of blanks: its first column, as pandas read it
     paths,counts = csv_images(csv) # counted by predict: every image, but only the row that is whole scored
     assert [p.name for p in paths]==['00000.jpg', '00001.jpg', '00002.jpg'] and counts.tolist()[1]==4.5 and np.isnan(counts[[0, 2]]).all()
 
