@@ -2,7 +2,7 @@
 import pickle, types, warnings, numpy as np
 from pathlib import Path
 from fastai.vision.all import *
-from .errors import FlowersError, check_int, check_tile
+from .errors import FlowersError, check_int, check_tile, first_line
 from .safe import load_safe, input_spec
 from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
@@ -275,7 +275,7 @@ def load_pkl(fname) -> Learner:
             warnings.filterwarnings('ignore', message='load_learner')
             learn = load_learner(fname, pickle_module=_unpickler_for(fname))
     except FlowersError: raise
-    except Exception as e: raise FlowersError(f"{fname}: not a loadable model (truncated, corrupt or not a fastai export: {str(e).splitlines()[0][:200]})") from None
+    except Exception as e: raise FlowersError(f"{fname}: not a loadable model (truncated, corrupt or not a fastai export: {first_line(e)})") from None
     if not isinstance(learn, Learner): raise FlowersError(f"{fname}: holds a {type(learn).__name__}, not a fastai Learner")
     return learn
 

@@ -2,7 +2,7 @@
 import signal, sys, threading, warnings
 from contextlib import contextmanager
 
-__all__ = ['FlowersError', 'FlowersDataError', 'MAX_SEED', 'check_int', 'check_seed', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
+__all__ = ['FlowersError', 'FlowersDataError', 'first_line', 'MAX_SEED', 'check_int', 'check_seed', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
 
 class FlowersError(Exception):
     "A problem the user can fix (a bad flag, a missing file): reported as one message, exit code 2"
@@ -10,6 +10,10 @@ class FlowersError(Exception):
 class FlowersDataError(FlowersError, ValueError):
     "A problem with the user's data; `problems` lists `(line, message)` pairs"
     def __init__(self, msg, problems=()): super().__init__(msg); self.problems = list(problems)
+
+def first_line(e:Exception, n=200) -> str:
+    "The first line of `e`'s message, at most `n` characters, for a message of ours; its type's name where it has none"
+    return (str(e).splitlines() or [type(e).__name__])[0][:n] # an empty message made `splitlines()[0]` an IndexError
 
 def check_int(name, # The flag, e.g. '--bs'
               v, # Its value

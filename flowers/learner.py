@@ -2,7 +2,7 @@
 import math, warnings, torch, torchvision
 from pathlib import Path
 from fastai.vision.all import *
-from .errors import FlowersError
+from .errors import FlowersError, first_line
 from .settings import ARCHS, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, LOSS_NAMES, check_arch, check_head, check_context, check_loss, check_pretrained
 from .density import PointSupervision, count_model_args, drop_points, has_points, init_map_bias
 
@@ -55,12 +55,12 @@ def load_body_weights(learn, arch, fname, head='map', stride=MAP_STRIDE):
     if not fname.is_file(): raise FlowersError(f"--weights {fname}: file not found")
     try: sd = torch.load(fname, map_location='cpu', weights_only=True)
     except Exception as e:
-        why = 'it needs pickle to load, which can run code' if 'Weights only load failed' in str(e) else (str(e).splitlines() or [type(e).__name__])[0][:200]
+        why = 'it needs pickle to load, which can run code' if 'Weights only load failed' in str(e) else first_line(e)
         raise FlowersError(f"--weights {fname}: not a PyTorch state dict ({why}); save one with torch.save(model.state_dict(), '{fname.name}')") from None
     if isinstance(sd, dict) and isinstance(sd.get('state_dict', sd.get('model')), dict): sd = sd.get('state_dict', sd.get('model'))
     if not isinstance(sd, dict): raise FlowersError(f"--weights {fname}: holds a {type(sd).__name__}, not a state dict")
-    m = get_arch(arch)(weights=None)
-    body = [n for n,_ in list(m.named_children())[:body_cut(arch, head, stride)]]
+    m,cut = get_arch(arch)(weights=None),body_cut(arch, head, stride)
+    body = [n for n,_ in list(m.named_children())[:cut]]
     # only the body's tensors are used: a ResNet trained on other classes (its fc of another size) gives its body as any other
     ours,sd = [k for k in m.state_dict() if k.split('.')[0] in body],{k:v for k,v in sd.items() if isinstance(k, str) and k.split('.')[0] in body}
     if not sd: raise FlowersError(f"--weights {fname}: none of its tensors belong to a torchvision {arch}")
@@ -72,8 +72,8 @@ def load_body_weights(learn, arch, fname, head='map', stride=MAP_STRIDE):
     if bad := [k for k,v in sd.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]:
         raise FlowersError(f"--weights {fname}: {bad[0]} holds NaN or infinite values; the file is damaged")
     try: m.load_state_dict(sd, strict=False)
-    except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({str(e).splitlines()[0]})")
-    learn.model[0].load_state_dict(create_body(m, 3, True, body_cut(arch, head, stride)).state_dict())
+    except Exception as e: raise FlowersError(f"--weights {fname}: does not fit {arch} ({first_line(e)})")
+    learn.model[0].load_state_dict(create_body(m, 3, True, cut).state_dict())
     return learn
 
 def count_y_range(counts, # Training counts
@@ -121,7 +121,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         except Exception as e: # a web page saved as the .pth, or another ResNet's file under its name: torch's traceback said neither
             if not pretrained: raise
             f = weights_file(arch)
-            raise FlowersError(f"ImageNet weights {f} can't be loaded ({(str(e).splitlines() or [type(e).__name__])[0][:200]}): the file is damaged "
+            raise FlowersError(f"ImageNet weights {f} can't be loaded ({first_line(e)}): the file is damaged "
                                f"or not {arch}'s. Delete it to download it again, or put the right file there, or pass --pretrained no") from None
     if cut is not None:
         learn.model[0] = learn.model[0][:cut - model_meta[get_arch(arch)]['cut']] # so layer4 goes here

@@ -3,7 +3,7 @@ import hashlib, json, math
 from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
-from .errors import FlowersError
+from .errors import FlowersError, first_line
 from .settings import MAX_CONTEXT, FORMAT, model_file
 from .learner import ARCHS, get_arch
 from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context
@@ -107,7 +107,7 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
     model = count_model(arch, head, stride, context, meta['n_out'], **pool)
     try: model.load_state_dict(sd)
-    except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({str(e).splitlines()[0]})")
+    except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({first_line(e)})")
     try: cal = Calibration.from_meta(meta, cal)
     except (KeyError, TypeError, ValueError) as e: raise FlowersError(f"{jfile}: its calibration fields are incomplete or invalid ({e}); re-export the model")
     return model.eval(),meta,cal
