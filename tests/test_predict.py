@@ -133,7 +133,14 @@ class _Interrupting(io.BytesIO):
         if not getattr(self, 'sent', False): self.sent = True; os.kill(os.getpid(), signal.SIGINT)
         return super().read(*args)
 
-def test_an_interrupted_table_keeps_the_rows_counted(counters, flower_data):
+@pytest.fixture
+def ctrl_c():
+    "Python's own Ctrl-C handler, as a user's REPL has it: a pytest-xdist worker ignores SIGINT, and the test then counted every row"
+    was = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, was)
+
+def test_an_interrupted_table_keeps_the_rows_counted(counters, flower_data, ctrl_c):
     "Ctrl-C in the middle of `predict_table(partial=True)`: the rows counted are kept and the others say so; without `partial`, it stops as Ctrl-C does"
     c,files = counters[0],sorted((flower_data[0]/'images').glob('*.jpg'))[:12]
     whole = predict_table(c, files, bs=2, show_progress=False)
