@@ -1,5 +1,7 @@
 import os, pytest
-os.environ.setdefault('OMP_NUM_THREADS', '2')
+# pytest-xdist's workers share the cores: each its share of threads, not 2 each fighting over them
+workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 0))
+os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 2)//workers) if workers else 2))
 from flowers.synth import make_flowers
 
 @pytest.fixture(scope='session')
