@@ -1,7 +1,8 @@
 import os, pytest
-# pytest-xdist's workers share the cores: each its share of threads, not 2 each fighting over them
+# pytest-xdist's workers share the cores: each its share of threads (pytest's first process, which starts them, has set its default of 2 in their environment)
 workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 0))
-os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 2)//workers) if workers else 2))
+if workers: os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 2)//workers))
+else: os.environ.setdefault('OMP_NUM_THREADS', '2')
 from flowers.synth import make_flowers
 
 @pytest.fixture(scope='session')
