@@ -30,7 +30,7 @@ RECIPES = dict(
     jitter = dict(aug=JITTER_AUG), # the previous default: also zoom-out, colour, blur, noise
     noaug = dict(aug=False),
     squash = dict(aug=dict(min_aspect=.6)), # also the width or the height squashed to 0.6..1 of it: heads seen at an angle
-    squash8 = dict(aug=dict(min_aspect=.8)), # the same to 0.8..1: it helped held-out tilted heads before the extent was taught, and cost empty fields
+    squash8 = dict(aug=dict(min_aspect=.8)), # the same to 0.8..1: it helped held-out tilted heads at 96 px with the plain head; with today's default it made them worse (benchmarks/README.md)
     bs16 = dict(bs=16, epochs=30, lr=3e-3), # the bf16 schedule before batches of 32
     lr6 = dict(lr=6e-3), # Adam's lr grown with the batch, not its square root
 )
