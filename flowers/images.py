@@ -32,14 +32,21 @@ def _name(src):
     "How to name `src` in a message"
     return str(src) if isinstance(src, (str, Path)) else getattr(src, 'name', None) or f'<{type(src).__name__}>'
 
+def _full_scale(top:int) -> int:
+    "The largest value of the fewest bits, 8, 10, 12, 14, 16 or more, that hold `top`"
+    # scientific cameras save 10, 12 or 14 bits in a 16-bit file: a 12-bit micrograph scaled by 65535 came out nearly black
+    # (at most 16 of 255), and a count of a black image came back silently
+    bits = max(8, top.bit_length())
+    return 2**(bits + bits%2) - 1
+
 def _scale16(a):
-    "16-bit (or wider) integer or float pixel values scaled to 0..255, not clipped"
+    "16-bit (or wider) integer or float pixel values scaled to 0..255, integers by their bit depth (`_full_scale`), not clipped"
     if a.dtype.kind=='b': return a.astype(np.uint8)*255
     if a.dtype.kind not in 'uif': raise ValueError(f"pixels of type {a.dtype} are not numbers")
     # a NaN or inf would scale every other pixel to black, and the count of a black image would come back silently
     if a.dtype.kind=='f' and not np.isfinite(a).all(): raise ValueError("it has NaN or infinite pixel values")
     if a.dtype.kind=='f': hi = 1. if a.max()<=1. else float(a.max())
-    else: hi = 65535. if a.max()>255 else 255.
+    else: hi = float(_full_scale(int(a.max())))
     return np.clip(a.astype(np.float64)*255./hi + 0.5, 0, 255).astype(np.uint8)
 
 def to_rgb8(img:Image.Image) -> Image.Image:

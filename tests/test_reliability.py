@@ -51,6 +51,8 @@ def _near_base(a): return a.shape==np.asarray(_base()).shape and np.abs(a.astype
 GOOD = { # file name: (bytes, check of the RGB array)
     '16bit.png': (lambda: _save(Image.fromarray(np.array([[0, 32768, 65535]*4]*12, np.uint16)), 'PNG'),
                   lambda a: a[0,:3,0].tolist()==[0,128,255] and (a[...,0]==a[...,2]).all()),
+    # a scientific camera's 12 bits in a 16-bit file: scaled by 4095, not 65535 (nearly black, and counted as such)
+    '12bit.tiff': (lambda: _save(Image.fromarray(np.array([[0, 2048, 4095]*4]*12, np.uint16)), 'TIFF'), lambda a: a[0,:3,0].tolist()==[0,128,255]),
     'rgba.png': (lambda: _save(Image.new('RGBA', (16,16), (255,0,0,0)), 'PNG'), lambda a: (a==255).all()), # transparent -> white
     'half_alpha.png': (lambda: _save(Image.new('RGBA', (16,16), (0,0,0,128)), 'PNG'), lambda a: (abs(a.astype(int)-127)<=1).all()),
     'cmyk.jpg': (lambda: _save(Image.new('CMYK', (16,16), (0,255,255,0)), 'JPEG', quality=95), lambda a: a[...,0].mean()>200 and a[...,1].mean()<60),
@@ -87,6 +89,8 @@ def test_bytes_and_arrays(corpus):
     assert np.asarray(open_image((corpus/'gray.png').read_bytes())).shape==(16,16,3)
     with pytest.raises(FlowersDataError, match='empty image data'): open_image(b'')
     assert np.asarray(open_image(np.full((10,10), 65535, np.uint16))).max()==255
+    assert np.asarray(open_image(np.full((10,10), 1023, np.uint16))).max()==255 # 10 bits
+    assert np.asarray(open_image(np.full((10,10), 70000, np.int32))).max()==round(70000*255/(2**18-1)) # over 16 bits: scaled by 18, not clipped
 
 def test_web_addresses_and_home_folders_are_named_for_what_they_are():
     "A REPL user passes a photo's URL, or a path with '~': the message says why neither is a file here"
@@ -123,6 +127,15 @@ def test_exif_rotated_predicts_like_upright(corpus, trained, tmp_path):
     c = load_counter(trained)
     (tmp_path/'upright.png').write_bytes(_save(_base(), 'PNG'))
     assert abs(c.predict(corpus/'exif_rotated.png') - c.predict(tmp_path/'upright.png')) < 1e-5
+
+def test_a_12_bit_micrograph_counts_as_its_8_bit_copy(trained, tmp_path):
+    "A microscope camera's 12-bit TIFF is counted as the same picture saved in 8 bits, not as a dark one"
+    gray = np.asarray(_base().convert('L'))
+    Image.fromarray(gray).save(tmp_path/'8bit.png')
+    Image.fromarray(((gray.astype(int)*4095+127)//255).astype(np.uint16)).save(tmp_path/'12bit.tif')
+    c = load_counter(trained)
+    assert np.abs(np.asarray(open_image(tmp_path/'12bit.tif')).astype(int) - np.asarray(open_image(tmp_path/'8bit.png'))).max() <= 1
+    assert c.predict(tmp_path/'12bit.tif') == pytest.approx(c.predict(tmp_path/'8bit.png'), abs=.02)
 
 def _train_cmd(data, out, *extra):
     return [sys.executable, '-m', 'flowers.train', '--data', str(data), '--out', str(out), '--size', '32', '--bs', '8',
