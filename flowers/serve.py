@@ -151,7 +151,7 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
          ):
     "Load `model` once and serve the page and API until stopped"
     import uvicorn
-    if check_int('--port', port, 0) > 65535: raise FlowersError(f"--port {port}: must be at most 65535")
+    check_int('--port', port, 0, hi=65535)
     for k,v in dict(max_upload_mb=max_upload_mb, max_request_mb=max_request_mb, max_megapixels=max_megapixels,
                     max_request_megapixels=max_request_megapixels).items():
         if not v > 0: raise FlowersError(f"--{k.replace('_','-')} {v}: must be above 0")

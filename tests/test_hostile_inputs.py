@@ -336,10 +336,10 @@ def test_limits_of_inf_mean_no_limit(counter, flower_data):
     status,rows,_ = _asgi_post(app, _body(_part('files', good, 'good.jpg')), CT)
     assert status==200 and rows[0]['count']==pytest.approx(counter.predict(good), abs=1e-4)
 
-@pytest.mark.parametrize('port,msg', [(70000, '--port 70000: must be at most 65535'), (-1, '--port -1: must be a whole number of at least 0')])
-def test_port_out_of_range(trained, port, msg):
+@pytest.mark.parametrize('port', [70000, -1])
+def test_port_out_of_range(trained, port):
     "Checked before the model loads, in-process (the CLI's `user_errors` turns it into exit 2 like every FlowersError)"
-    with pytest.raises(FlowersError, match=msg): serve(trained, port=port)
+    with pytest.raises(FlowersError, match=f'--port {port}: must be a whole number from 0 to 65535'): serve(trained, port=port)
 
 def test_port_in_use_or_unknown_host(trained):
     "One message before the model loads: uvicorn said it after loading, with exit 3"
