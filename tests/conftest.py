@@ -1,8 +1,11 @@
 import os, pytest
-# pytest-xdist's workers share the cores: each its share of threads (pytest's first process, which starts them, has set its default of 2 in their environment)
+# pytest-xdist's workers share the cores: each its share of threads, unless the user set OMP_NUM_THREADS (pytest's first
+# process, which starts them, has set its default of 2 in their environment, so it notes whether that was the user's)
 workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 0))
-if workers: os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 2)//workers))
-else: os.environ.setdefault('OMP_NUM_THREADS', '2')
+if workers and not os.environ.get('FLOWERS_USER_THREADS'): os.environ['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 2)//workers))
+elif not workers:
+    os.environ.setdefault('FLOWERS_USER_THREADS', '1' if 'OMP_NUM_THREADS' in os.environ else '')
+    os.environ.setdefault('OMP_NUM_THREADS', '2')
 from flowers.synth import make_flowers
 
 @pytest.fixture(scope='session')
