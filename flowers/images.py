@@ -1,5 +1,5 @@
 """One robust image opener for training, prediction and the web service."""
-import io, threading, warnings, numpy as np, torch
+import io, re, threading, warnings, numpy as np, torch
 from contextlib import contextmanager
 from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -73,6 +73,36 @@ def _one_picture(img, name):
         raise FlowersDataError(f"{name}: holds {n} pictures of {first[0]}x{first[1]} pixels (a z-stack, channels, a time series or an animation?), "
                                f"and one would be counted; save the picture to count (or a projection of the stack) as its own file")
 
+def _deep(img) -> bool:
+    "Whether `img` (a PNG's or TIFF's, not yet decoded) holds 16 bits a channel of colour, of which Pillow keeps each value's high byte"
+    return img.mode in ('RGB','RGBA') and any(re.search(r';16[BL]\b', str(t.args)) for t in img.tile)
+
+def _swapped(args):
+    "A tile's decoder arguments with its rawmode's byte order swapped ('RGB;16B' <-> 'RGB;16L'): its unpacker then keeps the low bytes"
+    sw = lambda a: re.sub(r';16([BL])$', lambda m: ';16' + 'LB'[m[1]=='L'], a) if isinstance(a, str) else a
+    return sw(args) if isinstance(args, str) else tuple(map(sw, args))
+
+def _all_bits(img, reopen):
+    "`img` with both bytes of each 16-bit value, scaled by their bit depth (`_full_scale`); as Pillow decoded it where that fails"
+    # a 12-bit colour camera's 16-bit TIFF or PNG came out at most 15 of 255 (the high bytes), and was counted as a black picture
+    try:
+        with _pil_warnings(quiet=True): low = reopen()
+        with low: # a file it opened is closed, also where this fails
+            low.tile = [t._replace(args=_swapped(t.args)) for t in low.tile]
+            a = np.asarray(img).astype(np.int64)*256 + np.asarray(low)
+    except Exception: return img # a source that can't be read twice, or a decoder Pillow has for one byte order only
+    rgb8 = (a[..., :3]*255./_full_scale(int(a[..., :3].max())) + .5).astype(np.uint8)
+    img.frombytes(np.concatenate([rgb8, (a[..., 3:]/257. + .5).astype(np.uint8)], -1).tobytes()) # alpha is full range
+    return img
+
+def _reopener(src):
+    "A function that opens `src` again from where it is now; None for a stream that can't go back"
+    if isinstance(src, (str, Path)): return lambda: Image.open(src, formats=FORMATS)
+    try: start = src.tell()
+    except (AttributeError, OSError, ValueError): return None # a pipe: Pillow reads it once, into memory
+    def reopen(): src.seek(start); return Image.open(src, formats=FORMATS)
+    return reopen
+
 def _open(src, name, size=None):
     "A decoded PIL image from a path, bytes or file object (a JPEG at no less than twice `size`); refuses non-raster formats"
     if isinstance(src, (str, Path)):
@@ -88,11 +118,14 @@ def _open(src, name, size=None):
         src = io.BytesIO(bytes(src))
     elif not callable(getattr(src, 'read', None)): raise FlowersDataError(f"{name}: can't read an image from {type(src).__name__}; give {KINDS}")
     try:
+        reopen = _reopener(src)
         with _pil_warnings(): img = Image.open(src, formats=FORMATS) # reads the header, where PIL checks the size
         _one_picture(img, name)
         # libjpeg decodes straight to 1/2, 1/4 or 1/8 scale: a 12 MP photo for a 64 px model in a quarter of the time
         if size and img.format in ('JPEG','MPO'): img.draft(img.mode, (2*size, 2*size))
+        deep = _deep(img)
         img.load() # decode now, in parallel with other threads: a truncated file fails here, not mid-batch
+        if deep and reopen: img = _all_bits(img, reopen)
     except FlowersDataError: raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise FlowersDataError(f"{name}: image is too large to open safely ({e}); resize it below {Image.MAX_IMAGE_PIXELS:,} pixels") from None

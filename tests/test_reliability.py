@@ -16,6 +16,24 @@ def _png_header_only(w, h):
 def _save(img, fmt, **kw):
     b = io.BytesIO(); img.save(b, fmt, **kw); return b.getvalue()
 
+def _png16(a, kind=2):
+    "A PNG of 16 bits a channel from the HxWx3 (or HxWx4, `kind` 6) array `a`, which Pillow can't write"
+    h,w,_ = a.shape
+    raw = b''.join(b'\x00' + a[y].astype('>u2').tobytes() for y in range(h))
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t+d) & 0xffffffff)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, kind, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+
+def _tiff16(a):
+    "An uncompressed RGB TIFF of 16 bits a channel from the HxWx3 array `a`"
+    h,w,_ = a.shape
+    data = a.astype('<u2').tobytes()
+    tags = [(256,3,1,w),(257,3,1,h),(258,3,3,8),(259,3,1,1),(262,3,1,2),(273,4,1,16),(277,3,1,3),(278,3,1,h),(279,4,1,len(data)),(284,3,1,1)]
+    ifd = struct.pack('<H', len(tags)) + b''.join(struct.pack('<HHI', t, k, n) + struct.pack('<HH' if k==3 else '<I', v, *([0] if k==3 else []))
+                                                 for t,k,n,v in tags) + bytes(4)
+    return b'II*\x00' + struct.pack('<I', 16+len(data)) + struct.pack('<HHH', 16, 16, 16) + bytes(2) + data + ifd
+
+def _rgb12(): return np.broadcast_to(np.array([4095, 2048, 0], np.uint16), (12, 12, 3)) # a 12-bit colour camera's values
+
 def _base(): return Image.open(Path(__file__).parents[1]/'data'/'sample'/'images'/'00000.jpg').convert('RGB')
 
 def _gif():
@@ -53,6 +71,11 @@ GOOD = { # file name: (bytes, check of the RGB array)
                   lambda a: a[0,:3,0].tolist()==[0,128,255] and (a[...,0]==a[...,2]).all()),
     # a scientific camera's 12 bits in a 16-bit file: scaled by 4095, not 65535 (nearly black, and counted as such)
     '12bit.tiff': (lambda: _save(Image.fromarray(np.array([[0, 2048, 4095]*4]*12, np.uint16)), 'TIFF'), lambda a: a[0,:3,0].tolist()==[0,128,255]),
+    # 16 bits a channel of colour, of which Pillow keeps the high bytes (15 of 255 for 12 bits)
+    '12bit_rgb.png': (lambda: _png16(_rgb12()), lambda a: a[0,0].tolist()==[255,128,0]),
+    '12bit_rgb.tiff': (lambda: _tiff16(_rgb12()), lambda a: a[0,0].tolist()==[255,128,0]),
+    '16bit_rgb.png': (lambda: _png16(_rgb12().astype(np.int64)*16), lambda a: a[0,0].tolist()==[255,128,0]),
+    '12bit_rgba.png': (lambda: _png16(np.concatenate([_rgb12(), np.full((12,12,1), 0)], -1), 6), lambda a: (a==255).all()), # transparent
     'rgba.png': (lambda: _save(Image.new('RGBA', (16,16), (255,0,0,0)), 'PNG'), lambda a: (a==255).all()), # transparent -> white
     'half_alpha.png': (lambda: _save(Image.new('RGBA', (16,16), (0,0,0,128)), 'PNG'), lambda a: (abs(a.astype(int)-127)<=1).all()),
     'cmyk.jpg': (lambda: _save(Image.new('CMYK', (16,16), (0,255,255,0)), 'JPEG', quality=95), lambda a: a[...,0].mean()>200 and a[...,1].mean()<60),
@@ -133,9 +156,13 @@ def test_a_12_bit_micrograph_counts_as_its_8_bit_copy(trained, tmp_path):
     gray = np.asarray(_base().convert('L'))
     Image.fromarray(gray).save(tmp_path/'8bit.png')
     Image.fromarray(((gray.astype(int)*4095+127)//255).astype(np.uint16)).save(tmp_path/'12bit.tif')
+    rgb = np.asarray(_base())
+    Image.fromarray(rgb).save(tmp_path/'8bit_rgb.png')
+    (tmp_path/'12bit_rgb.png').write_bytes(_png16((rgb.astype(int)*4095+127)//255)) # and in colour
     c = load_counter(trained)
-    assert np.abs(np.asarray(open_image(tmp_path/'12bit.tif')).astype(int) - np.asarray(open_image(tmp_path/'8bit.png'))).max() <= 1
-    assert c.predict(tmp_path/'12bit.tif') == pytest.approx(c.predict(tmp_path/'8bit.png'), abs=.02)
+    for deep,flat in (('12bit.tif','8bit.png'), ('12bit_rgb.png','8bit_rgb.png')):
+        assert np.abs(np.asarray(open_image(tmp_path/deep)).astype(int) - np.asarray(open_image(tmp_path/flat))).max() <= 1
+        assert c.predict(tmp_path/deep) == pytest.approx(c.predict(tmp_path/flat), abs=.02)
 
 def _train_cmd(data, out, *extra):
     return [sys.executable, '-m', 'flowers.train', '--data', str(data), '--out', str(out), '--size', '32', '--bs', '8',
