@@ -8,20 +8,22 @@ from flowers.data import read_counts
 from flowers.predict import load_counter
 from fastai.vision.all import Callback
 
+def _png(w, h, bits, kind, raw=b''):
+    "A PNG file of `w` x `h` pixels, `bits` a sample, colour type `kind`, from its unfiltered rows `raw`, made by hand: Pillow writes neither kind"
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t+d) & 0xffffffff)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, bits, kind, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+
 def _png_header_only(w, h):
     "A tiny PNG file that claims to be `w` x `h` pixels"
-    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t+d) & 0xffffffff)
-    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b'')
+    return _png(w, h, 1, 0)
 
 def _save(img, fmt, **kw):
     b = io.BytesIO(); img.save(b, fmt, **kw); return b.getvalue()
 
 def _png16(a, kind=2):
-    "A PNG of 16 bits a channel from the HxWx3 (or HxWx4, `kind` 6) array `a`, which Pillow can't write"
+    "A PNG of 16 bits a channel from the HxWx3 (or HxWx4, `kind` 6) array `a`"
     h,w,_ = a.shape
-    raw = b''.join(b'\x00' + a[y].astype('>u2').tobytes() for y in range(h))
-    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t+d) & 0xffffffff)
-    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 16, kind, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+    return _png(w, h, 16, kind, b''.join(b'\x00' + a[y].astype('>u2').tobytes() for y in range(h)))
 
 def _tiff16(a):
     "An uncompressed RGB TIFF of 16 bits a channel from the HxWx3 array `a`"
