@@ -70,6 +70,8 @@ def fingerprint(model, # fastai's (body, head) network
 # Images wider (or taller) than every training image by more than this are flagged: on the default model, fields of 1.5:1 (its
 # widest) counted with MAE 1.16 as square ones with 1.09, of 1.78:1 1.60, of 2:1 2.06, of 3:1 3.05, all undercounted
 ASPECT_MARGIN = 1.25
+# An image unlike the training images and this many times their side is pointed to counting by windows at their scale
+SCALE_MARGIN = 2
 
 class Calibration:
     "A model's conformal scores on held-out images, and a fingerprint of its training images: block by block, a mean and a precision"
@@ -137,12 +139,21 @@ class Calibration:
             return f'{shape}, a shape no training image has (up to {most}): made square for the model, its heads are {heads} than any it learnt; the count may be off'
         return [note(w, h) for w,h in sizes]
 
+    def larger(self, w, h) -> str:
+        "For a `w` x `h` image far larger than the training images, a hint to count it by windows at their scale; else ''"
+        side = getattr(self, 'side', None) # calibrations pickled before it was recorded have none
+        if side is None or (w*h)**.5 < SCALE_MARGIN*side: return ''
+        # a photo of a whole bed, squeezed into one input, shows heads far smaller than any it learnt: --tile auto counts it at their scale
+        return (f" ({w}x{h} px, {(w*h)**.5/side:.0f}x the training images' side: where its heads look as large as in them, "
+                f"count it by windows at their scale: flowers.predict --tile auto, or tile='auto')")
+
     def unusual(self, feats, pred, sizes=None) -> tuple:
-        "Flags, and a short note for each flagged image: unlike the training images, more heads than any of them, or (with `sizes`) a far odder shape"
+        "Flags, and a short note for each flagged image: unlike the training images (with `sizes`, what to try if far larger), more heads than any of them, or (with `sizes`) a far odder shape"
         far,high = self.distance(feats) > self.threshold,np.asarray(pred) > self.max_count
         shape = self.odd_shape(sizes) if sizes is not None else ['']*len(far)
-        notes = ['; '.join(['unlike the training images; the count may be meaningless']*int(f) + [f'more than the largest training count ({self.max_count:g})']*int(h) + [o]*bool(o))
-                 for f,h,o in zip(far, high, shape)]
+        larger = [self.larger(*wh) for wh in sizes] if sizes is not None else ['']*len(far)
+        notes = ['; '.join([f'unlike the training images; the count may be meaningless{l}']*int(f) + [f'more than the largest training count ({self.max_count:g})']*int(h) + [o]*bool(o))
+                 for f,h,o,l in zip(far, high, shape, larger)]
         return far|high|np.array([bool(o) for o in shape], bool),notes
 
     def unusual_windows(self, feats, pred) -> tuple:

@@ -74,9 +74,10 @@ class Counter:
         return r.cols[0] if r is not None and len(r.cols)==1 and isinstance(r.cols[0], str) else 'count'
 
     def _tensor_and_size(self, img, name=None):
-        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed; and its (width, height) then"
+        "One image (path, PIL image, array or bytes) as a resized uint8 tensor, decoded at the size needed; and its (width, height) as given"
         pil = open_image(img, name, size=self.size)
-        return image2tensor(self.resize(pil, split_idx=1)),pil.size
+        # a file is decoded, and reduced, to a few times the model's input: its header says how large it is (a file object's can't be read twice)
+        return image2tensor(self.resize(pil, split_idx=1)),(image_size(img) if isinstance(img, (str, Path, bytes, bytearray, memoryview)) else pil.size)
 
     def _tensor(self, img, name=None): return self._tensor_and_size(img, name)[0]
 

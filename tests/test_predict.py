@@ -345,6 +345,25 @@ def test_counts_by_tiles_are_judged_by_their_windows(counters, valid_images, tra
     assert 'largest training count' not in df['note'][0] or 'a window' in df['note'][0] # never the total's own
     assert c.is_unusual(tmp_path/'mosaic.png', tile=64)==(str(df['unusual'][0])=='True') # the same judgement in Python
 
+def test_unusual_images_far_larger_than_the_training_images_are_pointed_to_windows(counters, tmp_path):
+    "A photo of a whole bed squeezed into one input shows heads far smaller than any learnt: its note says to count it by windows"
+    from flowers.predict import predict_table
+    c = counters[1]
+    cal = c.calibration
+    _,far = c._forward([torch.randint(0, 256, (3, c.size, c.size), dtype=torch.uint8)], feats=True) # noise: unlike them
+    for scale,hint in ((3, True), (1.5, False)):
+        w = round(scale*cal.side)
+        flags,notes = cal.unusual(far, [1.], [(w, w)])
+        assert flags[0] and notes[0].startswith('unlike the training images') and ("--tile auto, or tile='auto'" in notes[0])==hint, notes
+    flags,notes = cal.unusual(np.concatenate(cal.means)[None], [1.], [(w*4, w*4)]) # like them, only larger: no note
+    assert not flags[0] and notes[0]==''
+    # end to end, with the file's own size: a JPEG is decoded at a few times the model's input, not at its 8 x the training side
+    n = round(8*cal.side)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (n, n, 3), dtype=np.uint8)).save(tmp_path/'bed.jpg', quality=90)
+    row = predict_table(c, [tmp_path/'bed.jpg'], show_progress=False).iloc[0]
+    assert row['unusual'] and f"({n}x{n} px, 8x the training images' side" in row['note'], row['note']
+    assert c.is_unusual(tmp_path/'bed.jpg')
+
 def test_tile_far_past_the_image_is_flagged(counters, flower_data, recwarn):
     "A 20 px photo with --tile 100000: one window of a few pixels, where the heads vanish (it counted 0, unflagged, with torch's std warning)"
     from flowers.predict import predict_table
