@@ -145,7 +145,7 @@ class Calibration:
         if side is None or (w*h)**.5 < SCALE_MARGIN*side: return ''
         # a photo of a whole bed, squeezed into one input, shows heads far smaller than any it learnt: --tile auto counts it at their scale
         return (f" ({w}x{h} px, {(w*h)**.5/side:.0f}x the training images' side: where its heads look as large as in them, "
-                f"count it by windows at their scale: flowers.predict --tile auto, or tile='auto')")
+                f"count it by windows at their scale: flowers.predict --tile auto, tile='auto', or the page's 'Count by windows')")
 
     def unusual(self, feats, pred, sizes=None) -> tuple:
         "Flags, and a short note for each flagged image: unlike the training images (with `sizes`, what to try if far larger), more heads than any of them, or (with `sizes`) a far odder shape"

@@ -57,8 +57,8 @@ def _row(r) -> dict:
     "One `predict_table` row as the API answers it: the error alone, or the count with its interval and unusual flag when known"
     if r['error']: return dict(image=r['image'], error=r['error'])
     out = dict(image=r['image'], count=float(r['count']))
-    # too few validation images for the level leave the top open: JSON has no infinity, so it says null
-    if 'low' in r: out.update(low=float(r['low']), high=float(r['high']) if math.isfinite(r['high']) else None)
+    # too few validation images for the level leave the top open: JSON has no infinity, so it says null; counts by windows have none
+    if 'low' in r and not math.isnan(r['low']): out.update(low=float(r['low']), high=float(r['high']) if math.isfinite(r['high']) else None)
     if 'unusual' in r: out.update(unusual=bool(r['unusual']), note=r['note'])
     return out
 
@@ -80,20 +80,20 @@ def create_app(counter, # A `Counter`, loaded once
                max_megapixels=64., # Largest single image in pixels: decoding costs memory and time by pixels, not bytes
                max_request_megapixels=256., # Most pixels in one request
               ) -> Starlette:
-    "The Starlette app: the page at /, `POST /api/count` (`?maps=1` adds each image's count map), `GET /health`"
+    "The Starlette app: the page at /, `POST /api/count` (`?maps=1` adds each image's count map; `?tile=auto` or `=PX` counts by windows), `GET /health`"
     lock = threading.Lock() # one batch at a time: the model already uses every core
     has_maps = counter.stride is not None # a count-map model; fastai's pooled head makes none
 
-    def _count(blobs, maps=False):
+    def _count(blobs, maps=False, tile=None):
         refused = _pixel_budget(blobs, max_megapixels, max_request_megapixels)
         ok = [i for i in range(len(blobs)) if i not in refused]
         level = 0.9 if counter.calibration is not None else None
         with lock:
-            df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level)
+            df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level, tile=tile)
             rows = {i:_row(r) for i,r in zip(ok, df.to_dict('records'))}
             if maps and has_maps:
                 for i,r in rows.items():
-                    if 'count' in r: r['map'] = _map_url(counter.count_map(blobs[i][1], max_side=MAP_SIDE))
+                    if 'count' in r: r['map'] = _map_url(counter.count_map(blobs[i][1], tile=tile, max_side=MAP_SIDE))
         for i,r in rows.items():
             if 'count' in r and image_format(blobs[i][1]) not in SHOWN: r['preview'] = _preview_url(blobs[i][1])
         rows.update({i:dict(image=blobs[i][0], error=e) for i,e in refused.items()})
@@ -111,6 +111,11 @@ def create_app(counter, # A `Counter`, loaded once
         return await parser.parse()
 
     async def count(request:Request):
+        # a photo of a whole bed, squeezed into one input, shows heads far smaller than any learnt: counted by windows at the training scale
+        tile = request.query_params.get('tile') or None
+        if tile is not None:
+            try: counter.tile_px(tile); counter._need_map()
+            except FlowersError as e: return _error(400, str(e).replace('--tile', 'tile', 1))
         try: form = await _form(request)
         except _TooLarge as e: return _error(413, e.message)
         except MultiPartException as e: return _error(400, e.message)
@@ -120,7 +125,7 @@ def create_app(counter, # A `Counter`, loaded once
             return _error(400, 'no files: send images as multipart form field "files"')
         blobs = [(f.filename or f'file{i}', await f.read()) for i,f in enumerate(files)]
         await form.close()
-        rows = await run_in_threadpool(_count, blobs, request.query_params.get('maps', '') in ('1','true','yes'))
+        rows = await run_in_threadpool(_count, blobs, request.query_params.get('maps', '') in ('1','true','yes'), tile)
         if all('error' in r for r in rows):
             return JSONResponse({'error': 'no readable image: ' + '; '.join(r['error'] for r in rows), 'results': rows}, status_code=415)
         return JSONResponse(rows)

@@ -354,7 +354,7 @@ def test_unusual_images_far_larger_than_the_training_images_are_pointed_to_windo
     for scale,hint in ((3, True), (1.5, False)):
         w = round(scale*cal.side)
         flags,notes = cal.unusual(far, [1.], [(w, w)])
-        assert flags[0] and notes[0].startswith('unlike the training images') and ("--tile auto, or tile='auto'" in notes[0])==hint, notes
+        assert flags[0] and notes[0].startswith('unlike the training images') and ("--tile auto, tile='auto', or the page's 'Count by windows'" in notes[0])==hint, notes
     flags,notes = cal.unusual(np.concatenate(cal.means)[None], [1.], [(w*4, w*4)]) # like them, only larger: no note
     assert not flags[0] and notes[0]==''
     # end to end, with the file's own size: a JPEG is decoded at a few times the model's input, not at its 8 x the training side

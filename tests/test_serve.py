@@ -28,9 +28,19 @@ def counter(trained): return load_counter(trained) # the server's own loading: s
 
 def _imgs(flower_data, n): return sorted((flower_data[0]/'images').glob('*.jpg'))[:n]
 
-def _post(url, paths=(), extra=(), maps=False):
+def _post(url, paths=(), extra=(), maps=False, tile=None):
     files = [('files', (p.name, p.read_bytes(), 'image/jpeg')) for p in paths] + list(extra)
-    return httpx.post(url+'/api/count'+('?maps=1' if maps else ''), files=files, timeout=60)
+    params = {k:v for k,v in dict(maps='1' if maps else None, tile=tile).items() if v is not None}
+    return httpx.post(url+'/api/count', params=params, files=files, timeout=60)
+
+def _mosaic(flower_data, folder):
+    "Four training fields side by side, at their own scale: a photo of a larger bed"
+    tiles = [Image.open(p).convert('RGB') for p in _imgs(flower_data, 4)]
+    w,h = tiles[0].size
+    m = Image.new('RGB', (2*w, 2*h))
+    for i,t in enumerate(tiles): m.paste(t.resize((w, h)), (w*(i%2), h*(i//2)))
+    m.save(folder/'bed.jpg', quality=95)
+    return folder/'bed.jpg'
 
 def test_health(server):
     r = httpx.get(server+'/health')
@@ -55,6 +65,21 @@ def test_maps_only_when_asked_and_they_are_the_counters(server, counter, flower_
         m = counter.count_map(p, max_side=MAP_SIDE)
         assert png.mode=='RGBA' and png.size==(m.shape[1], m.shape[0])==Image.open(p).size
         assert np.abs(np.asarray(png)[...,3] - 255*map_rgba(m)[...,3]).max() <= 1 # opacity follows this image's own map
+
+def test_counts_by_windows_when_asked(server, counter, flower_data, tmp_path):
+    "`?tile=auto` counts as `Counter.predict(tile='auto')` does, maps too; with no interval, whose guarantee is for whole images"
+    bed = _mosaic(flower_data, tmp_path)
+    whole,r = _post(server, [bed]).json()[0],_post(server, [bed], maps=True, tile='auto')
+    assert r.status_code==200 and 'low' in whole
+    row = r.json()[0]
+    assert row['count']==pytest.approx(counter.predict(bed, tile='auto'), abs=1e-4) and 'low' not in row and 'high' not in row
+    assert abs(row['count'] - whole['count']) > .2 # so that the page's test below tells the two apart
+    m = counter.count_map(bed, tile='auto', max_side=MAP_SIDE)
+    png = Image.open(io.BytesIO(base64.b64decode(row['map'].split(',', 1)[1])))
+    assert png.size==(m.shape[1], m.shape[0]) and np.abs(np.asarray(png)[...,3] - 255*map_rgba(m)[...,3]).max() <= 1
+    for bad,says in (('3', 'tile 3: must be a whole number of at least'), ('many', "tile 'many': must be a whole number")):
+        r = _post(server, [bed], tile=bad)
+        assert r.status_code==400 and says in r.json()['error'], r.text
 
 def _other_formats(flower_data, folder):
     "A field saved as a microscope's TIFF and an iPhone's HEIC: formats browsers don't show in an <img>"
@@ -141,6 +166,22 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
         if os.environ.get('FLOWERS_SCREENSHOT'): b.save_screenshot(os.environ['FLOWERS_SCREENSHOT'])
         toggle.click()
         assert not overlay.is_displayed()
+    finally: b.quit()
+
+def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_path):
+    "A photo of a whole bed: with 'Count by windows' ticked, the page shows the count by windows, without an interval"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    bed = _mosaic(flower_data, tmp_path)
+    b = _browser()
+    try:
+        b.get(server+'/')
+        b.find_element(By.ID, 'by-windows').click()
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp)
+        inp.send_keys(str(bed))
+        shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
+        assert abs(float(shown[0].text) - counter.predict(bed, tile='auto')) < 0.051 and not b.find_elements(By.CSS_SELECTOR, '.interval')
     finally: b.quit()
 
 def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
