@@ -73,6 +73,7 @@ def test_counts_by_windows_when_asked(server, counter, flower_data, tmp_path):
     assert r.status_code==200 and 'low' in whole
     row = r.json()[0]
     assert row['count']==pytest.approx(counter.predict(bed, tile='auto'), abs=1e-4) and 'low' not in row and 'high' not in row
+    assert row['tile']==counter.tile_px('auto') and 'tile' not in whole
     assert abs(row['count'] - whole['count']) > .2 # so that the page's test below tells the two apart
     m = counter.count_map(bed, tile='auto', max_side=MAP_SIDE)
     png = Image.open(io.BytesIO(base64.b64decode(row['map'].split(',', 1)[1])))
@@ -181,7 +182,8 @@ def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_pa
         b.execute_script('arguments[0].hidden = false', inp)
         inp.send_keys(str(bed))
         shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
-        assert abs(float(shown[0].text) - counter.predict(bed, tile='auto')) < 0.051 and not b.find_elements(By.CSS_SELECTOR, '.interval')
+        assert abs(float(shown[0].text) - counter.predict(bed, tile='auto')) < 0.051
+        assert [e.text for e in b.find_elements(By.CSS_SELECTOR, '.interval')]==[f"by windows of {counter.tile_px('auto')} px"] # no interval
     finally: b.quit()
 
 def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
@@ -219,3 +221,29 @@ def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
         assert b.title!='PWNED' and not b.find_elements(By.CSS_SELECTOR, '.card .info img')
         assert evil in b.find_element(By.CSS_SELECTOR, '.error').text and f'{evil}.jpg' in b.find_elements(By.CSS_SELECTOR, '.card .info')[0].text
     finally: b.quit()
+
+def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path):
+    "The page's CSV: a file name starting with = + - or @ is text, not a formula a spreadsheet would run; commas are quoted"
+    import csv
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    # (Chrome sends a name's " as %22, as the HTML standard says)
+    names = ['=HYPERLINK(1,2).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', 'plain, with a comma.jpg']
+    for n in names: shutil.copy(_imgs(flower_data, 1)[0], tmp_path/n)
+    b = _browser()
+    try:
+        b.get(server+'/')
+        # the download's Blob, kept as the page makes it, and no file saved by the browser
+        b.execute_script("window.made = []; const make = URL.createObjectURL; URL.createObjectURL = x => { made.push(x); return make(x); };"
+                         "HTMLAnchorElement.prototype.click = function() {};")
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp)
+        inp.send_keys('\n'.join(str(tmp_path/n) for n in names))
+        WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==len(names))
+        b.find_element(By.ID, 'csv').click()
+        text = b.execute_async_script('const done = arguments[0]; made.at(-1).text().then(done);')
+    finally: b.quit()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0])==['image', 'count', 'low', 'high', 'tile', 'unusual', 'note', 'error']
+    assert [r['image'] for r in rows]==["'"+n if n[0] in '=+-@' else n for n in names]
+    assert all(float(r['count'])>=0 and r['error']=='' for r in rows)
