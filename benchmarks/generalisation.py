@@ -33,6 +33,9 @@ RECIPES = dict(
     squash8 = dict(aug=dict(min_aspect=.8)), # the same to 0.8..1: it helped held-out tilted heads at 96 px with the plain head; with today's default it made them worse (benchmarks/README.md)
     bs16 = dict(bs=16, epochs=30, lr=3e-3), # the bf16 schedule before batches of 32
     lr6 = dict(lr=6e-3), # Adam's lr grown with the batch, not its square root
+    ibn = dict(norm='ibn'), # IBN-a blocks (`flowers.ibn`), measured before they became the default in bf16
+    ibn30 = dict(norm='ibn', epochs=30), # the same in about the time of batch norm's 36 epochs: it lost on star+foliage (benchmarks/README.md)
+    bn = dict(norm='bn'), # torchvision's batch norm throughout: the default before IBN
 )
 
 def _count(counter, csv):

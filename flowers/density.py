@@ -3,6 +3,7 @@ import math, torch.distributed as dist
 from fastai.vision.all import *
 from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
+from .ibn import to_ibn
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
@@ -35,10 +36,13 @@ def count_model(arch, # A torchvision ResNet function
                 stride=MAP_STRIDE, # Input pixels per cell of the count map
                 context=MAP_CONTEXT, # Dilated layers in the count map's head
                 n_out=1, # Outputs
+                norm='bn', # The first norm of the body's blocks: 'bn', or 'ibn' (`to_ibn`)
                 **kwargs, # `y_range`, `ps` of the pooled head
                ) -> nn.Module:
     "The network `count_learner` trains, without pretrained weights: fastai's `create_vision_model` with the head for `head`"
-    return create_vision_model(arch, n_out, pretrained=False, **kwargs, **count_model_args(arch, head, stride, context))
+    model = create_vision_model(arch, n_out, pretrained=False, **kwargs, **count_model_args(arch, head, stride, context))
+    if norm=='ibn': to_ibn(model[0])
+    return model
 
 def map_stride(model) -> int:
     "Input pixels per cell of the count map of `model` (body, `CountMapHead`), measured on a blank input"

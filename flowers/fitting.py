@@ -99,7 +99,7 @@ def _train(a, out, state, args, t0):
         if _is_main(): remove_stale(out)
         precision = resolve_precision(a.precision, default_device())
         for k,v in default_schedule(precision).items(): # resolved once, and saved with the settings: a resumed run keeps them
-            if k=='lr' or a[k] is not None: continue # the lr, for random init only, is picked with the recipe and saved in the state
+            if k in ('lr','norm') or a[k] is not None: continue # the lr, for random init only, is picked with the recipe and saved in the state
             a[k] = v
             if args is not None: args[k] = v
         check_memory(a, precision, default_device()) # before images are decoded at that size
@@ -112,8 +112,12 @@ def _train(a, out, state, args, t0):
             raise FlowersError(f"--resume {out}: {csv} changed since the run was interrupted, and its images split differently: the run would be "
                                f"validated on images it trained on. Put the CSV back as it was to resume, or start a new run with --overwrite")
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
+        if a.norm is None: # IBN was measured from random init, in the fast schedule; a pretrained body keeps the norm it learnt with
+            a.norm = 'bn' if use_pre or a.weights is not None else default_schedule(precision)['norm']
+            if args is not None: args['norm'] = a.norm
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
-        learn = count_learner(dls, a.arch, a.head, a.stride, a.context, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss, path=out, model_dir='.')
+        learn = count_learner(dls, a.arch, a.head, a.stride, a.context, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss,
+                              norm=a.norm, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         set_precision(learn, precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
@@ -124,7 +128,7 @@ def _train(a, out, state, args, t0):
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
-        print(f'Training {a.arch} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, '
+        print(f"Training {a.arch}{' (IBN)' if a.norm=='ibn' else ''} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, "
               + (f'head context {a.context}, ' if a.head=='map' else '') + f'{precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
         guard = TrainingGuard(lr)
@@ -142,7 +146,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, head=a.head, size=a.size,
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))

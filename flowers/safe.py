@@ -4,10 +4,11 @@ from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError, first_line
-from .settings import MAX_CONTEXT, FORMAT, model_file
+from .settings import MAX_CONTEXT, FORMAT, NORMS, model_file
 from .learner import ARCHS, get_arch
 from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context
 from .calibrate import Calibration
+from .ibn import body_norm
 from .atomic import atomic_path, atomic_text
 
 __all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_safe', 'load_safe']
@@ -15,8 +16,8 @@ __all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride','context') # what builds, feeds and qualifies the network: hashed with the weights
-_LATER_KEYS = ('head','stride','context') # hashed only when present, so that models saved before them still check
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride','context','norm') # what builds, feeds and qualifies the network: hashed with the weights
+_LATER_KEYS = ('head','stride','context','norm') # hashed only when present, so that models saved before them still check
 MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
 
 def _net_sha256(weights, meta):
@@ -39,6 +40,7 @@ def check_meta(meta:dict, # `model.json` as read
     if not _one_of(meta.get('head', 'pool'), HEAD_TYPES): bad('head', f"one of {', '.join(HEAD_TYPES)}")
     if not _one_of(meta.get('stride', 16), MAP_CUTS): bad('stride', f"one of {', '.join(map(str, MAP_CUTS))}")
     if not _one_of(meta.get('context', 0), range(MAX_CONTEXT+1)): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
+    if not _one_of(meta.get('norm', 'bn'), NORMS): bad('norm', f"one of {', '.join(NORMS)}")
     y = meta.get('y_range')
     if meta.get('head', 'pool')=='pool' and not (_nums(y, 2) and 0 <= y[0] < y[1]): bad('y_range', 'two finite numbers [low, high] with 0 <= low < high')
     if not (_num(meta.get('ps', 0.5)) and 0 <= meta.get('ps', 0.5) < 1): bad('ps', 'a dropout probability in [0, 1)')
@@ -60,11 +62,12 @@ def input_spec(learn) -> dict:
 def safe_meta(learn, arch, **extra) -> dict:
     "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
     if isinstance(learn.model[-1], CountMapHead):
-        return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', stride=map_stride(learn.model), context=map_context(learn.model[-1]), **input_spec(learn), **extra)
+        return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', stride=map_stride(learn.model), context=map_context(learn.model[-1]),
+                    norm=body_norm(learn.model[0]), **input_spec(learn), **extra)
     y_range = learn.model[-1][-1]
     drops = [m.p for m in learn.model[-1].modules() if isinstance(m, nn.Dropout)]
     return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='pool', y_range=[float(y_range.low), float(y_range.high)],
-                ps=drops[-1] if drops else 0., **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
+                ps=drops[-1] if drops else 0., norm=body_norm(learn.model[0]), **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
 
 def save_safe(learn, # A trained count `Learner`
               path, # Folder to write `model.safetensors` and `model.json` to
@@ -105,7 +108,7 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     arch = get_arch(meta['arch'])
     stride = meta.get('stride', 16) # count maps saved before `stride` was recorded had cells 16 pixels apart
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
-    model = count_model(arch, head, stride, context, meta['n_out'], **pool)
+    model = count_model(arch, head, stride, context, meta['n_out'], norm=meta.get('norm', 'bn'), **pool) # batch norm before `norm` was recorded
     try: model.load_state_dict(sd)
     except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({first_line(e)})")
     try: cal = Calibration.from_meta(meta, cal)

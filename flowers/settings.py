@@ -3,11 +3,12 @@ import itertools, json, os, time
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int, check_seed
 
-__all__ = ['ARCHS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
-           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+__all__ = ['ARCHS', 'NORMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
+           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_norm', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
+NORMS = ('ibn','bn') # the first norm of the body's blocks: half instance norm (IBN-a, `flowers.ibn`), or torchvision's batch norm
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
 MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
 MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
@@ -19,18 +20,18 @@ PRECISIONS = ('auto','fp32','bf16','fp16')
 PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
-OLDER = dict(head='pool', stride=16, context=0) # settings of runs saved before they were recorded
+OLDER = dict(head='pool', stride=16, context=0, norm='bn') # settings of runs saved before they were recorded
 # The default epochs, input size, head, batch size and random-init learning rate: what fits a 5-minute default run (data generation
 # included) on 2 cores at the precision a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
 # fp32-only ones, and GPUs faster still: spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were
 # lower on all 3 held-out pairs than at 96 px and 20 epochs, held-out MAE a tie; at 64 px (an 8 x 8 map) the context was a tie that fp32
 # machines have no time for. In bf16, batches of 32 run an epoch about a fifth faster than 16: 36 epochs of them at lr 4e-3, in less
 # time than 30 of 16, counted less on empty fields in 6 runs of 6 and lower validation MAE in 6 of 6, held-out MAE a tie (README)
-SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0, bs=16, lr=3e-3), fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3))
+SCHEDULES = dict(fp32=dict(epochs=15, size=64, context=0, bs=16, lr=3e-3, norm='bn'), fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn'))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
                     ) -> dict:
-    "`epochs`, `size`, `context`, `bs` and the random-init `lr` of a default run in `precision`"
+    "`epochs`, `size`, `context`, `bs`, and the random-init `lr` and `norm` of a default run in `precision`"
     return SCHEDULES['fp32' if precision=='fp32' else 'fast']
 
 FORMAT = 'flowers-count-model/1' # model.json's first field: what wrote it
@@ -42,6 +43,10 @@ EXTENT = 'extent.pth' # and `PointSupervision`'s extent layer, which is not in t
 def check_arch(arch):
     "Raise unless `arch` names one of `ARCHS` (or is a model function)"
     if not callable(arch) and arch not in ARCHS: raise FlowersError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+def check_norm(norm):
+    "Raise unless `norm` is None (the default for the run) or one of `NORMS`"
+    if norm is not None and norm not in NORMS: raise FlowersError(f"unknown --norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 def check_head(head, stride=MAP_STRIDE):
     "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
@@ -83,7 +88,7 @@ def check_lr(lr):
 
 def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
-    check_arch(a.arch), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
+    check_arch(a.arch), check_norm(a.norm), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         if k in ('epochs','size','bs') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')

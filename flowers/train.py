@@ -23,6 +23,7 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           label_col:str='count', # CSV column with counts
           out:str=None, # Run folder for the model and reports (default: models/run-DATE-TIME)
           arch:str='resnet18', # torchvision ResNet: resnet18, resnet34, resnet50, resnet101 or resnet152
+          norm:str=None, # The first norm of each block of its layer1 to layer3: ibn (half instance norm, IBN-a) or bn; default: ibn from random init in bf16 or on a GPU, else bn
           head:str='map', # map (counts per location, summed; learns head positions from points.csv when present) or pool (fastai's)
           stride:int=MAP_STRIDE, # Input pixels per cell of the count map (--head map): 8 or 16
           context:int=None, # Dilated layers in the count map's head (--head map), so each place is counted in view of its surroundings: 0 to 4; default as for --size: 0 in fp32, 2 in bf16 or on a GPU

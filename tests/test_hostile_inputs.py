@@ -132,6 +132,7 @@ def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
     ('method', 'crop', "'method'"), ('normalize', {'mean':[0,0,0], 'std':[1,0,1]}, "'normalize'"),
     ('ps', 2, "'ps'"), ('head', 'crop', "'head' is 'crop'"), ('arch', DROP, "'arch' is 'missing'"), ('method', DROP, "'method' is 'missing'"),
     ('stride', {}, "'stride' is {}"), # was a TypeError: unhashable
+    ('norm', 'gn', "'norm' is 'gn'; it must be one of ibn, bn"),
 ])
 def test_model_json_fields_are_validated(trained, tmp_path, key, value, msg):
     "Without the hash (older files, or one removed by hand) every field is still checked"

@@ -267,7 +267,7 @@ def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
     assert p.returncode==130, err
     state = json.loads((out/'state.json').read_text())
     assert state['args']['epochs']==SCHEDULES['fast']['epochs'] and state['args']['size']==32 and state['args']['precision']=='bf16'
-    assert SCHEDULES['fast']['context'] > 0
+    assert SCHEDULES['fast']['context'] > 0 and state['args']['norm']=='ibn' # the schedule's norm, resolved, is resumed as it was
     del state['args']['context'] # as saved before the head's dilated layers were: its checkpoint fits the plain head only
     (out/'state.json').write_text(json.dumps(state))
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=600)

@@ -101,8 +101,20 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
     assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
+    assert m['norm']==SCHEDULES['fp32']['norm']=='bn'==json.loads((tmp_path/'model.json').read_text())['norm'] # IBN was measured in bf16 only
     assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
+
+def test_the_norm_follows_the_schedule_in_both_formats(trained, flower_data):
+    "From random init, the session's run has the norm of its precision's schedule (IBN in bf16 or on a GPU), recorded and rebuilt alike"
+    from flowers.ibn import body_norm
+    from flowers.predict import load_counter
+    m,meta = (json.loads((trained/f).read_text()) for f in ('metrics.json','model.json'))
+    assert m['norm']==meta['norm']==default_schedule(m['precision'])['norm']
+    safe,pkl = load_counter(trained),load_counter(trained/'export.pkl')
+    assert body_norm(safe.model[0])==body_norm(pkl.model[0])==meta['norm']
+    img = flower_data[0]/'images'/'00001.jpg'
+    assert safe.predict(img)==pytest.approx(pkl.predict(img), abs=1e-4)
 
 def test_same_seed_same_metrics(trained, flower_data, tmp_path):
     learn = train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no', lr=1e-3, seed=7)
@@ -124,6 +136,7 @@ def test_pretrained_path_fine_tunes(torch_home, flower_data, tmp_path):
     learn = train(flower_data[1], out=tmp_path, arch='resnet34', size=32, bs=8, epochs=1, freeze_epochs=1, pretrained='yes', lr=1e-3)
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['recipe']=='fine_tune' and m['pretrained'] is True
+    assert m['norm']=='bn'==json.loads((tmp_path/'model.json').read_text())['norm'] # a pretrained body keeps the norm it learnt with
     assert len(pd.read_csv(tmp_path/'history.csv'))==2 # one frozen epoch, then one unfrozen
     norms = learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))
     assert len(norms)==1 and torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
@@ -142,6 +155,36 @@ def test_weights_file(flower_data, tmp_path):
     torch.save(sd, w)
     train(flower_data[1], out=tmp_path/'run', arch='resnet18', size=32, bs=8, epochs=1, weights=w, lr=1e-3)
     assert json.loads((tmp_path/'run'/'metrics.json').read_text())['recipe']=='fine_tune'
+
+def test_ibn_asked_with_weights_starts_from_them(flower_data, tmp_path):
+    "--norm ibn with a body's weights: each IBN starts from the batch norm it replaces, and both formats rebuild it"
+    from flowers.ibn import IBN
+    from flowers.predict import load_counter
+    w = tmp_path/'body.pth'
+    sd = torchvision.models.resnet18().state_dict()
+    for k in sd:
+        if '.bn1.' in k and 'num_batches' not in k: sd[k] = torch.rand_like(sd[k]) + .5
+    torch.save(sd, w)
+    learn = train(flower_data[1], out=tmp_path/'run', size=32, bs=8, epochs=1, freeze_epochs=0, weights=w, lr=1e-3, norm='ibn')
+    ibn = learn.model[0][4][0].bn1
+    assert isinstance(ibn, IBN) and json.loads((tmp_path/'run'/'model.json').read_text())['norm']=='ibn'
+    safe,pkl = load_counter(tmp_path/'run'),load_counter(tmp_path/'run'/'export.pkl')
+    img = flower_data[0]/'images'/'00000.jpg'
+    assert isinstance(safe.model[0][4][0].bn1, IBN) and safe.predict(img)==pytest.approx(pkl.predict(img), abs=1e-4)
+
+def test_ibn_from_batch_norm():
+    "An IBN made from a batch norm: its batch-norm half is that norm's, and its instance-norm half keeps its scale and shift"
+    from flowers.ibn import IBN
+    bn = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean): t.uniform_(-1, 1)
+        bn.running_var.uniform_(.5, 2)
+    bn.eval(); ibn = IBN.from_bn(bn).eval()
+    x = torch.randn(3, 8, 6, 6)*4 + 2
+    y = ibn(x)
+    assert torch.allclose(y[:, 4:], bn(x)[:, 4:], atol=1e-5)
+    assert torch.allclose(y[:, :4].mean((2,3)), bn.bias[:4].expand(3, 4), atol=1e-4) # each image's own statistics taken out
+    assert torch.allclose(y[:, :4].std((2,3), correction=0), bn.weight[:4].abs().expand(3, 4), atol=1e-3)
 
 def _bad_weights(kind):
     sd = (torchvision.models.resnet34 if kind=='resnet34' else torchvision.models.resnet18)().state_dict()
@@ -174,6 +217,7 @@ def test_pretrained_auto_warns_and_trains_from_random(flower_data, tmp_path):
     (dict(arch='vgg99'), "unknown --arch 'vgg99'"),
     (dict(pretrained='maybe'), '--pretrained must be auto, yes or no'),
     (dict(loss='cubic'), "unknown --loss 'cubic'"),
+    (dict(norm='gn'), "unknown --norm 'gn'; choose one of ibn, bn"),
     (dict(method='crop'), "method must be 'squish' or 'pad'"),
     (dict(weights='nope.pth'), '--weights nope.pth: file not found'),
     (dict(lr='fast'), "--lr must be a number or 'find', not 'fast'"),
