@@ -27,7 +27,9 @@ class IBN(nn.Module):
 
     def forward(self, x):
         a,b = torch.split(x, [self.half, x.size(1)-self.half], 1)
-        return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], 1)
+        # one pixel (a window of a few pixels at an image's edge) is all its own mean: normalised to 0, as with more; torch refuses it
+        a = self.IN(a.contiguous()) if x.shape[-2]*x.shape[-1] > 1 else self.IN.bias.view(1, -1, 1, 1).to(a.dtype).expand_as(a)
+        return torch.cat([a, self.BN(b.contiguous())], 1)
 
 def to_ibn(body:nn.Sequential) -> nn.Sequential:
     "`body` (a cut torchvision ResNet) with `IBN` as the first norm of every block of layer1 to layer3, as IBN-a has it; in place"

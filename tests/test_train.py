@@ -185,6 +185,8 @@ def test_ibn_from_batch_norm():
     assert torch.allclose(y[:, 4:], bn(x)[:, 4:], atol=1e-5)
     assert torch.allclose(y[:, :4].mean((2,3)), bn.bias[:4].expand(3, 4), atol=1e-4) # each image's own statistics taken out
     assert torch.allclose(y[:, :4].std((2,3), correction=0), bn.weight[:4].abs().expand(3, 4), atol=1e-3)
+    one = torch.randn(2, 8, 1, 1) # a window of a few pixels is one pixel by layer1: torch's instance norm refused it
+    assert torch.allclose(ibn(one)[:, :4], bn.bias[:4].view(1, 4, 1, 1).expand(2, 4, 1, 1)) and torch.allclose(ibn(one)[:, 4:], bn(one)[:, 4:])
 
 def _bad_weights(kind):
     sd = (torchvision.models.resnet34 if kind=='resnet34' else torchvision.models.resnet18)().state_dict()
