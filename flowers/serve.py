@@ -92,8 +92,9 @@ def create_app(counter, # A `Counter`, loaded once
             df = predict_table(counter, [blobs[i][1] for i in ok], names=[blobs[i][0] for i in ok], show_progress=False, level=level, tile=tile)
             rows = {i:_row(r) for i,r in zip(ok, df.to_dict('records'))}
             if tile is not None: # what it was counted by: the page and a client's table say so
+                px = counter.tile_px(tile)
                 for r in rows.values():
-                    if 'count' in r: r['tile'] = counter.tile_px(tile)
+                    if 'count' in r: r['tile'] = px
             if maps and has_maps:
                 for i,r in rows.items():
                     if 'count' in r: r['map'] = _map_url(counter.count_map(blobs[i][1], tile=tile, max_side=MAP_SIDE))

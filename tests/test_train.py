@@ -171,6 +171,10 @@ def test_ibn_asked_with_weights_starts_from_them(flower_data, tmp_path):
     safe,pkl = load_counter(tmp_path/'run'),load_counter(tmp_path/'run'/'export.pkl')
     img = flower_data[0]/'images'/'00000.jpg'
     assert isinstance(safe.model[0][4][0].bn1, IBN) and safe.predict(img)==pytest.approx(pkl.predict(img), abs=1e-4)
+    # and plain `load_learner` in a fresh process, as other scripts load it (a bn session model covers only batch norm there)
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(tmp_path/'run'/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd='/')
+    assert r.returncode==0 and float(r.stdout.strip().splitlines()[-1])==pytest.approx(pkl.predict(img), abs=1e-3), r.stderr
 
 def test_ibn_from_batch_norm():
     "An IBN made from a batch norm: its batch-norm half is that norm's, and its instance-norm half keeps its scale and shift"
