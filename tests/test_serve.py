@@ -169,20 +169,28 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
     finally: b.quit()
 
 def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_path):
-    "A photo of a whole bed: with 'Count by windows' ticked, the page shows the count by windows, without an interval"
+    "A photo of a whole bed: ticking 'Count by windows' after it was counted (as an unusual photo's note says to) counts it again by windows, without an interval; unticking, whole"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     bed = _mosaic(flower_data, tmp_path)
+    whole,tiled = counter.predict(bed),counter.predict(bed, tile='auto')
+    assert abs(whole - tiled) > 0.5 # else the page's count could not tell the two ways apart
+    def _shows(b, n): # the one card's count once it is within rounding of `n`
+        return WebDriverWait(b, 60).until(lambda d: len(cs := d.find_elements(By.CSS_SELECTOR, '.count'))==1 and abs(float(cs[0].text) - n) < 0.051 and cs)
     b = _browser()
     try:
         b.get(server+'/')
-        b.find_element(By.ID, 'by-windows').click()
         inp = b.find_element(By.ID, 'files')
         b.execute_script('arguments[0].hidden = false', inp)
         inp.send_keys(str(bed))
-        shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
-        assert abs(float(shown[0].text) - counter.predict(bed, tile='auto')) < 0.051
+        _shows(b, whole)
+        b.find_element(By.ID, 'by-windows').click()
+        _shows(b, tiled)
         assert [e.text for e in b.find_elements(By.CSS_SELECTOR, '.interval')]==[f"by windows of {counter.tile_px('auto')} px"] # no interval
+        assert b.find_element(By.ID, 'total-count').text==f'{tiled:.1f}' # the first count is gone from the total
+        b.find_element(By.ID, 'by-windows').click()
+        _shows(b, whole)
+        assert not b.find_elements(By.CSS_SELECTOR, '.card .info div.interval') # counted whole again: an interval, no windows line
     finally: b.quit()
 
 def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
