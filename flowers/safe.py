@@ -28,6 +28,13 @@ def _net_sha256(weights, meta):
 
 def _num(v): return isinstance(v, (int,float)) and not isinstance(v, bool) and math.isfinite(v)
 def _nums(v, n): return isinstance(v, list) and len(v)==n and all(map(_num, v))
+def _misfit(model, sd) -> str:
+    "Which of the weights `sd` and `model`'s don't pair up, counted and one of each named; torch's message said only its first line"
+    own = model.state_dict()
+    kinds = (([k for k in own if k not in sd], 'missing'), ([k for k in sd if k not in own], 'not in the network'),
+             ([k for k in own if k in sd and own[k].shape!=sd[k].shape], 'of another shape'))
+    return '; '.join(f"{len(ks)} {what}, e.g. {ks[0]}" for ks,what in kinds if ks)
+
 def _one_of(v, opts): return isinstance(v, (str, int)) and not isinstance(v, bool) and v in opts # a list or dict there is no key of `opts`, not a TypeError
 
 def check_meta(meta:dict, # `model.json` as read
@@ -110,7 +117,9 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
     model = count_model(arch, head, stride, context, meta['n_out'], norm=meta.get('norm', 'bn'), **pool) # batch norm before `norm` was recorded
     try: model.load_state_dict(sd)
-    except RuntimeError as e: raise FlowersError(f"{weights}: weights don't fit a {meta['arch']} ({first_line(e)})")
+    except RuntimeError as e:
+        raise FlowersError(f"{weights}: its weights don't fit the network {jfile.name} describes ({_misfit(model, sd) or first_line(e)}): "
+                           f"the two files are from different models, or {jfile.name} was edited. Use the pair one export wrote") from None
     try: cal = Calibration.from_meta(meta, cal)
     except (KeyError, TypeError, ValueError) as e: raise FlowersError(f"{jfile}: its calibration fields are incomplete or invalid ({e}); re-export the model")
     return model.eval(),meta,cal

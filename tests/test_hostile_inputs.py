@@ -140,6 +140,15 @@ def test_model_json_fields_are_validated(trained, tmp_path, key, value, msg):
     f = _copy_model(trained, tmp_path, (lambda m: m.pop(key)) if value is DROP else (lambda m: m.update({key:value, **extra})))
     with pytest.raises(FlowersError, match=msg.replace('[','\\[')): load_counter(f)
 
+def test_weights_of_another_network_say_which(trained, tmp_path):
+    "model.json of another kind of network beside these weights (an edit, without the hash): the message names the weights that don't pair up"
+    other = 'bn' if json.loads((trained/'model.json').read_text()).get('norm')=='ibn' else 'ibn'
+    f = _copy_model(trained, tmp_path, lambda m: m.update(norm=other))
+    with pytest.raises(FlowersError, match=r"weights don't fit the network model.json describes \(\d+ missing, e.g. 0\.4\.0\.bn1\..*; \d+ not in the network, e.g. 0\.4\.0\.bn1\..*Use the pair"):
+        load_counter(f)
+    f = _copy_model(trained, tmp_path, lambda m: m.update(context=m['context']+1))
+    with pytest.raises(FlowersError, match=r"\(\d+ missing, e.g. 1\.density\."): load_counter(f)
+
 @pytest.mark.parametrize('part,key,value', [('unusual', 'aspect', []), ('unusual', 'centre', [1.]), ('unusual', 'scale', {'a': 1}),
                                             ('unusual', 'threshold', 'far'), ('conformal', 'scores', [[1.]]), ('conformal', 'level', 2)])
 def test_calibration_fields_are_validated(trained, tmp_path, part, key, value):
