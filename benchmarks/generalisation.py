@@ -36,6 +36,9 @@ RECIPES = dict(
     ibn = dict(norm='ibn'), # IBN-a blocks (`flowers.ibn`), measured before they became the default in bf16
     ibn30 = dict(norm='ibn', epochs=30), # the same in about the time of batch norm's 36 epochs: it lost on star+foliage (benchmarks/README.md)
     bn = dict(norm='bn'), # torchvision's batch norm throughout: the default before IBN
+    fp32 = dict(precision='fp32'), # the schedule of CPUs without native bf16 (64 px, 15 epochs of 16, no context, batch norm)
+    fp32ibn = dict(precision='fp32', norm='ibn'), # the same with IBN blocks
+    fp32ibn14 = dict(precision='fp32', norm='ibn', epochs=14), # and in 14 epochs, about batch norm's time for 15
 )
 
 def _count(counter, csv):

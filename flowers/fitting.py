@@ -112,7 +112,7 @@ def _train(a, out, state, args, t0):
             raise FlowersError(f"--resume {out}: {csv} changed since the run was interrupted, and its images split differently: the run would be "
                                f"validated on images it trained on. Put the CSV back as it was to resume, or start a new run with --overwrite")
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
-        if a.norm is None: # IBN was measured from random init, in the fast schedule; a pretrained body keeps the norm it learnt with
+        if a.norm is None: # IBN was measured from random init; a pretrained body keeps the norm it learnt with
             a.norm = 'bn' if use_pre or a.weights is not None else default_schedule(precision)['norm']
             if args is not None: args['norm'] = a.norm
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again

@@ -101,12 +101,12 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
     assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
-    assert m['norm']==SCHEDULES['fp32']['norm']=='bn'==json.loads((tmp_path/'model.json').read_text())['norm'] # IBN was measured in bf16 only
+    assert m['norm']==SCHEDULES['fp32']['norm']=='ibn'==json.loads((tmp_path/'model.json').read_text())['norm'] # from random init, as in bf16
     assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
 def test_the_norm_follows_the_schedule_in_both_formats(trained, flower_data):
-    "From random init, the session's run has the norm of its precision's schedule (IBN in bf16 or on a GPU), recorded and rebuilt alike"
+    "From random init, the session's run has the norm of its precision's schedule (IBN), recorded and rebuilt alike"
     from flowers.ibn import body_norm
     from flowers.predict import load_counter
     m,meta = (json.loads((trained/f).read_text()) for f in ('metrics.json','model.json'))
