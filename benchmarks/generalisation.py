@@ -36,9 +36,10 @@ RECIPES = dict(
     ibn = dict(norm='ibn'), # IBN-a blocks (`flowers.ibn`), measured before they became the default in bf16
     ibn30 = dict(norm='ibn', epochs=30), # the same in about the time of batch norm's 36 epochs: it lost on star+foliage (benchmarks/README.md)
     bn = dict(norm='bn'), # torchvision's batch norm throughout: the default before IBN
-    fp32 = dict(precision='fp32'), # the schedule of CPUs without native bf16 (64 px, 15 epochs of 16, no context, batch norm)
-    fp32ibn = dict(precision='fp32', norm='ibn'), # the same with IBN blocks
-    fp32ibn14 = dict(precision='fp32', norm='ibn', epochs=14), # and in 14 epochs, about batch norm's time for 15
+    fp32 = dict(precision='fp32'), # the schedule of CPUs without native bf16 (64 px, batches of 16, no context), as it is
+    fp32bn = dict(precision='fp32', norm='bn', epochs=15), # that schedule before IBN: the rows named 'fp32' in results/generalisation_fp32ibn*.json
+    fp32ibn = dict(precision='fp32', norm='ibn', epochs=15), # IBN blocks in its 15 epochs: slower (benchmarks/README.md)
+    fp32ibn14 = dict(precision='fp32', norm='ibn', epochs=14), # in 14, about batch norm's time for 15: the fp32 default since
 )
 
 def _count(counter, csv):
