@@ -1,5 +1,5 @@
 """Errors a user can cause, and how command lines read and report them."""
-import signal, sys, threading, warnings
+import os, signal, sys, threading, warnings
 from contextlib import contextmanager
 
 __all__ = ['FlowersError', 'FlowersDataError', 'first_line', 'MAX_SEED', 'check_int', 'check_seed', 'check_tile', 'options_first', 'user_errors', 'term_interrupts']
@@ -66,7 +66,9 @@ def user_errors():
     old,warnings.formatwarning = warnings.formatwarning,_one_line
     try: yield
     except FlowersError as e:
-        print(f'error: {e}', file=sys.stderr)
+        # one write, so that the processes of a `torchrun` launch don't interleave their lines; each says which it is, as one may fail alone
+        rank,world = os.environ.get('RANK', '0'),os.environ.get('WORLD_SIZE', '1')
+        sys.stderr.write(f"error{f' (rank {rank} of {world})' if world not in ('', '1') else ''}: {e}\n")
         sys.exit(2)
     finally: warnings.formatwarning = old
 

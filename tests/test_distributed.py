@@ -131,3 +131,11 @@ def test_more_processes_than_gpus_is_said():
     "torchrun --nproc_per_node 2 on a machine with one GPU failed in CUDA's 'invalid device ordinal', under torchrun's traceback"
     with pytest.raises(FlowersError, match=r"2 training processes on this machine but 1 CUDA GPU: .*--nproc_per_node 1.*CUDA_VISIBLE_DEVICES=''"): check_gpus(2, 1)
     check_gpus(2, 2); check_gpus(1, 4)
+
+def test_each_rank_says_its_error_on_a_line_of_its_own(tmp_path):
+    "A user error under torchrun: both processes printed 'error: ...' at once, and their lines ran into one"
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
+                        '--data', str(tmp_path/'nowhere')], capture_output=True, text=True, timeout=120, env=CPU)
+    assert r.returncode!=0
+    said = [l for l in r.stderr.splitlines() if l.startswith('error')]
+    assert sorted(said)==[f"error (rank {k} of 2): --data {tmp_path/'nowhere'}: no such file or folder" for k in (0, 1)], r.stderr[-2000:]
