@@ -193,6 +193,27 @@ def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_pa
         assert not b.find_elements(By.CSS_SELECTOR, '.card .info div.interval') # counted whole again: an interval, no windows line
     finally: b.quit()
 
+def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counter, flower_data, tmp_path):
+    "The box ticked while photos are on their way to the server: when their counts come back they are counted again, by windows"
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    bed = _mosaic(flower_data, tmp_path)
+    beds = [shutil.copy(bed, tmp_path/f'bed{i}.jpg') for i in range(16)] # counted with their maps: long enough to be ticked meanwhile
+    whole,tiled = counter.predict(bed),counter.predict(bed, tile='auto')
+    assert abs(whole - tiled) > 0.5
+    b = _browser()
+    try:
+        b.get(server+'/')
+        inp = b.find_element(By.ID, 'files')
+        b.execute_script('arguments[0].hidden = false', inp)
+        inp.send_keys('\n'.join(map(str, beds)))
+        b.find_element(By.ID, 'by-windows').click()
+        assert b.find_element(By.ID, 'total').text.startswith('Counting 16 photos') and not b.find_elements(By.CSS_SELECTOR, '.card') # still in flight
+        WebDriverWait(b, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==16 and d.find_elements(By.ID, 'total-count'))
+        assert all(abs(float(e.text) - tiled) < 0.051 for e in b.find_elements(By.CSS_SELECTOR, '.count')) # none kept its whole count
+        assert abs(float(b.find_element(By.ID, 'total-count').text) - 16*tiled) < 0.051
+    finally: b.quit()
+
 def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
     "Chromium shows neither format in an <img>: the page shows the preview the server sends"
     from selenium.webdriver.common.by import By
