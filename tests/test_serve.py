@@ -143,16 +143,21 @@ def _browser():
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(driver), options=opts)
 
+def _drop(b, paths):
+    "Photos given to the page as a person's drop does: the driver types their paths into the file input a person reaches by its label"
+    from selenium.webdriver.common.by import By
+    inp = b.find_element(By.ID, 'files')
+    b.execute_script('arguments[0].hidden = false', inp)
+    inp.send_keys('\n'.join(map(str, paths)))
+
 def test_page_counts_a_dropped_photo(server, counter, flower_data):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     b = _browser()
     try:
         b.get(server+'/')
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp) # a person clicks the label; the driver types into the input
         p = _imgs(flower_data, 1)[0]
-        inp.send_keys(str(p))
+        _drop(b, [p])
         shown = WebDriverWait(b, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, '.count'))
         assert abs(float(shown[0].text) - counter.predict(p)) < 0.051 # the page shows one decimal
         assert b.find_element(By.ID, 'total-count').text==shown[0].text
@@ -180,9 +185,7 @@ def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_pa
     b = _browser()
     try:
         b.get(server+'/')
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp)
-        inp.send_keys(str(bed))
+        _drop(b, [bed])
         _shows(b, whole)
         b.find_element(By.ID, 'by-windows').click()
         _shows(b, tiled)
@@ -204,9 +207,7 @@ def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counte
     b = _browser()
     try:
         b.get(server+'/')
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp)
-        inp.send_keys('\n'.join(map(str, beds)))
+        _drop(b, beds)
         b.find_element(By.ID, 'by-windows').click()
         assert b.find_element(By.ID, 'total').text.startswith('Counting 16 photos') and not b.find_elements(By.CSS_SELECTOR, '.card') # still in flight
         WebDriverWait(b, 120).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==16 and d.find_elements(By.ID, 'total-count'))
@@ -222,9 +223,7 @@ def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
     b = _browser()
     try:
         b.get(server+'/')
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp)
-        inp.send_keys('\n'.join(map(str, paths)))
+        _drop(b, paths)
         WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==2)
         photos = b.find_elements(By.CSS_SELECTOR, '.photo img:not(.map)')
         WebDriverWait(b, 10).until(lambda d: all(d.execute_script('return arguments[0].complete', p) for p in photos))
@@ -241,9 +240,7 @@ def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
     b = _browser()
     try:
         b.get(server+'/')
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp)
-        inp.send_keys(f'{good}\n{bad}')
+        _drop(b, [good, bad])
         WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.card'))==2)
         time.sleep(0.5) # an injected onerror would fire now
         assert b.title!='PWNED' and not b.find_elements(By.CSS_SELECTOR, '.card .info img')
@@ -264,9 +261,7 @@ def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path):
         # the download's Blob, kept as the page makes it, and no file saved by the browser
         b.execute_script("window.made = []; const make = URL.createObjectURL; URL.createObjectURL = x => { made.push(x); return make(x); };"
                          "HTMLAnchorElement.prototype.click = function() {};")
-        inp = b.find_element(By.ID, 'files')
-        b.execute_script('arguments[0].hidden = false', inp)
-        inp.send_keys('\n'.join(str(tmp_path/n) for n in names))
+        _drop(b, [tmp_path/n for n in names])
         WebDriverWait(b, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '.count'))==len(names))
         b.find_element(By.ID, 'csv').click()
         text = b.execute_async_script('const done = arguments[0]; made.at(-1).text().then(done);')
