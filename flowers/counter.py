@@ -6,7 +6,7 @@ from .errors import FlowersError, check_int, check_tile, first_line
 from .safe import load_safe, input_spec
 from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
-from .density import CountMapHead, FINE_STEP, map_stride, spread_cells, shifted, stitch, sharpen
+from .density import CountMapHead, fine_step, map_stride, spread_cells, shifted, stitch, sharpen
 from .calibrate import fingerprint
 from .precision import auto_precision, check_precision
 from . import memory
@@ -113,9 +113,9 @@ class Counter:
     def _cells(self, x): return self._density([x])[0]
 
     def _fine(self, x, cells):
-        "A map of `x` with a cell every `FINE_STEP` pixels (the model run on shifted copies, stitched, sharpened), summing as `cells`"
-        st = self.stride
-        d = sharpen(stitch(self._density(shifted(x, st)), *x.shape[-2:], st), st)
+        "A map of `x` with a cell every `fine_step` pixels (the model run on shifted copies, stitched, sharpened), summing as `cells`"
+        st,g = self.stride,fine_step(self.stride)
+        d = sharpen(stitch(self._density(shifted(x, st, g)), *x.shape[-2:], st, g), st, g)
         return d*(cells.sum()/d.sum().clamp_min(1e-12))
 
     def _window_cells(self, wins, bs=16, feats=False):
@@ -147,7 +147,7 @@ class Counter:
         "Cells of the count map of `img` at the training scale (`tile` of its pixels per model input), window by window; its size; the windows' features (with `feats`, else None) and counts for a training image's area"
         tile = self.tile_px(tile)
         st = self.stride
-        g = FINE_STEP if fine else st
+        g = fine_step(st) if fine else st
         pil = open_image(img)
         w,h = [max(st, round(v*self.size/tile/st)*st) for v in pil.size]
         memory.check_scaled(pil.size, (w, h), tile, memory.free_memory('cpu')) # resized by PIL, on the CPU wherever the model is
@@ -179,7 +179,7 @@ class Counter:
     def count_map(self, img, # A path, `PIL.Image`, numpy array or raw bytes
                   tile=None, # Count at the training scale in windows: `tile` pixels of `img` per model input, or 'auto' (see `predict`)
                   max_side=None, # Make the map at most this many pixels a side, in the image's shape (to show it small); same sum
-                  fine=True, # A cell every `FINE_STEP` input pixels, from the model run on shifted copies (16x the work), instead of every `stride`
+                  fine=True, # A cell every quarter of a map cell (`fine_step`), from the model run on 16 shifted copies (16x the work), instead of every cell
                  ) -> np.ndarray:
         "Where it counted: an H x W float32 map of `img` as opened (EXIF applied), >= 0, summing to `predict(img, tile)`"
         if max_side is not None: check_int('max_side', max_side) # 0 gave a full-size map, -1 one of a single pixel

@@ -2,11 +2,11 @@
 import math, torch.distributed as dist
 from fastai.vision.all import *
 from fastai.distributed import DistributedDL
-from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT
+from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, STEMS
 from .ibn import to_ibn
 
-__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
-           'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'shifts', 'shifted', 'stitch', 'sharpen']
+__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'STEMS', 'set_stem', 'body_stem', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
+           'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'fine_step', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
     "Non-negative counts per location of the body's features; the image's count is their sum, with no upper limit"
@@ -31,17 +31,32 @@ def count_model_args(arch, # A torchvision ResNet function
     body = create_body(arch(weights=None), cut=MAP_CUTS[stride])
     return dict(cut=MAP_CUTS[stride], custom_head=CountMapHead(num_features_model(body), context=context))
 
+def set_stem(body, # A cut torchvision ResNet
+             stem=2, # Input pixels per step of its first convolution: one of `STEMS`
+            ) -> nn.Sequential:
+    "`body` with its first convolution stepping `stem` pixels; in place. Its weights are the same: only the step changes"
+    # 4 on images twice the size a side: the maps after it, and so the work, are those of torchvision's 2 at half the size, with the
+    # details of twice the pixels for the 7 x 7 kernel to learn from (README, Generalisation)
+    body[0].stride = (stem, stem)
+    return body
+
+def body_stem(body) -> int:
+    "Input pixels per step of the first convolution of `body`"
+    return body[0].stride[0]
+
 def count_model(arch, # A torchvision ResNet function
                 head='map', # One of `HEAD_TYPES`
-                stride=MAP_STRIDE, # Input pixels per cell of the count map
+                stride=MAP_STRIDE, # Input pixels per cell of the count map with torchvision's stem (twice that with `stem` 4): a key of `MAP_CUTS`
                 context=MAP_CONTEXT, # Dilated layers in the count map's head
                 n_out=1, # Outputs
                 norm='bn', # The first norm of the body's blocks: 'bn', or 'ibn' (`to_ibn`)
+                stem=2, # Input pixels per step of the body's first convolution (`set_stem`)
                 **kwargs, # `y_range`, `ps` of the pooled head
                ) -> nn.Module:
     "The network `count_learner` trains, without pretrained weights: fastai's `create_vision_model` with the head for `head`"
     model = create_vision_model(arch, n_out, pretrained=False, **kwargs, **count_model_args(arch, head, stride, context))
     if norm=='ibn': to_ibn(model[0])
+    set_stem(model[0], stem)
     return model
 
 def map_stride(model) -> int:
@@ -246,7 +261,11 @@ def spread_cells(cells, # (h, w) counts per cell of the map, over the model's sq
     total,got = float(cells.sum()),float(m.sum())
     return (m*(total/got) if got>0 else m).clamp_min(0).numpy().astype(np.float32)
 
-FINE_STEP = 2 # input pixels per cell of the finer maps that `Counter.count_map` shows: 2 beat 1 and 4 on localisation
+FINE_STEP = 2 # input pixels per cell of the finer maps that `Counter.count_map` shows, with cells 8 apart: 2 beat 1 and 4 on localisation
+
+def fine_step(stride) -> int:
+    "Input pixels per cell of the finer map of a count map with cells `stride` apart: a quarter of a cell, as `FINE_STEP` is of 8"
+    return max(1, stride*FINE_STEP//MAP_STRIDE) # 16 copies of an image, whatever its stem
 
 def shifts(stride, step=FINE_STEP) -> list:
     "(dx, dy) of the shifted copies: `step/2`, `3 step/2`, ... below `stride` each way, so that the copies' cell centres fall on a grid `step` apart"

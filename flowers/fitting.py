@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, check_folder, new_run_folder
+from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -90,6 +90,22 @@ def run(a, # The checked settings of `flowers.train.train`
         raise
     finally: teardown_ddp()
 
+def _fill_schedule(a, # The checked settings, those left to the schedule None
+                   args, # The settings as saved with each checkpoint, or None
+                   sched, # The schedule of the run's precision (`default_schedule`)
+                   pre, # Does the body start from trained weights?
+                  ):
+    "Settings left to the schedule set from it, once, in `a` and `args`: a resumed run keeps them"
+    # IBN and the stem of 4 were measured from random init: a pretrained body keeps what it learnt with; and the stem of 4 comes
+    # with the schedule's size only: a --size given is the input asked for, whose map the stem of 4 would make half as fine
+    fill = dict(norm='bn' if pre else sched['norm'], stem=sched['stem'] if not pre and a.size is None else 2)
+    fill.update({k:v for k,v in sched.items() if k not in ('lr','norm','stem')}) # the lr, for random init only, is picked with the recipe and saved in the state
+    fill['size'] = schedule_size(sched, a.stem or fill['stem'])
+    for k,v in fill.items():
+        if a[k] is not None: continue
+        a[k] = v
+        if args is not None: args[k] = v
+
 def _train(a, out, state, args, t0):
     "The body of `run`, once `out` exists"
     resumed = state is not None
@@ -98,10 +114,8 @@ def _train(a, out, state, args, t0):
         csv = broadcast_obj(csv)
         if _is_main(): remove_stale(out)
         precision = resolve_precision(a.precision, default_device())
-        for k,v in default_schedule(precision).items(): # resolved once, and saved with the settings: a resumed run keeps them
-            if k in ('lr','norm') or a[k] is not None: continue # the lr, for random init only, is picked with the recipe and saved in the state
-            a[k] = v
-            if args is not None: args[k] = v
+        use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
+        _fill_schedule(a, args, default_schedule(precision, default_device()), use_pre or a.weights is not None)
         check_memory(a, precision, default_device()) # before images are decoded at that size
         set_seed(a.seed, reproducible=True)
         dls = count_dls(csv, a.img_dir, a.fn_col, a.label_col, size=a.size, bs=a.bs, valid_pct=a.valid_pct, seed=a.seed,
@@ -111,25 +125,21 @@ def _train(a, out, state, args, t0):
         if state and state.get('split', split)!=split:
             raise FlowersError(f"--resume {out}: {csv} changed since the run was interrupted, and its images split differently: the run would be "
                                f"validated on images it trained on. Put the CSV back as it was to resume, or start a new run with --overwrite")
-        use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
-        if a.norm is None: # IBN was measured from random init; a pretrained body keeps the norm it learnt with
-            a.norm = 'bn' if use_pre or a.weights is not None else default_schedule(precision)['norm']
-            if args is not None: args['norm'] = a.norm
         # a resumed run's checkpoint holds every weight: no need to fetch pretrained ones again
         learn = count_learner(dls, a.arch, a.head, a.stride, a.context, pretrained=use_pre and not state, weights=None if state else a.weights, loss=a.loss,
-                              norm=a.norm, path=out, model_dir='.')
+                              norm=a.norm, stem=a.stem, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         set_precision(learn, precision)
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             if _is_main():
-                with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision)['lr']) # once, for all processes
+                with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision, default_device())['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
         print(f"Training {a.arch}{' (IBN)' if a.norm=='ibn' else ''} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, "
-              + (f'head context {a.context}, ' if a.head=='map' else '') + f'{precision}, '
+              + (f'stem {a.stem}, ' if a.stem!=2 else '') + (f'head context {a.context}, ' if a.head=='map' else '') + f'{precision}, '
               f'{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images' + (f'; resuming after epoch {start}' if start else ''))
         guard = TrainingGuard(lr)
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
@@ -146,7 +156,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state)
     _export(learn, out, a)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, head=a.head, size=a.size,
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))

@@ -21,12 +21,13 @@ def activation_bytes(arch, # torchvision ResNet name
                      stride, # Input pixels per cell of the count map ('map')
                      context, # Dilated layers in the count map's head ('map')
                      size, # Input images are size x size
+                     stem=2, # Input pixels per step of the body's first convolution
                     ) -> tuple:
     "fp32 bytes of every layer's output for one image of `size`, and the number of weights, counted without memory or arithmetic (PyTorch's meta device)"
     from .learner import get_arch
     from .density import count_model
     with torch.device('meta'):
-        m = count_model(get_arch(arch), head, stride, context if head=='map' else 0, **(dict(y_range=(0,1)) if head=='pool' else {})).train()
+        m = count_model(get_arch(arch), head, stride, context if head=='map' else 0, stem=stem, **(dict(y_range=(0,1)) if head=='pool' else {})).train()
     return layer_bytes(m, size, n=2), sum(p.numel() for p in m.parameters()) # 2: batch norm after pooling wants more than one
 
 def free_memory(device) -> float|None:
@@ -44,7 +45,7 @@ def check_memory(a, # The checked settings of `flowers.train.train`, with the sc
     "Raise when training at `a.size` and `a.bs` would surely not fit: what one step keeps for the backward pass alone is more than is free"
     free = free_memory(device)
     if free is None: return
-    act,n_params = activation_bytes(a.arch, a.head, a.stride, a.context, a.size)
+    act,n_params = activation_bytes(a.arch, a.head, a.stride, a.context, a.size, a.stem)
     need = act*a.bs*KEPT[precision] + 4*4*n_params # and the weights, their gradients and Adam's 2 moments
     if need <= free: return
     raise FlowersError(f"--size {a.size} with --bs {a.bs}: one training step would need at least {need/2**30:.1f} GB, and this machine has "

@@ -4,9 +4,9 @@ from pathlib import Path
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .errors import FlowersError, first_line
-from .settings import MAX_CONTEXT, FORMAT, NORMS, model_file
+from .settings import MAX_CONTEXT, FORMAT, NORMS, STEMS, model_file
 from .learner import ARCHS, get_arch
-from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context
+from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context, body_stem
 from .calibrate import Calibration
 from .ibn import body_norm
 from .atomic import atomic_path, atomic_text
@@ -16,8 +16,8 @@ __all__ = ['FORMAT', 'NET_KEYS', 'input_spec', 'safe_meta', 'check_meta', 'save_
 
 def _sha256(fname): return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
-NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride','context','norm') # what builds, feeds and qualifies the network: hashed with the weights
-_LATER_KEYS = ('head','stride','context','norm') # hashed only when present, so that models saved before them still check
+NET_KEYS = ('arch','n_out','y_range','ps','size','method','normalize','conformal','unusual','head','stride','context','norm','stem') # what builds, feeds and qualifies the network: hashed with the weights
+_LATER_KEYS = ('head','stride','context','norm','stem') # hashed only when present, so that models saved before them still check
 MAX_SIZE = 2048 # pixels; a bigger input would take tens of GB to count one image
 
 def _net_sha256(weights, meta):
@@ -45,7 +45,9 @@ def check_meta(meta:dict, # `model.json` as read
     if not _one_of(meta.get('arch'), ARCHS): bad('arch', f"one of {', '.join(ARCHS)}")
     if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
     if not _one_of(meta.get('head', 'pool'), HEAD_TYPES): bad('head', f"one of {', '.join(HEAD_TYPES)}")
-    if not _one_of(meta.get('stride', 16), MAP_CUTS): bad('stride', f"one of {', '.join(map(str, MAP_CUTS))}")
+    if not _one_of(meta.get('stem', 2), STEMS): bad('stem', f"one of {', '.join(map(str, STEMS))}")
+    cells = [c*meta.get('stem', 2)//2 for c in MAP_CUTS] # pixels between the map's cells: twice as many with a stem that steps twice as far
+    if not _one_of(meta.get('stride', 16), cells): bad('stride', f"one of {', '.join(map(str, cells))}")
     if not _one_of(meta.get('context', 0), range(MAX_CONTEXT+1)): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
     if not _one_of(meta.get('norm', 'bn'), NORMS): bad('norm', f"one of {', '.join(NORMS)}")
     y = meta.get('y_range')
@@ -70,11 +72,11 @@ def safe_meta(learn, arch, **extra) -> dict:
     "What `load_safe` needs to rebuild `learn`'s network and feed it like fastai does"
     if isinstance(learn.model[-1], CountMapHead):
         return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='map', stride=map_stride(learn.model), context=map_context(learn.model[-1]),
-                    norm=body_norm(learn.model[0]), **input_spec(learn), **extra)
+                    norm=body_norm(learn.model[0]), stem=body_stem(learn.model[0]), **input_spec(learn), **extra)
     y_range = learn.model[-1][-1]
     drops = [m.p for m in learn.model[-1].modules() if isinstance(m, nn.Dropout)]
     return dict(format=FORMAT, arch=arch, n_out=learn.n_out, head='pool', y_range=[float(y_range.low), float(y_range.high)],
-                ps=drops[-1] if drops else 0., norm=body_norm(learn.model[0]), **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
+                ps=drops[-1] if drops else 0., norm=body_norm(learn.model[0]), stem=body_stem(learn.model[0]), **input_spec(learn), **extra) # ps: fastai's head has no dropout layers at 0
 
 def save_safe(learn, # A trained count `Learner`
               path, # Folder to write `model.safetensors` and `model.json` to
@@ -113,9 +115,10 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     head = meta.get('head', 'pool') # models saved before `head` was recorded had the pooled one
     pool = dict(y_range=tuple(meta['y_range']), ps=meta.get('ps', 0.5)) if head=='pool' else {} # before `ps` was recorded: fastai's default
     arch = get_arch(meta['arch'])
-    stride = meta.get('stride', 16) # count maps saved before `stride` was recorded had cells 16 pixels apart
+    stem = meta.get('stem', 2) # torchvision's before `stem` was recorded
+    stride = meta.get('stride', 16)*2//stem # count maps saved before `stride` was recorded had cells 16 pixels apart
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
-    model = count_model(arch, head, stride, context, meta['n_out'], norm=meta.get('norm', 'bn'), **pool) # batch norm before `norm` was recorded
+    model = count_model(arch, head, stride, context, meta['n_out'], norm=meta.get('norm', 'bn'), stem=stem, **pool) # batch norm before `norm` was recorded
     try: model.load_state_dict(sd)
     except RuntimeError as e:
         raise FlowersError(f"{weights}: its weights don't fit the network {jfile.name} describes ({_misfit(model, sd) or first_line(e)}): "

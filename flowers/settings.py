@@ -3,12 +3,13 @@ import itertools, json, os, time
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int, check_seed
 
-__all__ = ['ARCHS', 'NORMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
-           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'check_arch', 'check_norm', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+__all__ = ['ARCHS', 'NORMS', 'STEMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
+           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'schedule_size', 'check_arch', 'check_norm', 'check_stem', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 NORMS = ('ibn','bn') # the first norm of the body's blocks: half instance norm (IBN-a, `flowers.ibn`), or torchvision's batch norm
+STEMS = (2,4) # input pixels per step of the body's first convolution: torchvision's 2, or 4 for twice the input a side at the same work after it
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
 MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
 MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
@@ -20,7 +21,7 @@ PRECISIONS = ('auto','fp32','bf16','fp16')
 PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
-OLDER = dict(head='pool', stride=16, context=0, norm='bn') # settings of runs saved before they were recorded
+OLDER = dict(head='pool', stride=16, context=0, norm='bn', stem=2) # settings of runs saved before they were recorded
 # The default epochs, input size, head, batch size and random-init learning rate: what fits a 5-minute default run (data generation
 # included) on 2 cores at the precision a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
 # fp32-only ones, and GPUs faster still: spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were
@@ -28,13 +29,26 @@ OLDER = dict(head='pool', stride=16, context=0, norm='bn') # settings of runs sa
 # machines have no time for. In bf16, batches of 32 run an epoch about a fifth faster than 16: 36 epochs of them at lr 4e-3, in less
 # time than 30 of 16, counted less on empty fields in 6 runs of 6 and lower validation MAE in 6 of 6, held-out MAE a tie (README).
 # IBN blocks in both: in fp32, 14 epochs of them take 15 of batch norm's time, with lower validation MAE and second-renderer MAE in
-# 6 runs of 6 and held-out MAE in 4, but more empty ground counted in 6 (benchmarks/README.md)
-SCHEDULES = dict(fp32=dict(epochs=14, size=64, context=0, bs=16, lr=3e-3, norm='ibn'), fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn'))
+# 6 runs of 6 and held-out MAE in 4, but more empty ground counted in 6 (benchmarks/README.md). On a GPU, where time is no limit, the
+# stem steps 4 pixels on 160 px images: the feature maps of 80 px with twice the pixels a side. In bf16 (36 epochs, 3 held-out pairs x
+# 2 seeds) it lowered held-out MAE in 5 runs of 6 and validation in 3, a tie on empty fields, the second renderer worse in 4; but its
+# epochs take a fifth longer on a CPU: the no-flag run passed 5 minutes, and in 28 epochs it counted more empty ground (README)
+SCHEDULES = dict(fp32=dict(epochs=14, size=64, context=0, bs=16, lr=3e-3, norm='ibn', stem=2),
+                 fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=2),
+                 gpu=dict(epochs=36, size=160, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=4))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
+                     device=None, # Where it runs: a CUDA device has the GPU's schedule
                     ) -> dict:
-    "`epochs`, `size`, `context`, `bs`, and the random-init `lr` and `norm` of a default run in `precision`"
-    return SCHEDULES['fp32' if precision=='fp32' else 'fast']
+    "`epochs`, `size`, `context`, `bs`, and the random-init `lr`, `norm` and `stem` of a default run in `precision` on `device`"
+    if precision=='fp32': return SCHEDULES['fp32']
+    return SCHEDULES['gpu' if str(device).startswith('cuda') else 'fast']
+
+def schedule_size(schedule, # A `SCHEDULES` entry
+                  stem, # The run's stem
+                 ) -> int:
+    "The schedule's input size for `stem`: the same feature maps, so about the same time, as its own stem's"
+    return schedule['size']*stem//schedule['stem']
 
 FORMAT = 'flowers-count-model/1' # model.json's first field: what wrote it
 LR_PLOT,LOSS_PLOT,FIT_PLOT,WORST_PLOT = 'lr_find.png','loss.png','predicted_vs_true.png','worst.png'
@@ -54,6 +68,10 @@ def check_head(head, stride=MAP_STRIDE):
     "Raise unless `head` names one of `HEAD_TYPES`, and `stride` is one a count map can have"
     if head not in HEAD_TYPES: raise FlowersError(f"unknown --head {head!r}; choose one of {', '.join(HEAD_TYPES)}")
     if stride not in MAP_CUTS: raise FlowersError(f"--stride {stride!r}: a count map's cells are {' or '.join(map(str, MAP_CUTS))} pixels apart")
+
+def check_stem(stem):
+    "Raise unless `stem` is None (the default for the run) or one of `STEMS`"
+    if stem is not None and stem not in STEMS: raise FlowersError(f"--stem {stem!r}: the first convolution steps {' or '.join(map(str, STEMS))} pixels")
 
 def check_context(context):
     "Raise unless `context` is a number of dilated layers a count map's head can have"
@@ -90,7 +108,7 @@ def check_lr(lr):
 
 def check_args(a):
     "Raise on settings (of `flowers.train.train`) no run can use, before any slow work"
-    check_arch(a.arch), check_norm(a.norm), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
+    check_arch(a.arch), check_norm(a.norm), check_stem(a.stem), check_head(a.head, a.stride), check_loss(a.loss), check_method(a.method), check_precision(a.precision), check_pretrained(a.pretrained), check_lr(a.lr)
     for k,lo in (('epochs',1), ('bs',1), ('size',MIN_TRAIN_SIZE), ('workers',0), ('freeze_epochs',0)):
         if k in ('epochs','size','bs') and a[k] is None: continue # `default_schedule`, once the precision is known
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')

@@ -309,3 +309,23 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args,
         meta['net_sha256'] = _net_sha256(out/'model.safetensors', meta)
         (out/'model.json').write_text(json.dumps(meta))
         assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
+
+def test_stem_4_trains_and_loads_in_both_formats(flower_data, tmp_path):
+    "The stem of the bf16 default (4 pixels a step, on images twice the size): trained by the CLI, recorded, and counted alike by both formats and plain load_learner in a fresh process"
+    from flowers.density import body_stem
+    out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '64', '--stem', '4',
+                        '--bs', '8', '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stderr
+    assert '64px, stem 4,' in r.stdout
+    meta,m = (json.loads((out/f).read_text()) for f in ('model.json', 'metrics.json'))
+    assert meta['stem']==m['stem']==4 and meta['stride']==16 # cells twice as far apart in pixels: the same 4 x 4 map as 32 px at stem 2
+    safe,pkl = load_counter(out/'model.safetensors', precision='fp32'),load_counter(out/'export.pkl', precision='fp32')
+    assert body_stem(safe.model[0])==body_stem(pkl.model[0])==4 and safe.stride==pkl.stride==16
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/')
+    assert r.returncode==0, r.stderr
+    n = safe.predict(img)
+    assert abs(float(r.stdout.strip().splitlines()[-1]) - n) < 1e-3 and pkl.predict(img)==pytest.approx(n, abs=1e-4)
+    assert abs(safe.count_map(img).sum() - n) <= .01*max(1., n) and abs(safe.count_map(img, tile='auto').sum() - safe.predict(img, tile='auto')) <= .01*max(1., n)
+    assert safe.count_map(img).shape==Image.open(img).size[::-1]

@@ -105,6 +105,29 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
+@pytest.mark.parametrize('given,pre,sched,want', [
+    (dict(), False, 'gpu', dict(stem=4, size=160, norm='ibn')), # a GPU's: twice the pixels a side, the same maps as 80 px
+    (dict(), True, 'gpu', dict(stem=2, size=80, norm='bn')), # a pretrained body keeps the stem and norm it learnt with, at the maps' size
+    (dict(size=96), False, 'gpu', dict(stem=2, size=96, norm='ibn')), # a size asked for is the input: its map is not made coarser
+    (dict(stem=2), False, 'gpu', dict(stem=2, size=80)),
+    (dict(), False, 'fast', dict(stem=2, size=80, norm='ibn')), # a CPU's, in bf16: its epochs at 160 px would pass 5 minutes
+    (dict(stem=4), False, 'fast', dict(stem=4, size=160)),
+    (dict(stem=4), False, 'fp32', dict(stem=4, size=128)),
+])
+def test_the_stem_and_size_follow_the_schedule(given, pre, sched, want):
+    "Settings left to the schedule: the stem of 4 from random init at its size only, the size for the stem, both saved for --resume"
+    from fastcore.basics import AttrDict
+    from flowers.fitting import _fill_schedule
+    a = AttrDict(dict(dict(norm=None, stem=None, size=None, epochs=None, bs=None, context=None, lr=None), **given))
+    args = dict(a)
+    _fill_schedule(a, args, SCHEDULES[sched], pre)
+    assert {k:a[k] for k in want}==want and {k:args[k] for k in want}==want and a.epochs==SCHEDULES[sched]['epochs'] and a.lr is None
+
+def test_a_gpu_has_its_schedule():
+    assert default_schedule('fp16', torch.device('cuda', 0)) is default_schedule('bf16', 'cuda') is SCHEDULES['gpu']
+    assert default_schedule('bf16', torch.device('cpu')) is default_schedule('bf16') is SCHEDULES['fast']
+    assert default_schedule('fp32', 'cuda') is SCHEDULES['fp32'] # fp32 asked for: the fp32 schedule, wherever it runs
+
 def test_the_norm_follows_the_schedule_in_both_formats(trained, flower_data):
     "From random init, the session's run has the norm of its precision's schedule (IBN), recorded and rebuilt alike"
     from flowers.ibn import body_norm
@@ -259,6 +282,7 @@ def test_help_states_the_schedules_defaults():
     from flowers.settings import SCHEDULES
     doc,(fp32,fast) = docments(train),(SCHEDULES['fp32'],SCHEDULES['fast'])
     for k in ('epochs', 'size', 'bs'): assert f"{fp32[k]} in fp32, {fast[k]} in bf16" in doc[k], k
+    assert f"{SCHEDULES['gpu']['size']} on a GPU" in doc['size'] and f"{SCHEDULES['gpu']['stem']} on a GPU" in doc['stem']
     lr = lambda x: f"{x:.0e}".replace('e-0', 'e-') # 3e-3, as the docments write it
     assert f"{lr(fp32['lr'])} in fp32, {lr(fast['lr'])} in bf16" in doc['lr']
 
