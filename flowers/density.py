@@ -5,7 +5,7 @@ from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, STEMS
 from .ibn import to_ibn
 
-__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'STEMS', 'set_stem', 'body_stem', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
+__all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'STEMS', 'set_stem', 'cell_strides', 'body_stem', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'fine_step', 'shifts', 'shifted', 'stitch', 'sharpen']
 
 class CountMapHead(nn.Module):
@@ -39,6 +39,10 @@ def set_stem(body, # A cut torchvision ResNet
     # details of twice the pixels for the 7 x 7 kernel to learn from (README, Generalisation)
     body[0].stride = (stem, stem)
     return body
+
+def cell_strides(stem=2) -> dict:
+    "Input pixels between a count map's cells -> the `MAP_CUTS` key giving them, for a body whose first convolution steps `stem` pixels"
+    return {k*stem//2: k for k in MAP_CUTS} # a stem that steps twice as far puts the cells twice as far apart
 
 def body_stem(body) -> int:
     "Input pixels per step of the first convolution of `body`"

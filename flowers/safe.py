@@ -6,7 +6,7 @@ from safetensors.torch import save_file, load_file
 from .errors import FlowersError, first_line
 from .settings import MAX_CONTEXT, FORMAT, NORMS, STEMS, model_file
 from .learner import ARCHS, get_arch
-from .density import HEAD_TYPES, MAP_CUTS, CountMapHead, count_model, map_stride, map_context, body_stem
+from .density import HEAD_TYPES, CountMapHead, count_model, map_stride, map_context, body_stem, cell_strides
 from .calibrate import Calibration
 from .ibn import body_norm
 from .atomic import atomic_path, atomic_text
@@ -46,7 +46,7 @@ def check_meta(meta:dict, # `model.json` as read
     if meta.get('n_out')!=1: bad('n_out', '1 (one count)')
     if not _one_of(meta.get('head', 'pool'), HEAD_TYPES): bad('head', f"one of {', '.join(HEAD_TYPES)}")
     if not _one_of(meta.get('stem', 2), STEMS): bad('stem', f"one of {', '.join(map(str, STEMS))}")
-    cells = [c*meta.get('stem', 2)//2 for c in MAP_CUTS] # pixels between the map's cells: twice as many with a stem that steps twice as far
+    cells = cell_strides(meta.get('stem', 2))
     if not _one_of(meta.get('stride', 16), cells): bad('stride', f"one of {', '.join(map(str, cells))}")
     if not _one_of(meta.get('context', 0), range(MAX_CONTEXT+1)): bad('context', f"a whole number from 0 to {MAX_CONTEXT}")
     if not _one_of(meta.get('norm', 'bn'), NORMS): bad('norm', f"one of {', '.join(NORMS)}")
@@ -116,7 +116,7 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     pool = dict(y_range=tuple(meta['y_range']), ps=meta.get('ps', 0.5)) if head=='pool' else {} # before `ps` was recorded: fastai's default
     arch = get_arch(meta['arch'])
     stem = meta.get('stem', 2) # torchvision's before `stem` was recorded
-    stride = meta.get('stride', 16)*2//stem # count maps saved before `stride` was recorded had cells 16 pixels apart
+    stride = cell_strides(stem)[meta.get('stride', 16)] # count maps saved before `stride` was recorded had cells 16 pixels apart
     context = meta.get('context', 0) # and one plain layer in their heads before `context` was
     model = count_model(arch, head, stride, context, meta['n_out'], norm=meta.get('norm', 'bn'), stem=stem, **pool) # batch norm before `norm` was recorded
     try: model.load_state_dict(sd)
