@@ -2,6 +2,7 @@
 import io, json, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.predict import load_counter
+from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
 from flowers.density import FINE_STEP, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
 
@@ -135,8 +136,7 @@ def test_fastai_learners_and_the_export_train_on_data_with_points(flower_data, t
     assert np.isfinite(learn.validate()).all()
 
 def test_tiles(counters, flower_data):
-    "A mosaic larger than a window is counted in windows twice a training image a side, each whole: one at the far edge is moved back inside, not cut short"
-    from flowers.counter import WINDOW
+    "A mosaic larger than a window is counted in windows of `WINDOW` training images a side, each whole: one at the far edge is moved back inside, not cut short"
     ims = [Image.open(flower_data[0]/'images'/f'{i%8:05d}.jpg').convert('RGB').resize((64,64)) for i in range(16)]
     mosaic = Image.new('RGB', (256,256))
     for i,im in enumerate(ims): mosaic.paste(im, (64*(i%4), 64*(i//4)))
@@ -144,13 +144,14 @@ def test_tiles(counters, flower_data):
     hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([tuple(x[0].shape[-2:])]*len(x[0]))) # a size per window, in batches or not
     try: n = c.predict(mosaic, tile=64)
     finally: hook.remove()
-    side = WINDOW*c.size//c.stride*c.stride
+    side = int(WINDOW*c.size)//c.stride*c.stride
     assert len(sides) > 4 and set(sides)=={(side, side)} and side < 4*c.size # the mosaic is 4 training images a side
     sides.clear() # a strip whose height fits one window, though not its middle: one row of windows, each the strip's height
     hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: sides.extend([tuple(x[0].shape[-2:])]*len(x[0])))
-    try: c.predict(mosaic.crop((0, 0, 256, 112)), tile=64)
+    strip = (side - c.stride)*64//c.size # pixels of the mosaic: a cell less than a window at tile=64
+    try: c.predict(mosaic.crop((0, 0, 256, strip)), tile=64)
     finally: hook.remove()
-    h,core = round(112*c.size/64/c.stride)*c.stride,side - 2*c.stride # training images 4 cells wide: a margin of one cell
+    h,core = round(strip*c.size/64/c.stride)*c.stride,side - 2*c.stride # training images 4 cells wide: a margin of one cell
     assert core < h <= side and set(sides)=={(h, side)} and len(sides)==len(range(0, 4*c.size, core))
     m = c.count_map(mosaic, tile=64)
     assert m.shape==(256,256) and abs(m.sum() - n) <= 0.01*max(1., n)
@@ -184,9 +185,10 @@ def test_tile_of_the_image_counts_it_whole(counters, flower_data):
     assert m.shape==(96,96) and abs(m.sum() - n) <= 0.01*max(1., n)
     calls.clear() # larger than a training input at the tile's scale, but inside one window: still one input, the image whole
     hook = c.model[0][0].register_forward_pre_hook(lambda mod, x: calls.append(tuple(x[0].shape)))
-    try: c.predict(img, tile=64)
+    px = int(WINDOW*c.size)//c.stride*c.stride*64//c.size # a window's side at tile=64, in pixels of the image
+    try: c.predict(img.resize((px, px)), tile=64)
     finally: hook.remove()
-    side = round(96*c.size/64/c.stride)*c.stride
+    side = round(px*c.size/64/c.stride)*c.stride
     assert calls==[(1, 3, side, side)] and side > c.size
 
 def test_cli_maps_and_tile(trained, flower_data, tmp_path):
