@@ -7,6 +7,7 @@ from flowers.distributed import check_gpus
 from test_predict import run_predict
 
 CPU = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''} # the gloo path, on a machine with a GPU too
+def _cpu(tmp): return {**CPU, 'TMPDIR': str(tmp)} # torchrun's log folders go there: in /tmp each run left its own behind
 
 @pytest.fixture(scope='module')
 def ddp_run(flower_data, tmp_path_factory):
@@ -14,7 +15,7 @@ def ddp_run(flower_data, tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')/'run'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
                         '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--epochs', '2',
-                        '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600, env=CPU)
+                        '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600, env=_cpu(out.parent))
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout + r.stderr
 
@@ -73,7 +74,7 @@ def test_processes_teach_one_extent_layer(flower_data, tmp_path):
     "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
     (tmp_path/'fit.py').write_text(EXTENT_SCRIPT)
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
-                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=CPU)
+                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     import torch
     a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
@@ -135,7 +136,7 @@ def test_more_processes_than_gpus_is_said():
 def test_each_rank_says_its_error_on_a_line_of_its_own(tmp_path):
     "A user error under torchrun: both processes printed 'error: ...' at once, and their lines ran into one"
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
-                        '--data', str(tmp_path/'nowhere')], capture_output=True, text=True, timeout=120, env=CPU)
+                        '--data', str(tmp_path/'nowhere')], capture_output=True, text=True, timeout=120, env=_cpu(tmp_path))
     assert r.returncode!=0
     said = [l for l in r.stderr.splitlines() if l.startswith('error')]
     assert sorted(said)==[f"error (rank {k} of 2): --data {tmp_path/'nowhere'}: no such file or folder" for k in (0, 1)], r.stderr[-2000:]

@@ -129,7 +129,13 @@ def test_bounded_load(server, flower_data):
     for i,(_,c) in enumerate(res): by_img.setdefault(i%len(paths), set()).add(round(c, 4))
     assert all(len(v)==1 for v in by_img.values()) # concurrent requests don't mix up answers
 
-def _browser():
+@pytest.fixture(scope='module')
+def chrome_tmp(tmp_path_factory):
+    "A short folder for Chromium's temporary files: a test's own `tmp_path` made its socket's path too long, and Chrome would not start"
+    return tmp_path_factory.mktemp('chrome')
+
+def _browser(tmp):
+    "A headless Chromium for the page, its temporary files in `tmp`: in /tmp each run left 8 profile folders behind"
     chrome,driver = shutil.which('chromium') or shutil.which('chromium-browser'),shutil.which('chromedriver')
     if not (chrome and driver):
         if os.environ.get('CI'): pytest.fail('CI must run the browser test: .ci/run installs chromium and chromium-driver')
@@ -141,7 +147,7 @@ def _browser():
     for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
               '--disable-component-update', '--disable-sync', '--no-first-run', '--window-size=1000,800'):
         opts.add_argument(a)
-    return webdriver.Chrome(service=Service(driver), options=opts)
+    return webdriver.Chrome(service=Service(driver, env={**os.environ, 'TMPDIR': str(tmp)}), options=opts)
 
 def _drop(b, paths):
     "Photos given to the page as a person's drop does: the driver types their paths into the file input a person reaches by its label"
@@ -150,10 +156,10 @@ def _drop(b, paths):
     b.execute_script('arguments[0].hidden = false', inp)
     inp.send_keys('\n'.join(map(str, paths)))
 
-def test_page_counts_a_dropped_photo(server, counter, flower_data):
+def test_page_counts_a_dropped_photo(server, counter, flower_data, chrome_tmp):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         p = _imgs(flower_data, 1)[0]
@@ -173,7 +179,7 @@ def test_page_counts_a_dropped_photo(server, counter, flower_data):
         assert not overlay.is_displayed()
     finally: b.quit()
 
-def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_path):
+def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_path, chrome_tmp):
     "A photo of a whole bed: ticking 'Count by windows' after it was counted (as an unusual photo's note says to) counts it again by windows, without an interval; unticking, whole"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -182,7 +188,7 @@ def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_pa
     assert abs(whole - tiled) > 0.5 # else the page's count could not tell the two ways apart
     def _shows(b, n): # the one card's count once it is within rounding of `n`
         return WebDriverWait(b, 60).until(lambda d: len(cs := d.find_elements(By.CSS_SELECTOR, '.count'))==1 and abs(float(cs[0].text) - n) < 0.051 and cs)
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         _drop(b, [bed])
@@ -196,7 +202,7 @@ def test_page_counts_by_windows_when_ticked(server, counter, flower_data, tmp_pa
         assert not b.find_elements(By.CSS_SELECTOR, '.card .info div.interval') # counted whole again: an interval, no windows line
     finally: b.quit()
 
-def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counter, flower_data, tmp_path):
+def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counter, flower_data, tmp_path, chrome_tmp):
     "The box ticked while photos are on their way to the server: when their counts come back they are counted again, by windows"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -204,7 +210,7 @@ def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counte
     beds = [shutil.copy(bed, tmp_path/f'bed{i}.jpg') for i in range(16)] # counted with their maps: long enough to be ticked meanwhile
     whole,tiled = counter.predict(bed),counter.predict(bed, tile='auto')
     assert abs(whole - tiled) > 0.5
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         _drop(b, beds)
@@ -215,12 +221,12 @@ def test_page_ticked_while_counting_counts_every_photo_by_windows(server, counte
         assert abs(float(b.find_element(By.ID, 'total-count').text) - 16*tiled) < 0.051
     finally: b.quit()
 
-def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
+def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path, chrome_tmp):
     "Chromium shows neither format in an <img>: the page shows the preview the server sends"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     paths,size = _other_formats(flower_data, tmp_path)
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         _drop(b, paths)
@@ -230,14 +236,14 @@ def test_page_shows_tiff_and_heic_photos(server, flower_data, tmp_path):
         assert [b.execute_script('return arguments[0].naturalWidth', p) for p in photos]==[size[0]]*2
     finally: b.quit()
 
-def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
+def test_page_never_runs_a_file_name(server, flower_data, tmp_path, chrome_tmp):
     "A photo named like markup, and a broken one whose error message repeats the name, show as text"
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     evil = "<img src=x onerror=document.title='PWNED'>"
     good,bad = tmp_path/f'{evil}.jpg',tmp_path/f'{evil}2.jpg'
     shutil.copy(_imgs(flower_data, 1)[0], good); bad.write_bytes(b'not an image')
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         _drop(b, [good, bad])
@@ -247,7 +253,7 @@ def test_page_never_runs_a_file_name(server, flower_data, tmp_path):
         assert evil in b.find_element(By.CSS_SELECTOR, '.error').text and f'{evil}.jpg' in b.find_elements(By.CSS_SELECTOR, '.card .info')[0].text
     finally: b.quit()
 
-def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path):
+def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path, chrome_tmp):
     "The page's CSV: a file name starting with = + - or @ is text, not a formula a spreadsheet would run; commas are quoted"
     import csv
     from selenium.webdriver.common.by import By
@@ -255,7 +261,7 @@ def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path):
     # (Chrome sends a name's " as %22, as the HTML standard says)
     names = ['=HYPERLINK(1,2).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', 'plain, with a comma.jpg']
     for n in names: shutil.copy(_imgs(flower_data, 1)[0], tmp_path/n)
-    b = _browser()
+    b = _browser(chrome_tmp)
     try:
         b.get(server+'/')
         # the download's Blob, kept as the page makes it, and no file saved by the browser
