@@ -131,7 +131,7 @@ def test_bounded_load(server, flower_data):
 
 @pytest.fixture(scope='module')
 def chrome_tmp(tmp_path_factory):
-    "A short folder for Chromium's temporary files: a test's own `tmp_path` made its socket's path too long, and Chrome would not start"
+    "A short folder for Chromium's temporary files: under a test's own, longer `tmp_path` Chrome would not start (a socket's path has at most 107 bytes)"
     return tmp_path_factory.mktemp('chrome')
 
 def _browser(tmp):
