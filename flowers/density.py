@@ -35,14 +35,14 @@ def set_stem(body, # A cut torchvision ResNet
              stem=2, # Input pixels per step of its first convolution: one of `STEMS`
             ) -> nn.Sequential:
     "`body` with its first convolution stepping `stem` pixels; in place. Its weights are the same: only the step changes"
-    # 4 on images twice the size a side: the maps after it, and so the work, are those of torchvision's 2 at half the size, with the
-    # details of twice the pixels for the 7 x 7 kernel to learn from (README, Generalisation)
+    # 3 or 4 on images 1.5 or 2 times the size a side: the maps after it, and so the work, are those of torchvision's 2 at the smaller
+    # size, with the details of more pixels for the 7 x 7 kernel to learn from (README, Generalisation)
     body[0].stride = (stem, stem)
     return body
 
 def cell_strides(stem=2) -> dict:
     "Input pixels between a count map's cells -> the `MAP_CUTS` key giving them, for a body whose first convolution steps `stem` pixels"
-    return {k*stem//2: k for k in MAP_CUTS} # a stem that steps twice as far puts the cells twice as far apart
+    return {k*stem//2: k for k in MAP_CUTS} # a stem that steps 1.5 or 2 times as far puts the cells that much farther apart
 
 def body_stem(body) -> int:
     "Input pixels per step of the first convolution of `body`"
@@ -50,7 +50,7 @@ def body_stem(body) -> int:
 
 def count_model(arch, # A torchvision ResNet function
                 head='map', # One of `HEAD_TYPES`
-                stride=MAP_STRIDE, # Input pixels per cell of the count map with torchvision's stem (twice that with `stem` 4): a key of `MAP_CUTS`
+                stride=MAP_STRIDE, # Input pixels per cell of the count map with torchvision's stem (`stem`/2 times that with another): a key of `MAP_CUTS`
                 context=MAP_CONTEXT, # Dilated layers in the count map's head
                 n_out=1, # Outputs
                 norm='bn', # The first norm of the body's blocks: 'bn', or 'ibn' (`to_ibn`)
@@ -67,9 +67,9 @@ def map_stride(model) -> int:
     "Input pixels per cell of the count map of `model` (body, `CountMapHead`), measured on a blank input"
     was,p = model.training,next(model.parameters())
     model.eval()
-    with torch.no_grad(): n = model[0](p.new_zeros(1, 3, 64, 64)).shape[-1]
+    with torch.no_grad(): n = model[0](p.new_zeros(1, 3, 96, 96)).shape[-1] # 96: a whole number of cells 8, 12, 16, 24 or 32 pixels wide
     model.train(was)
-    return 64//n
+    return 96//n
 
 def map_context(head) -> int:
     "Dilated layers of the `CountMapHead` `head`: 0 for those made before they were"

@@ -96,8 +96,8 @@ def _fill_schedule(a, # The checked settings, those left to the schedule None
                    pre, # Does the body start from trained weights?
                   ):
     "Settings left to the schedule set from it, once, in `a` and `args`: a resumed run keeps them"
-    # IBN and the stem of 4 were measured from random init: a pretrained body keeps what it learnt with; and the stem of 4 comes
-    # with the schedule's size only: a --size given is the input asked for, whose map the stem of 4 would make half as fine
+    # IBN and the stems of 3 and 4 were measured from random init: a pretrained body keeps what it learnt with; and the schedule's
+    # stem comes with its size only: a --size given is the input asked for, whose map a longer step would make coarser
     fill = dict(norm='bn' if pre else sched['norm'], stem=sched['stem'] if not pre and a.size is None else 2)
     fill.update({k:v for k,v in sched.items() if k not in ('lr','norm','stem')}) # the lr, for random init only, is picked with the recipe and saved in the state
     fill['size'] = schedule_size(sched, a.stem or fill['stem'])

@@ -9,7 +9,7 @@ __all__ = ['ARCHS', 'NORMS', 'STEMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'M
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
 NORMS = ('ibn','bn') # the first norm of the body's blocks: half instance norm (IBN-a, `flowers.ibn`), or torchvision's batch norm
-STEMS = (2,4) # input pixels per step of the body's first convolution: torchvision's 2, or 4 for twice the input a side at the same work after it
+STEMS = (2,3,4) # input pixels per step of the body's first convolution: torchvision's 2, or 3 and 4 for 1.5 and 2 times the input a side at the same work after it
 HEAD_TYPES = ('map','pool') # 'map': counts per location, summed; 'pool': fastai's pooled head with one output
 MAP_CUTS = {8:-4, 16:-3} # input pixels per cell of the count map -> where a torchvision ResNet is cut: before layer3, or before layer4
 MAP_STRIDE = 8 # the default: on held-out families at 64 px, stride 8 beat 16 (cheaper too: layer3 is dropped)
@@ -32,9 +32,11 @@ OLDER = dict(head='pool', stride=16, context=0, norm='bn', stem=2) # settings of
 # 6 runs of 6 and held-out MAE in 4, but more empty ground counted in 6 (benchmarks/README.md). On a GPU, where time is no limit, the
 # stem steps 4 pixels on 160 px images: the feature maps of 80 px with twice the pixels a side. In bf16 (36 epochs, 3 held-out pairs x
 # 2 seeds) it lowered held-out MAE in 5 runs of 6 and validation in 3, a tie on empty fields, the second renderer worse in 4; but its
-# epochs take a fifth longer on a CPU: the no-flag run passed 5 minutes, and in 28 epochs it counted more empty ground (README)
+# epochs take a fifth longer on a CPU: the no-flag run passed 5 minutes, and in 28 epochs it counted more empty ground. A CPU's stem
+# steps 3 pixels on 120 px, the maps of 80 px in 2% more time: held-out MAE lower in 5 runs of 6 and validation in 5, but empty
+# fields and the second renderer a little worse in 4 (README)
 SCHEDULES = dict(fp32=dict(epochs=14, size=64, context=0, bs=16, lr=3e-3, norm='ibn', stem=2),
-                 fast=dict(epochs=36, size=80, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=2),
+                 fast=dict(epochs=36, size=120, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=3),
                  gpu=dict(epochs=36, size=160, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=4))
 
 def default_schedule(precision, # The precision training runs in: 'fp32', 'bf16' or 'fp16'
@@ -71,7 +73,7 @@ def check_head(head, stride=MAP_STRIDE):
 
 def check_stem(stem):
     "Raise unless `stem` is None (the default for the run) or one of `STEMS`"
-    if stem is not None and stem not in STEMS: raise FlowersError(f"--stem {stem!r}: the first convolution steps {' or '.join(map(str, STEMS))} pixels")
+    if stem is not None and stem not in STEMS: raise FlowersError(f"--stem {stem!r}: the first convolution steps {', '.join(map(str, STEMS))} pixels")
 
 def check_context(context):
     "Raise unless `context` is a number of dilated layers a count map's head can have"

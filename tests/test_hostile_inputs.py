@@ -133,7 +133,7 @@ def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
     ('ps', 2, "'ps'"), ('head', 'crop', "'head' is 'crop'"), ('arch', DROP, "'arch' is 'missing'"), ('method', DROP, "'method' is 'missing'"),
     ('stride', {}, "'stride' is {}"), # was a TypeError: unhashable
     ('norm', 'gn', "'norm' is 'gn'; it must be one of ibn, bn"),
-    ('stem', 3, "'stem' is 3; it must be one of 2, 4"), ('stem', True, "'stem' is True"),
+    ('stem', 5, "'stem' is 5; it must be one of 2, 3, 4"), ('stem', True, "'stem' is True"),
     ('stride', 32, "'stride' is 32; it must be one of 8, 16"), # a stem of 2 has no map with cells 32 pixels apart
 ])
 def test_model_json_fields_are_validated(trained, tmp_path, key, value, msg):

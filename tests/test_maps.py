@@ -4,7 +4,7 @@ from PIL import Image
 from flowers.predict import load_counter
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -41,23 +41,31 @@ def test_map_deviance_is_least_at_the_target():
     more = [float(map_deviance(t + k*(t==0), t).sum()) for k in (.01, .05, .2)]
     assert 0 < more[0] < more[1] < more[2]
 
-@pytest.mark.parametrize('stride', [8, 16])
-def test_fine_map_puts_a_head_where_it_is(stride):
+@pytest.mark.parametrize('stride,step', [(8, FINE_STEP), (16, FINE_STEP), (12, fine_step(12)), (16, fine_step(16))]) # the stem of 3's cells: an odd step
+def test_fine_map_puts_a_head_where_it_is(stride, step):
     "What a model that learnt its training targets exactly answers for each shifted copy, stitched and sharpened: a peak on the head"
-    S,head = 64,torch.tensor([21.3, 38.6]) # in input pixels, between the cells' centres
-    xs = shifted(torch.zeros(3, S, S, dtype=torch.uint8), stride)
+    S,head = 96,torch.tensor([21.3, 38.6]) # in input pixels, between the cells' centres
+    xs = shifted(torch.zeros(3, S, S, dtype=torch.uint8), stride, step)
     n = S+stride
-    assert len(xs)==(stride//FINE_STEP)**2 and all(x.shape==(3, n, n) for x in xs)
-    maps = torch.cat([point_targets(((head + torch.tensor(d))*2/n - 1)[None,None], n//stride, n//stride)[:,0] for d in shifts(stride)])
-    fine = stitch(maps, S, S, stride)
-    at = torch.tensor([int(head[1])//FINE_STEP, int(head[0])//FINE_STEP])
-    assert fine.shape==(S//FINE_STEP, S//FINE_STEP)
+    assert len(xs)==(stride//step)**2 and all(x.shape==(3, n, n) for x in xs)
+    maps = torch.cat([point_targets(((head + torch.tensor(d))*2/n - 1)[None,None], n//stride, n//stride)[:,0] for d in shifts(stride, step)])
+    fine = stitch(maps, S, S, stride, step)
+    at = torch.tensor([int(head[1])//step, int(head[0])//step])
+    assert fine.shape==(S//step, S//step)
     def cell(m): return torch.tensor(divmod(int(m.argmax()), m.shape[1]))
     ys,xs = fine.nonzero(as_tuple=True) # each shifted copy counted the head in the cell holding it: a box around it
-    assert (ys - at[0]).abs().max() <= stride//FINE_STEP//2 and (xs - at[1]).abs().max() <= stride//FINE_STEP//2
-    sharp = sharpen(fine, stride)
+    assert (ys - at[0]).abs().max() <= stride//step//2 and (xs - at[1]).abs().max() <= stride//step//2
+    sharp = sharpen(fine, stride, step)
     assert (cell(sharp) - at).abs().max() <= 1 and float(sharp.sum())==pytest.approx(float(fine.sum()), rel=1e-3)
     assert sharp.max()/sharp.sum() > 4*fine.max()/fine.sum() # the box that stitching built in is undone, mostly
+
+def test_map_stride_is_measured_for_every_stem_and_cut():
+    "The cells' spacing read off a network is what `model.json` records and `cell_strides` expects, for each stem and cut"
+    from torchvision.models import resnet18
+    for stem in STEMS:
+        for px,cut in cell_strides(stem).items():
+            assert map_stride(count_model(resnet18, 'map', cut, stem=stem))==px==cut*stem//2
+    assert sorted(cell_strides(3))==[12, 24] and set(cell_strides(3).values())==set(MAP_CUTS)
 
 def test_point_targets_count_each_head_in_its_cell():
     "A head's count goes to the map cell its centre lies in; padding points outside the image count nothing"
@@ -312,18 +320,19 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args,
         (out/'model.json').write_text(json.dumps(meta))
         assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
 
-def test_stem_4_trains_and_loads_in_both_formats(flower_data, tmp_path):
-    "The stem of the bf16 default (4 pixels a step, on images twice the size): trained by the CLI, recorded, and counted alike by both formats and plain load_learner in a fresh process"
+@pytest.mark.parametrize('stem,size', [(3, 72), (4, 64)])
+def test_stems_train_and_load_in_both_formats(flower_data, tmp_path, stem, size):
+    "The stems of the CPU's and the GPU's schedules (3 and 4 pixels a step, on larger images): trained by the CLI, recorded, and counted alike by both formats and plain load_learner in a fresh process"
     from flowers.density import body_stem
     out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
-    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '64', '--stem', '4',
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', str(size), '--stem', str(stem),
                         '--bs', '8', '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stderr
-    assert '64px, stem 4,' in r.stdout
+    assert f'{size}px, stem {stem},' in r.stdout
     meta,m = (json.loads((out/f).read_text()) for f in ('model.json', 'metrics.json'))
-    assert meta['stem']==m['stem']==4 and meta['stride']==16 # cells twice as far apart in pixels: the same 4 x 4 map as 32 px at stem 2
+    assert meta['stem']==m['stem']==stem and meta['stride']==8*stem//2 # cells farther apart in pixels: the same map as at stem 2 on a smaller image
     safe,pkl = load_counter(out/'model.safetensors', precision='fp32'),load_counter(out/'export.pkl', precision='fp32')
-    assert body_stem(safe.model[0])==body_stem(pkl.model[0])==4 and safe.stride==pkl.stride==16
+    assert body_stem(safe.model[0])==body_stem(pkl.model[0])==stem and safe.stride==pkl.stride==8*stem//2
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/')
     assert r.returncode==0, r.stderr

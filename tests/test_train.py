@@ -110,12 +110,16 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     (dict(), True, 'gpu', dict(stem=2, size=80, norm='bn')), # a pretrained body keeps the stem and norm it learnt with, at the maps' size
     (dict(size=96), False, 'gpu', dict(stem=2, size=96, norm='ibn')), # a size asked for is the input: its map is not made coarser
     (dict(stem=2), False, 'gpu', dict(stem=2, size=80)),
-    (dict(), False, 'fast', dict(stem=2, size=80, norm='ibn')), # a CPU's, in bf16: its epochs at 160 px would pass 5 minutes
+    (dict(), False, 'fast', dict(stem=3, size=120, norm='ibn')), # a CPU's, in bf16: 1.5 times the pixels a side; at 160 px its epochs would pass 5 minutes
+    (dict(), True, 'fast', dict(stem=2, size=80, norm='bn')),
+    (dict(stem=2), False, 'fast', dict(stem=2, size=80)), # the maps of the schedule's size, whatever the stem
     (dict(stem=4), False, 'fast', dict(stem=4, size=160)),
+    (dict(stem=3), False, 'gpu', dict(stem=3, size=120)),
     (dict(stem=4), False, 'fp32', dict(stem=4, size=128)),
+    (dict(stem=3), False, 'fp32', dict(stem=3, size=96)),
 ])
 def test_the_stem_and_size_follow_the_schedule(given, pre, sched, want):
-    "Settings left to the schedule: the stem of 4 from random init at its size only, the size for the stem, both saved for --resume"
+    "Settings left to the schedule: its stem from random init at its size only, the size for the stem, both saved for --resume"
     from fastcore.basics import AttrDict
     from flowers.fitting import _fill_schedule
     a = AttrDict(dict(dict(norm=None, stem=None, size=None, epochs=None, bs=None, context=None, lr=None), **given))
@@ -283,6 +287,7 @@ def test_help_states_the_schedules_defaults():
     doc,(fp32,fast) = docments(train),(SCHEDULES['fp32'],SCHEDULES['fast'])
     for k in ('epochs', 'size', 'bs'): assert f"{fp32[k]} in fp32, {fast[k]} in bf16" in doc[k], k
     assert f"{SCHEDULES['gpu']['size']} on a GPU" in doc['size'] and f"{SCHEDULES['gpu']['stem']} on a GPU" in doc['stem']
+    assert f"{fast['stem']} in bf16" in doc['stem'] and f"{fast['size']} in bf16 (--stem {fast['stem']})" in doc['size']
     lr = lambda x: f"{x:.0e}".replace('e-0', 'e-') # 3e-3, as the docments write it
     assert f"{lr(fp32['lr'])} in fp32, {lr(fast['lr'])} in bf16" in doc['lr']
 
