@@ -45,6 +45,8 @@ RECIPES = dict(
     fp32bn = dict(precision='fp32', norm='bn', epochs=15), # that schedule before IBN: the rows named 'fp32' in results/generalisation_fp32ibn*.json
     fp32ibn = dict(precision='fp32', norm='ibn', epochs=15), # IBN blocks in its 15 epochs: slower (benchmarks/README.md)
     fp32ibn14 = dict(precision='fp32', norm='ibn', epochs=14), # in 14, about batch norm's time for 15: the fp32 default since
+    fp32stem3 = dict(precision='fp32', stem=3), # the fp32 schedule with the stem of 3, at 96 px: the maps of 64 px
+    fp32stem3e13 = dict(precision='fp32', stem=3, epochs=13), # the same in 13 epochs, for the time the stem of 3 costs
 )
 
 def _count(counter, csv):
