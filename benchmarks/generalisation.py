@@ -38,6 +38,7 @@ RECIPES = dict(
     bn = dict(norm='bn'), # torchvision's batch norm throughout: the default before IBN
     stem2 = dict(stem=2), # torchvision's stem at 80 px: the CPU's default before the stem of 3 (the rows 'ibn' of results/generalisation_ibn*.json)
     stem3 = dict(stem=3), # the first convolution stepping 3 pixels, at 120 px: the CPU's default since (results/generalisation_stem3*.json, run as a /tmp patch of the same)
+    lr3 = dict(lr=3e-3), # the default's lr, 4e-3, chosen with torchvision's stem: 3e-3 with the stem of 3
     stem4 = dict(stem=4), # the first convolution stepping 4 pixels, at 160 px: the GPU's schedule (results/generalisation_stem4*.json, run as a /tmp patch of the same)
     stem4e28 = dict(stem=4, epochs=28), # the same in 28 epochs, about the no-flag run's 5 minutes on a 2-core CPU: its epochs take a fifth longer than at 80 px
     stem4s144 = dict(stem=4, size=144), # the stem of 4 at 144 px (a 9 x 9 map), 36 epochs
