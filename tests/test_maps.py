@@ -4,7 +4,7 @@ from PIL import Image
 from flowers.predict import load_counter
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -330,9 +330,9 @@ def test_stems_train_and_load_in_both_formats(flower_data, tmp_path, stem, size)
     assert r.returncode==0, r.stderr
     assert f'{size}px, stem {stem},' in r.stdout
     meta,m = (json.loads((out/f).read_text()) for f in ('model.json', 'metrics.json'))
-    assert meta['stem']==m['stem']==stem and meta['stride']==8*stem//2 # cells farther apart in pixels: the same map as at stem 2 on a smaller image
+    assert meta['stem']==m['stem']==stem and meta['stride']==MAP_STRIDE*stem//2 # cells farther apart in pixels: the same map as at stem 2 on a smaller image
     safe,pkl = load_counter(out/'model.safetensors', precision='fp32'),load_counter(out/'export.pkl', precision='fp32')
-    assert body_stem(safe.model[0])==body_stem(pkl.model[0])==stem and safe.stride==pkl.stride==8*stem//2
+    assert body_stem(safe.model[0])==body_stem(pkl.model[0])==stem and safe.stride==pkl.stride==MAP_STRIDE*stem//2
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/')
     assert r.returncode==0, r.stderr
