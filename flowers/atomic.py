@@ -2,7 +2,7 @@
 import contextlib, os, sys
 from pathlib import Path
 
-__all__ = ['atomic_path', 'atomic_text', 'remove_stale', 'locked']
+__all__ = ['atomic_path', 'atomic_text', 'FORMULA_START', 'defused', 'undefused', 'write_table', 'remove_stale', 'locked']
 
 def _umask():
     m = os.umask(0o022); os.umask(m) # the only way to read it
@@ -24,6 +24,25 @@ def atomic_path(fname):
 def atomic_text(fname, text:str):
     "Write `text` to `fname` atomically"
     with atomic_path(fname) as tmp: Path(tmp).write_text(text)
+
+# a spreadsheet opening a CSV runs a cell starting with one of these as a formula: a photo named =HYPERLINK("http://...")
+# or =cmd|' /C calc'!A0 becomes a link or a command (OWASP's "CSV injection"); the web page's download defuses the same ones
+FORMULA_START = ('=', '+', '-', '@', '\t', '\r')
+
+def defused(s):
+    "Text cell `s` with a `'` in front where a spreadsheet would run it as a formula (or where it starts with `'`, so `undefused` gives `s` back)"
+    return "'"+s if isinstance(s, str) and s.startswith((*FORMULA_START, "'")) else s
+
+def undefused(s):
+    "Text cell `s` as it was before `defused`"
+    return s[1:] if isinstance(s, str) and s.startswith("'") else s
+
+def write_table(df, # A table: its text cells are defused, its numbers (a negative error) left as they are
+                fname, # CSV file to write (atomically)
+               ):
+    "Write `df` as a CSV that a spreadsheet opens without running any cell as a formula"
+    df = df.assign(**{c:df[c].map(defused) for c in df.columns if df[c].dtype.kind not in 'biufcmM'})
+    with atomic_path(fname) as tmp: df.to_csv(tmp, index=False)
 
 def remove_stale(folder):
     "Delete temporary files that a killed process left in `folder` mid-write"

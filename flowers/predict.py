@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PureWindowsPath
 from fastcore.script import call_parse
 from .errors import FlowersError, check_int, check_tile, options_first, user_errors, term_interrupts
-from .atomic import atomic_path
+from .atomic import write_table, undefused
 from .settings import MIN_SIZE, FORMAT, STATE, CHECKPOINT, RUN_PLOTS, check_folder, model_file, decode_threads
 from .counts import _read_csv, decimal_points
 from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_address
@@ -77,12 +77,14 @@ def csv_images(csv, # A CSV with an `image` column (else its first), and maybe a
     "The image paths `csv` names, and their true counts (NaN where a cell is no count; None without a column of them)"
     df = _read_csv(csv)
     col = 'image' if 'image' in df.columns else df.columns[0]
+    ours = 'error' in df.columns and bool({'unusual','predicted'} & set(df.columns)) # this command's table, or a run's predictions.csv
+    if ours: df[col] = df[col].map(undefused) # written with a name such as =x.jpg defused as '=x.jpg
     root = _run_images(csv) or find_img_dir(csv, df[col])
     # a CSV made on Windows or a Mac names them as they are; a web address, or a Windows drive's path elsewhere, is kept as written, to be named as it is
     paths = [f if is_web_address(f) or PureWindowsPath(f).drive else root/f for f,_ in match_names(df[col], root)]
     label = next((c for c in label_cols if c in df.columns and c!=col), None)
     # a table this command wrote, given back to count again: its counts are a model's, and scoring them said 'MAE 0.00'
-    if label=='count' and {'error','unusual'} <= set(df.columns) and 'predicted' not in df.columns:
+    if label=='count' and ours and 'predicted' not in df.columns:
         warnings.warn(f"{csv}: a table of counts flowers.predict wrote; its counts are a model's, not true counts, so they are not scored")
         label = None
     if label is None: return paths,None
@@ -279,7 +281,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
         scored = add_truth(df, truth) if truth else ''
         if out:
-            with atomic_path(out) as tmp: df.to_csv(tmp, index=False) # a table written over is never left half-written
+            write_table(df, out) # atomic: a table written over is never left half-written
             print(f'Wrote {len(df)} rows to {out}')
         else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))
         if scored: print(scored)

@@ -3,7 +3,7 @@ import io, json, math, sys, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
 from fastai.vision.all import *
-from .atomic import atomic_path, atomic_text
+from .atomic import atomic_path, atomic_text, write_table
 from .images import open_image, fit_size
 from .density import CountMapHead
 from .counter import Counter
@@ -141,7 +141,7 @@ def write_report(learn, # The trained `Learner`
     "Write predictions.csv, metrics.json and the plots to `out`; returns the metrics"
     out = Path(out)
     preds = valid_predictions(learn, fn_col)
-    with atomic_path(out/'predictions.csv') as tmp: preds.to_csv(tmp, index=False)
+    write_table(preds, out/'predictions.csv')
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
              **interval_metrics(getattr(learn, 'calibration', None), preds), **info, versions=versions())
     atomic_text(out/'metrics.json', json.dumps(_json_safe(m), indent=2))

@@ -191,6 +191,34 @@ def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_d
     n = len(pd.read_csv(trained/'predictions.csv'))
     assert r.returncode==0 and f'On the {n} images with a true count' in r.stdout and 'not true counts' not in r.stderr, r.stdout + r.stderr
 
+def test_cli_table_is_safe_for_spreadsheets_and_counted_again(trained, flower_data, tmp_path):
+    "A photo named =HYPERLINK(...) is text in the --out CSV, not a formula a spreadsheet would run; the table given back names the same photos"
+    import csv
+    names = ['=HYPERLINK("x",1).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', "'quoted.jpg", 'plain.jpg']
+    for n in names: shutil.copy(flower_data[0]/'images'/'00000.jpg', tmp_path/n)
+    def run(*args): return subprocess.run([sys.executable, '-m', 'flowers.predict', str(trained), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = run('--out', 'first.csv', '--', *names) # as a shell's *.jpg gives them: names as written, relative to the folder the user is in
+    assert r.returncode==0, r.stderr
+    with open(tmp_path/'first.csv', newline='') as f: rows = list(csv.DictReader(f))
+    assert [r['image'] for r in rows]==["'"+n if n[0] in "=+-@'" else n for n in names]
+    assert len({r['count'] for r in rows})==1 and all(float(r['count'])>0 for r in rows) # one photo under six names
+    r = run('first.csv', '--out', 'again.csv')
+    assert r.returncode==0 and 'no such file' not in r.stderr, r.stderr
+    with open(tmp_path/'again.csv', newline='') as f: again = list(csv.DictReader(f))
+    assert [Path(r['image']).name for r in again]==names and all(r['error']=='' for r in again) # found, each under its full path
+
+def test_a_runs_predictions_keep_odd_names(tmp_path):
+    "predictions.csv is written as --out is: a name that would be a formula is defused, and read back as it was"
+    from flowers.atomic import write_table
+    from flowers.predict import csv_images
+    names = ['=1+1.jpg', "'q.jpg", 'a.jpg']
+    for n in names: (tmp_path/n).write_bytes(b'')
+    write_table(pd.DataFrame({'image':names, 'count':[1.,2.,3.], 'predicted':[1.5,2.,2.], 'error':[.5,0.,-1.]}), tmp_path/'predictions.csv')
+    raw = pd.read_csv(tmp_path/'predictions.csv')
+    assert list(raw['image'])==["'=1+1.jpg", "''q.jpg", 'a.jpg'] and list(raw['error'])==[.5,0.,-1.] # numbers as they are
+    paths,counts = csv_images(tmp_path/'predictions.csv')
+    assert [p.name for p in paths]==names and list(counts)==[1.,2.,3.]
+
 def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp_path):
     "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count and a photo's web address: the MAE and the intervals are scored on the others"
     (tmp_path/'images').symlink_to(flower_data[0]/'images')

@@ -254,12 +254,12 @@ def test_page_never_runs_a_file_name(server, flower_data, tmp_path, chrome_tmp):
     finally: b.quit()
 
 def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path, chrome_tmp):
-    "The page's CSV: a file name starting with = + - or @ is text, not a formula a spreadsheet would run; commas are quoted"
+    "The page's CSV: a file name starting with = + - or @ is text, not a formula a spreadsheet would run (a leading ' doubled, to be read back); commas are quoted"
     import csv
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     # (Chrome sends a name's " as %22, as the HTML standard says)
-    names = ['=HYPERLINK(1,2).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', 'plain, with a comma.jpg']
+    names = ['=HYPERLINK(1,2).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', "'quoted.jpg", 'plain, with a comma.jpg']
     for n in names: shutil.copy(_imgs(flower_data, 1)[0], tmp_path/n)
     b = _browser(chrome_tmp)
     try:
@@ -274,5 +274,5 @@ def test_page_csv_is_safe_for_spreadsheets(server, flower_data, tmp_path, chrome
     finally: b.quit()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0])==['image', 'count', 'low', 'high', 'tile', 'unusual', 'note', 'error']
-    assert [r['image'] for r in rows]==["'"+n if n[0] in '=+-@' else n for n in names]
+    assert [r['image'] for r in rows]==["'"+n if n[0] in "=+-@'" else n for n in names]
     assert all(float(r['count'])>=0 and r['error']=='' for r in rows)
