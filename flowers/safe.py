@@ -106,6 +106,9 @@ def load_safe(path, # `model.safetensors` or `model.json` (the other is found be
     if not isinstance(meta, dict) or meta.get('format')!=FORMAT: raise FlowersError(f"{jfile}: not a flowers model description (format {FORMAT})")
     if meta.get('sha256') and _sha256(weights)!=meta['sha256']:
         raise FlowersError(f"{weights}: its sha256 does not match {jfile.name}; the file is truncated, corrupt or from another model")
+    # every export that records one of the later keys hashes its settings: without the hash, a stem edited from 3 to 2 loaded, and counted wrongly
+    if not meta.get('net_sha256') and (later := [k for k in _LATER_KEYS if k in meta]):
+        raise FlowersError(f"{jfile}: its net_sha256 was removed (every export that records {later[0]!r} writes it), so edits to its settings can't be caught; re-export the model")
     if meta.get('net_sha256') and _net_sha256(weights, meta)!=meta['net_sha256']:
         raise FlowersError(f"{jfile}: its settings ({', '.join(NET_KEYS)}) were changed after export (net_sha256 does not match); re-export the model")
     check_meta(meta, jfile)

@@ -103,11 +103,13 @@ def test_linked_folders_are_searched_once(flower_data, tmp_path):
     assert items==[photos/'2024'/'x.jpg', photos/'a.jpg']
 
 # Model files
-def _copy_model(trained, tmp_path, edit=None, drop_hash=True):
+def _copy_model(trained, tmp_path, edit=None, rehash=True):
+    "A copy of the session model with `model.json` edited; its hash made again to match, as one who edits the file on purpose would (else the edit is caught by it)"
+    from flowers.safe import _net_sha256
     for f in ('model.safetensors','model.json'): shutil.copy(trained/f, tmp_path/f)
     m = json.loads((tmp_path/'model.json').read_text())
-    if drop_hash: m.pop('net_sha256')
     if edit: edit(m)
+    if rehash: m['net_sha256'] = _net_sha256(tmp_path/'model.safetensors', m)
     (tmp_path/'model.json').write_text(json.dumps(m))
     return tmp_path/'model.safetensors'
 
@@ -122,8 +124,13 @@ def test_pickle_warning_points_to_a_safe_format_that_exists(trained, tmp_path):
     with pytest.warns(UserWarning, match=re.escape(f"the safe format ({run/'model.safetensors'}) loads without pickle")): load_pkl(run/'export.pkl')
 
 def test_edited_model_json_is_caught_by_its_hash(trained, tmp_path):
-    f = _copy_model(trained, tmp_path, lambda m: m.update(size=100000), drop_hash=False)
+    f = _copy_model(trained, tmp_path, lambda m: m.update(size=100000), rehash=False)
     with pytest.raises(FlowersError, match='were changed after export'): load_counter(f)
+
+def test_edited_model_json_without_its_hash_is_refused(trained, tmp_path):
+    "The stem edited and the hash removed: the weights still fit, and the model loaded and counted wrongly"
+    f = _copy_model(trained, tmp_path, lambda m: (m.update(stem=3), m.pop('net_sha256')), rehash=False)
+    with pytest.raises(FlowersError, match="net_sha256 was removed"): load_counter(f)
 
 @pytest.mark.parametrize('key,value,msg', [
     ('size', 100000, "'size' is 100000"), ('size', 'big', "'size' is 'big'"),
