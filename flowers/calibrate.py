@@ -212,16 +212,23 @@ def _blocks_of(tensors, ends) -> tuple:
     if any(m.ndim!=1 or p.shape!=(len(m), len(m)) for m,p in zip(means, precs)): raise ValueError('calibration means and precisions of unlike sizes')
     return means,precs
 
-def fingerprints(model, dl) -> tuple:
+def fingerprints(model, dl,
+                 dtype=None, # Autocast the body to this type, as `Counter` does in its precision
+                ) -> tuple:
     "`fingerprint` features and counts of every item of `dl`, in order, in eval mode; and the blocks' sizes"
     norm = first(dl.after_batch.fs.filter(risinstance(Normalize)))
     fs,ps = [],[]
     model.eval()
+    # oneDNN's bf16 convolutions are fastest in NHWC; export and safetensors then want the usual layout back
+    fmt = torch.channels_last if dtype is not None else torch.contiguous_format
     with torch.inference_mode():
-        for b in dl:
-            x = b[0]
-            p,f,sizes = fingerprint(model, norm.decode(x).as_subclass(Tensor) if norm is not None else x, x)
-            fs.append(f.cpu()); ps.append(p.cpu())
+        model.to(memory_format=fmt)
+        try:
+            for b in dl:
+                x = b[0].contiguous(memory_format=fmt)
+                p,f,sizes = fingerprint(model, norm.decode(x).as_subclass(Tensor) if norm is not None else x, x, dtype=dtype)
+                fs.append(f.float().cpu()); ps.append(p.float().cpu())
+        finally: model.to(memory_format=torch.contiguous_format)
     return torch.cat(fs).numpy(),torch.cat(ps).numpy(),sizes
 
 def _fit_block(f, shrink):
@@ -236,13 +243,15 @@ def calibrate(learn, # A trained count `Learner`
               level=0.9, # Default interval level
               flag_pct=0.01, # Share of held-out images that the fingerprint's threshold flags
               shrink=0.1, # Covariance shrinkage towards its mean variance: hundreds of features from a few thousand images need it
+              precision='fp32', # 'bf16': the network's features in bf16, as `Counter` counts on a CPU with native bf16 (2.5x faster here)
              ) -> Calibration:
     "Fit conformal intervals on the validation set and a fingerprint of the training images (without augmentation)"
     # as validation and prediction see them: a dataloader of the training set (`dls.valid.new(train_ds)`) would augment them,
     # since fastai's batch transforms take their split from the data set, and augmented images make odd ones look usual
     tr = learn.dls.test_dl(learn.dls.train_ds.items, num_workers=0)
-    f_tr,_,sizes = fingerprints(learn.model, tr)
-    f_va,p_va,_ = fingerprints(learn.model, learn.dls.valid)
+    dtype = torch.bfloat16 if precision=='bf16' else None
+    f_tr,_,sizes = fingerprints(learn.model, tr, dtype)
+    f_va,p_va,_ = fingerprints(learn.model, learn.dls.valid, dtype)
     y_va = np.asarray([float(y) for y in learn.dls.valid_ds.tls[1]], np.float64)
     fits = [_fit_block(f, shrink) for f in np.split(f_tr, np.cumsum(sizes)[:-1], axis=1)]
     cal = Calibration(np.abs(y_va - p_va)/_spread(p_va), [m for m,_ in fits], [p for _,p in fits], 0.,

@@ -154,8 +154,8 @@ def _train(a, out, state, args, t0):
 
 def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0):
     "Export and report, in rank 0 only"
-    if flag: return _save_interrupted(learn, out, a, state)
-    _export(learn, out, a)
+    if flag: return _save_interrupted(learn, out, a, state, precision)
+    _export(learn, out, a, precision)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
@@ -166,21 +166,21 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
           f"Model: {out/'export.pkl'}")
     return learn
 
-def _export(learn, out, a):
+def _export(learn, out, a, precision):
     "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
     drop_points(learn.dls) # head positions were for training; `PointSupervision` stays, to teach them again in a later fit
-    learn.calibration = calibrate(learn)
+    learn.calibration = calibrate(learn, precision=precision)
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
 
-def _save_interrupted(learn, out, a, state):
+def _save_interrupted(learn, out, a, state, precision):
     "Export the best model so far after a signal, and say where it went and how to go on"
     best = state.get('best')
     if best: load_checkpoint(learn, out, BEST)
     if not state.get('epochs_done'):
         print(f'{learn.interrupted}: stopped before the first epoch ended; nothing worth saving', file=sys.stderr)
         return learn
-    _export(learn, out, a)
+    _export(learn, out, a, precision)
     print(f"{learn.interrupted}: saved the best model so far (epoch {best['epoch']+1}, valid MAE {best['mae']:.3f}) to "
           f"{out/'export.pkl'} and {out/'model.safetensors'}. Continue with: python -m flowers.train --resume {out}", file=sys.stderr)
     return learn
