@@ -1,6 +1,6 @@
 import pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
 from pathlib import Path
-from fastai.vision.all import TensorImage, set_seed
+from fastai.vision.all import TensorImage, set_seed, first, risinstance
 from flowers.data import *
 from flowers import FlowersError
 from flowers.augment import JITTER_AUG
@@ -256,6 +256,20 @@ def test_rotation_keeps_whole_image():
     for i,deg in enumerate([30,-30,10]):
         r = np.radians(abs(deg)); f = np.cos(r)+np.sin(r)
         assert abs(y[i,0].sum().item()/64**2 - 1/f**2) < 0.03
+
+def test_validation_batches_are_not_warped(flower_data):
+    "The flips and rotations are left out of validation, not applied as an identity warp: a validation batch is its images, normalised, to the bit"
+    from fastai.vision.all import Pipeline
+    from flowers.augment import DihedralTrain
+    dls = count_dls(flower_data[1], size=32, bs=8, points=False)
+    x = dls.valid.one_batch()[0]
+    plain = Pipeline([f for f in dls.valid.after_batch.fs if not isinstance(f, DihedralTrain)], split_idx=1)
+    imgs = TensorImage(torch.stack([dls.valid.do_item(i)[0] for i in range(8)])) # unshuffled: the first 8
+    assert torch.equal(x, plain((imgs,))[0])
+    warp = first(dls.train.after_batch.fs.filter(risinstance(DihedralTrain)))
+    b = TensorImage(torch.rand(8,3,32,32))
+    set_seed(0); y = warp(b, split_idx=0)
+    assert warp.do and not torch.equal(y, b) # in training, still flipped and rotated
 
 def test_zoom_out_keeps_whole_image():
     "Zooming out shrinks the whole image into the frame, anywhere in it, and never cuts anything off"
