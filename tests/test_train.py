@@ -105,6 +105,23 @@ def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
     assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
 
+def test_the_machines_schedule_end_to_end(flower_data, tmp_path):
+    "The CLI given only data and one epoch: this machine's schedule (precision, size, stem, head, batch, lr) trains, is recorded, and its export counts in a fresh process as the safe format does"
+    from flowers.predict import load_counter
+    out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--epochs', '1', '--pretrained', 'no'],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stderr
+    m,meta = (json.loads((out/f).read_text()) for f in ('metrics.json', 'model.json'))
+    s = default_schedule(m['precision'])
+    assert m['precision']==auto_precision(default_device()) and f"{s['size']}px" in r.stdout
+    assert [m[k] for k in ('size','stem','context','bs','lr','norm')]==[s[k] for k in ('size','stem','context','bs','lr','norm')]
+    assert [meta[k] for k in ('size','stem','context','norm')]==[s[k] for k in ('size','stem','context','norm')]
+    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/')
+    assert r.returncode==0, r.stderr
+    assert float(r.stdout.strip().splitlines()[-1])==pytest.approx(load_counter(out/'model.safetensors', precision='fp32').predict(img), abs=1e-3)
+
 @pytest.mark.parametrize('given,pre,sched,want', [
     (dict(), False, 'gpu', dict(stem=4, size=160, norm='ibn')), # a GPU's: twice the pixels a side, the same maps as 80 px
     (dict(), True, 'gpu', dict(stem=2, size=80, norm='bn')), # a pretrained body keeps the stem and norm it learnt with, at the maps' size
