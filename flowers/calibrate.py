@@ -244,6 +244,7 @@ def calibrate(learn, # A trained count `Learner`
               flag_pct=0.01, # Share of held-out images that the fingerprint's threshold flags
               shrink=0.1, # Covariance shrinkage towards its mean variance: hundreds of features from a few thousand images need it
               precision='fp32', # 'bf16': the network's features in bf16, as `Counter` counts on a CPU with native bf16 (2.5x faster here)
+              counts=None, # The validation images' counts the intervals are fitted to, in order (default: this pass's, in `precision`)
              ) -> Calibration:
     "Fit conformal intervals on the validation set and a fingerprint of the training images (without augmentation)"
     # as validation and prediction see them: a dataloader of the training set (`dls.valid.new(train_ds)`) would augment them,
@@ -252,6 +253,7 @@ def calibrate(learn, # A trained count `Learner`
     dtype = torch.bfloat16 if precision=='bf16' else None
     f_tr,_,sizes = fingerprints(learn.model, tr, dtype)
     f_va,p_va,_ = fingerprints(learn.model, learn.dls.valid, dtype)
+    if counts is not None: p_va = np.asarray(counts, np.float32)
     y_va = np.asarray([float(y) for y in learn.dls.valid_ds.tls[1]], np.float64)
     fits = [_fit_block(f, shrink) for f in np.split(f_tr, np.cumsum(sizes)[:-1], axis=1)]
     cal = Calibration(np.abs(y_va - p_va)/_spread(p_va), [m for m,_ in fits], [p for _,p in fits], 0.,

@@ -7,7 +7,7 @@ from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, 
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
-from .report import write_report, versions, save_fig
+from .report import write_report, valid_predictions, versions, save_fig
 from .safe import save_safe
 from .calibrate import calibrate
 from .progress import plain_progress, epoch_lines
@@ -155,23 +155,26 @@ def _train(a, out, state, args, t0):
 def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0):
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state, precision)
-    _export(learn, out, a, precision)
+    preds = _export(learn, out, a, precision)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))
-    with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col) # no bar characters in logs
+    with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col, preds) # no bar characters in logs
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
     return learn
 
 def _export(learn, out, a, precision):
-    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically"
+    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically; returns the validation predictions"
     drop_points(learn.dls) # head positions were for training; `PointSupervision` stays, to teach them again in a later fit
-    learn.calibration = calibrate(learn, precision=precision)
+    # the exported fp32 model's counts: the intervals fitted to them hold on the validation set, as metrics.json reports, by construction
+    with epoch_lines(learn): preds = valid_predictions(learn, a.fn_col) # no bar characters in logs
+    learn.calibration = calibrate(learn, precision=precision, counts=preds['predicted'])
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
+    return preds
 
 def _save_interrupted(learn, out, a, state, precision):
     "Export the best model so far after a signal, and say where it went and how to go on"

@@ -137,10 +137,11 @@ def write_report(learn, # The trained `Learner`
                  out, # Run folder
                  info:dict, # Run settings to record (lr, epochs, arch, ...)
                  fn_col='image', # Column holding image file names
+                 preds=None, # `valid_predictions(learn, fn_col)`, where already made
                 ) -> dict:
     "Write predictions.csv, metrics.json and the plots to `out`; returns the metrics"
     out = Path(out)
-    preds = valid_predictions(learn, fn_col)
+    if preds is None: preds = valid_predictions(learn, fn_col)
     write_table(preds, out/'predictions.csv')
     m = dict(count_metrics(preds['predicted'], preds['count']), n_train=len(learn.dls.train_ds), n_valid=len(learn.dls.valid_ds),
              **interval_metrics(getattr(learn, 'calibration', None), preds), **info, versions=versions())
