@@ -47,7 +47,7 @@ class DihedralTrain(Dihedral):
     "fastai's `Dihedral`, with the rotations `setup_aug_tfms` merges into it, left out of validation and prediction, where it warps by the identity"
     def before_call(self, b, split_idx):
         super().before_call(b, split_idx)
-        self.do = not split_idx or self.size is not None # outside training, without a size, an identity warp re-sampled every validation batch: ~5 ms each here, 3 s a default run
+        self.do = not split_idx or self.size is not None # outside training, without a size, an identity warp re-sampled every validation batch: ~5 ms each here, about 2.5 s a default run
 
 class RandomBlur(RandTransform):
     "Gaussian blur of a random strength per image, as from a lens out of focus or a shaky hand"
