@@ -207,17 +207,22 @@ def test_cli_table_is_safe_for_spreadsheets_and_counted_again(trained, flower_da
     with open(tmp_path/'again.csv', newline='') as f: again = list(csv.DictReader(f))
     assert [Path(r['image']).name for r in again]==names and all(r['error']=='' for r in again) # found, each under its full path
 
-def test_a_runs_predictions_keep_odd_names(tmp_path):
-    "predictions.csv is written as --out is: a name that would be a formula is defused, and read back as it was"
-    from flowers.atomic import write_table
-    from flowers.predict import csv_images
-    names = ['=1+1.jpg', "'q.jpg", 'a.jpg']
-    for n in names: (tmp_path/n).write_bytes(b'')
-    write_table(pd.DataFrame({'image':names, 'count':[1.,2.,3.], 'predicted':[1.5,2.,2.], 'error':[.5,0.,-1.]}), tmp_path/'predictions.csv')
-    raw = pd.read_csv(tmp_path/'predictions.csv')
-    assert list(raw['image'])==["'=1+1.jpg", "''q.jpg", 'a.jpg'] and list(raw['error'])==[.5,0.,-1.] # numbers as they are
-    paths,counts = csv_images(tmp_path/'predictions.csv')
-    assert [p.name for p in paths]==names and list(counts)==[1.,2.,3.]
+def test_a_runs_predictions_keep_odd_names(flower_data, tmp_path):
+    "Trained on photos named like formulas: predictions.csv defuses them as --out does, and predict given it back finds and scores every one"
+    import csv
+    df = pd.read_csv(flower_data[1])
+    df['image'] = [("=" if i%3==0 else "'" if i%3==1 else "")+f for i,f in enumerate(df['image'])]
+    (tmp_path/'images').mkdir()
+    for f,g in zip(pd.read_csv(flower_data[1])['image'], df['image']): shutil.copy(flower_data[0]/'images'/f, tmp_path/'images'/g)
+    df.to_csv(tmp_path/'counts.csv', index=False)
+    run = tmp_path/'run'
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(tmp_path), '--out', str(run), '--size', '32', '--bs', '8',
+                        '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stderr
+    with open(run/'predictions.csv', newline='') as f: cells = [row['image'] for row in csv.DictReader(f)]
+    assert cells and set(cells) <= {"'"+n if n[0] in "='" else n for n in df['image']} # each a training name, defused
+    r = run_predict(run, run/'predictions.csv') # the run's own images, found through metrics.json
+    assert r.returncode==0 and f'On the {len(cells)} images with a true count' in r.stdout, r.stdout + r.stderr
 
 def test_true_counts_of_a_spreadsheet_score_the_counts(trained, flower_data, tmp_path):
     "A European spreadsheet's CSV (semicolons, a decimal comma) with a blank count and a photo's web address: the MAE and the intervals are scored on the others"
