@@ -4,6 +4,7 @@ from fastai.vision.all import *
 from fastai.distributed import DistributedDL
 from .settings import HEAD_TYPES, MAP_CUTS, MAP_STRIDE, MAP_CONTEXT, STEMS
 from .ibn import to_ibn
+from .budget import BatchTimer
 
 __all__ = ['HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'STEMS', 'set_stem', 'cell_strides', 'body_stem', 'map_stride', 'map_context', 'spread_cells', 'CountMapHead', 'count_model_args', 'count_model', 'init_map_bias', 'point_targets', 'extent_targets', 'pad_points',
            'map_deviance', 'PointSupervision', 'drop_points', 'restore_points', 'has_points', 'FINE_STEP', 'fine_step', 'shifts', 'shifted', 'stitch', 'sharpen']
@@ -161,8 +162,8 @@ class PointSupervision(Callback):
             if h is not None: h.remove()
         self.hook = self.feat = None
         # the layer goes on to the run's next fit (`fine_tune`'s unfrozen one made a new layer, whose gradients from a random
-        # start went into the features it teaches), but not from `lr_find`'s, which is undone
-        if any(isinstance(cb, LRFinder) for cb in self.learn.cbs): self.extent = self.xopt = None
+        # start went into the features it teaches), but not from `lr_find`'s or `time_batches`', which are undone
+        if any(isinstance(cb, (LRFinder, BatchTimer)) for cb in self.learn.cbs): self.extent = self.xopt = None
         # between fits the data decode (image, count), as `learn.predict` and `get_preds` need straight after `fit`
         drop_points(self.learn.dls)
 

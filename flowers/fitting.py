@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
+from .settings import SCHEDULES, MINUTES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -15,6 +15,7 @@ from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import resolve_precision, set_precision, to_fp32
 from .memory import check_memory
+from .budget import time_batches, budget_epochs
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -106,6 +107,20 @@ def _fill_schedule(a, # The checked settings, those left to the schedule None
         a[k] = v
         if args is not None: args[k] = v
 
+def _fit_budget(learn, a, args, recipe, precision, t0):
+    "Set the run's epochs, in `a` and `args`, to those that fit `a.minutes` on this machine (`flowers.budget`)"
+    if num_distrib() > 1: return # the schedule's: each process's share of an epoch, and their talk, are not measured
+    fine = recipe=='fine_tune'
+    if fine: learn.unfreeze() # the body's steps are the epochs' work; the fit freezes it again for its first phase
+    per = time_batches(learn)
+    # the exported fp32 model counts the validation images again: about 1.5 times bf16's time on CPUs measured (README, Performance)
+    n = budget_epochs(per, time.time()-t0, a.epochs, a.get('minutes', MINUTES), fp32=1. if precision=='fp32' else 1.5)
+    n = max(1, n - (a.freeze_epochs if fine else 0))
+    print(f"{n} epochs fit {a.get('minutes', MINUTES):g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
+          f"a validation image {per[1]*1e3:.1f} ms; the schedule's {a.epochs}); --epochs to choose")
+    a.epochs = n
+    if args is not None: args['epochs'] = n
+
 def _train(a, out, state, args, t0):
     "The body of `run`, once `out` exists"
     resumed = state is not None
@@ -115,6 +130,7 @@ def _train(a, out, state, args, t0):
         if _is_main(): remove_stale(out)
         precision = resolve_precision(a.precision, default_device())
         use_pre = state['pretrained'] if state else a.weights is None and resolve_pretrained(a.arch, a.pretrained)
+        budget = a.epochs is None and not state # a resumed run keeps the epochs it was fitted to
         _fill_schedule(a, args, default_schedule(precision, default_device()), use_pre or a.weights is not None)
         check_memory(a, precision, default_device()) # before images are decoded at that size
         set_seed(a.seed, reproducible=True)
@@ -135,6 +151,7 @@ def _train(a, out, state, args, t0):
             if _is_main():
                 with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision, default_device())['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
+            if budget: _fit_budget(learn, a, args, recipe, precision, t0)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'

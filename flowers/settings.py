@@ -3,7 +3,7 @@ import itertools, json, os, time
 from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int, check_seed
 
-__all__ = ['ARCHS', 'NORMS', 'STEMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'OLDER',
+__all__ = ['ARCHS', 'NORMS', 'STEMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'MINUTES', 'OLDER',
            'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'schedule_size', 'check_arch', 'check_norm', 'check_stem', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
@@ -21,6 +21,7 @@ PRECISIONS = ('auto','fp32','bf16','fp16')
 PRETRAINED = ('auto','yes','no')
 MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last feature map is under one pixel
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
+MINUTES = 5 # the no-flag run's time, data generation included: the default --epochs are those that fit it (`flowers.budget`)
 OLDER = dict(head='pool', stride=16, context=0, norm='bn', stem=2) # settings of runs saved before they were recorded
 # The default epochs, input size, head, batch size and random-init learning rate: what fits a 5-minute default run (data generation
 # included) on 2 cores at the precision a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
@@ -116,6 +117,9 @@ def check_args(a):
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if a.context is not None: check_context(a.context)
     check_seed(a.seed)
+    m = a.get('minutes', MINUTES)
+    if isinstance(m, bool) or not isinstance(m, (int,float)) or not 0 < m < float('inf'):
+        raise FlowersError(f"--minutes {m!r}: the time the default --epochs fit, a number above 0 (e.g. 5); or give --epochs")
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):
         raise FlowersError(f"--valid-pct {a.valid_pct!r}: must be between 0 and 1 (e.g. 0.2 holds out a fifth of the images)")
 

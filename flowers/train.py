@@ -5,7 +5,7 @@ from fastcore.basics import AttrDict
 from fastcore.meta import delegates
 from fastcore.script import call_parse
 from .errors import user_errors
-from .settings import MAP_STRIDE, OLDER, check_args, check_lr, check_unused, find_csv, resume_state
+from .settings import MAP_STRIDE, MINUTES, OLDER, check_args, check_lr, check_unused, find_csv, resume_state
 # torch and fastai load only once the settings are good (`flowers.fitting`): a bad command line is refused at once, not after ~10 s
 
 __all__ = ['find_csv', 'check_lr', 'train']
@@ -30,7 +30,8 @@ def train(data:str=None, # Folder with counts.csv, or a CSV file (default: the s
           context:int=None, # Dilated layers in the count map's head (--head map), so each place is counted in view of its surroundings: 0 to 4; default as for --size: 0 in fp32, 2 in bf16 or on a GPU
           size:int=None, # Images are resized to size x size; default: what fits 5 minutes in this machine's precision, 64 in fp32, 120 in bf16 (--stem 3), 160 on a GPU (--stem 4), both the maps of 80 px; with another --stem, or pretrained weights, the size giving the same maps
           bs:int=None, # Batch size (per process when data-parallel); default as for --size: 16 in fp32, 32 in bf16 or on a GPU
-          epochs:int=None, # Epochs (unfrozen epochs when fine-tuning); default as for --size: 14 in fp32, 36 in bf16 or on a GPU
+          epochs:int=None, # Epochs (unfrozen epochs when fine-tuning); default: as many as fit --minutes for the default data set on this machine, measured on a few batches first (the schedule's 14 in fp32, 36 in bf16 or on a GPU, when data-parallel)
+          minutes:float=MINUTES, # The run time the default --epochs fit, data generation included; at most 3 times the schedule's epochs
           freeze_epochs:int=1, # Epochs with the pretrained body frozen, before `epochs`
           lr:str=None, # Learning rate, or 'find' for lr_find's valley (default: 'find' when fine-tuning; from random init 3e-3 in fp32, 4e-3 in bf16 or on a GPU)
           valid_pct:float=0.2, # Share of images held out for validation (unless the CSV has an is_valid column)

@@ -1,5 +1,5 @@
 "Bad inputs never crash a run; an interrupted run loses nothing."
-import io, json, shutil, signal, struct, subprocess, sys, time, zlib, pytest, numpy as np, pandas as pd
+import io, json, re, shutil, signal, struct, subprocess, sys, time, zlib, pytest, numpy as np, pandas as pd
 from pathlib import Path
 from PIL import Image
 from flowers.errors import FlowersDataError
@@ -255,24 +255,25 @@ def test_one_extent_layer_teaches_every_fit_of_a_run(flower_data, tmp_path):
     assert ps.extent is not None and load_learner(tmp_path/'export.pkl').point_supervision.extent is None # and an export carries none
 
 def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
-    "No --epochs: the CLI saves the epochs it chose for this precision, so --resume finishes that schedule, whatever the machine; and an older state resumes its head"
+    "No --epochs: the CLI saves the epochs it fitted to the budget, so --resume finishes that schedule, whatever the machine does then; and an older state resumes its head"
     from flowers.settings import SCHEDULES
     out = tmp_path/'run'
     # bf16 (emulated where the CPU lacks it) is the schedule whose head has context: an older state must not get it
-    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--precision', 'bf16', '--context', '0'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--precision', 'bf16', '--context', '0', '--minutes', '2'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = time.time()
     while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _,err = p.communicate(timeout=300)
+    said,err = p.communicate(timeout=300)
     assert p.returncode==130, err
-    state = json.loads((out/'state.json').read_text())
-    assert state['args']['epochs']==SCHEDULES['fast']['epochs'] and state['args']['size']==32 and state['args']['precision']=='bf16'
+    state,fitted = json.loads((out/'state.json').read_text()),int(re.search(r'(\d+) epochs fit 2 minutes', said)[1])
+    assert state['args']['epochs']==fitted and state['args']['size']==32 and state['args']['precision']=='bf16'
     assert SCHEDULES['fast']['context'] > 0 and state['args']['norm']=='ibn' # the schedule's norm, resolved, is resumed as it was
     del state['args']['context'] # as saved before the head's dilated layers were: its checkpoint fits the plain head only
     (out/'state.json').write_text(json.dumps(state))
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stderr
-    assert json.loads((out/'metrics.json').read_text())['context']==0
+    assert r.stdout.count('epochs fit')==0 # the resumed run measured nothing: its epochs were saved
+    assert json.loads((out/'metrics.json').read_text())['context']==0 and len(pd.read_csv(out/'history.csv'))==fitted
 
 def test_resume_needs_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(tmp_path)], capture_output=True, text=True, timeout=300)

@@ -95,15 +95,16 @@ def test_column_names_of_any_kind(flower_data, tmp_path):
 
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys):
     "No --epochs, --bs or --lr: as many epochs as fit the time budget in the precision training runs in, its batch size and lr, printed and recorded"
-    train(flower_data[1], out=tmp_path, size=32, pretrained='no', precision='fp32')
+    train(flower_data[1], out=tmp_path, size=32, pretrained='no', precision='fp32', minutes=1)
     out = capsys.readouterr().out
-    assert f"{SCHEDULES['fp32']['epochs']} epochs" in out and f"head context {SCHEDULES['fp32']['context']}" in out
     m = json.loads((tmp_path/'metrics.json').read_text())
-    assert m['epochs']==SCHEDULES['fp32']['epochs']==len(pd.read_csv(tmp_path/'history.csv')) and m['size']==32
+    assert f"{m['epochs']} epochs fit 1 minutes on this machine" in out and f"the schedule's {SCHEDULES['fp32']['epochs']})" in out
+    assert f"{m['epochs']} epochs, lr=" in out and f"head context {SCHEDULES['fp32']['context']}" in out
+    assert 1 <= m['epochs']==len(pd.read_csv(tmp_path/'history.csv')) <= 3*SCHEDULES['fp32']['epochs'] and m['size']==32
     assert m['context']==SCHEDULES['fp32']['context']==json.loads((tmp_path/'model.json').read_text())['context']
     assert m['norm']==SCHEDULES['fp32']['norm']=='ibn'==json.loads((tmp_path/'model.json').read_text())['norm'] # from random init, as in bf16
     assert m['bs']==SCHEDULES['fp32']['bs']==16 and m['lr']==SCHEDULES['fp32']['lr']==SCRATCH_LR # the schedule of the rounds before, in fp32
-    assert default_schedule('bf16')['epochs'] > m['epochs'] # bf16 CPUs and GPUs train several times faster
+    assert default_schedule('bf16')['epochs'] > SCHEDULES['fp32']['epochs'] # bf16 CPUs and GPUs train several times faster
 
 def test_the_machines_schedule_end_to_end(flower_data, tmp_path):
     "The CLI given only data and one epoch: this machine's schedule (precision, size, stem, head, batch, lr) trains, is recorded, and its export counts in a fresh process as the safe format does"
@@ -184,6 +185,16 @@ def test_pretrained_path_fine_tunes(torch_home, flower_data, tmp_path):
     assert len(pd.read_csv(tmp_path/'history.csv'))==2 # one frozen epoch, then one unfrozen
     norms = learn.dls.after_batch.fs.filter(lambda t: isinstance(t, Normalize))
     assert len(norms)==1 and torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor(imagenet_stats[0]))
+
+def test_pretrained_runs_fit_the_budget_too(torch_home, flower_data, tmp_path, capsys):
+    "Fine-tuning without --epochs: the unfrozen epochs that fit --minutes, timed unfrozen, after the frozen one; the weights of a run told them"
+    kw = dict(arch='resnet34', size=32, bs=8, pretrained='yes', lr=1e-3)
+    a = train(flower_data[1], out=tmp_path/'a', minutes=1.5, **kw)
+    n = json.loads((tmp_path/'a'/'metrics.json').read_text())['epochs']
+    assert f"{n} epochs fit 1.5 minutes" in capsys.readouterr().out and len(pd.read_csv(tmp_path/'a'/'history.csv'))==n+1
+    b = train(flower_data[1], out=tmp_path/'b', epochs=n, **kw)
+    wa,wb = a.model.state_dict(),b.model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 def test_a_damaged_imagenet_file_is_named(torch_home, flower_data, tmp_path):
     "A web page saved as the weights, as a download behind a proxy leaves it: torch's traceback named neither the file nor what to do"

@@ -1,0 +1,70 @@
+"""Epochs that fit the time budget: this machine's speed, measured on a few batches of the run itself before it trains."""
+import random, time
+from fastai.vision.all import *
+from .settings import MINUTES
+
+__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'budget_epochs']
+
+# the default data set's training and validation images: the epochs that fit its run in the budget are every run's default on
+# this machine, so a larger data set trains as long per image, not for fewer epochs, and a small one not for more
+YARDSTICK = (1600, 400)
+MAX_SCALE = 3 # at most three times the schedule's epochs: measured to help at 3x (benchmarks/README.md), not beyond
+MARGIN = .93 # a 2-core machine's speed swung by a fifth within the hour: what is measured at the start is not a promise
+REPORT_S = 5 # export, the safe format and the report's plots, besides their passes over the images
+
+class BatchTimer(Callback):
+    "Time `n` training and `n` validation batches, after `skip` of each to warm up, then end each phase: a measurement, not training"
+    order = 100 # after every other callback's `after_batch`, whose work is part of a batch's time
+    def __init__(self, n=8, skip=2): self.n,self.skip = n,skip
+    def before_fit(self): self.times = dict(train=[], valid=[])
+    def before_train(self): self.last = time.perf_counter()
+    def before_validate(self): self.last = time.perf_counter()
+    def after_batch(self):
+        # from one batch's end to the next's: the loading and augmentation of each batch included
+        now,ts = time.perf_counter(),self.times['train' if self.training else 'valid']
+        ts.append((now - self.last)/find_bs(self.yb)); self.last = now
+        if len(ts) >= self.skip + self.n: raise CancelTrainException() if self.training else CancelValidException()
+
+    def per_image(self) -> tuple:
+        "Median seconds per image of training and of validation (the warm-up batches too where there were no others)"
+        return tuple(float(np.median(ts[self.skip:] or ts)) if ts else 0. for ts in self.times.values())
+
+def _random_state(dls) -> tuple:
+    "Every random stream a fit draws from: torch's, Python's, NumPy's and each loader's own (its shuffle)"
+    return torch.get_rng_state(),random.getstate(),np.random.get_state(),[dl.rng.getstate() for dl in dls.loaders]
+
+def _set_random_state(dls, state):
+    t,r,n,rngs = state
+    torch.set_rng_state(t); random.setstate(r); np.random.set_state(n)
+    for dl,st in zip(dls.loaders, rngs): dl.rng = random.Random(); dl.rng.setstate(st) # a fit's loader replaces its `rng`
+
+def time_batches(learn, # The `Learner` about to train, its precision set
+                 n=8, # Batches of each phase timed
+                 skip=2, # Batches of each phase run first, untimed
+                ) -> tuple:
+    "Seconds per image of a training step and of validation on `learn`'s own batches; its weights, optimiser and random streams left as they were"
+    # as `lr_find` is undone: the run that follows is the same, to the bit, as one told its epochs
+    weights,rs = {k:v.detach().clone() for k,v in learn.model.state_dict().items()},_random_state(learn.dls)
+    timer = BatchTimer(n, skip)
+    try:
+        with learn.no_logging(), learn.no_bar(): learn.fit(1, lr=0., cbs=timer)
+    finally:
+        # no gradients left: fastai's optimisers step every parameter that has one, a frozen body's too (its weight decay)
+        learn.model.load_state_dict(weights); learn.model.zero_grad(set_to_none=True); learn.opt = None
+        _set_random_state(learn.dls, rs)
+    return timer.per_image()
+
+def budget_epochs(per_image, # (training, validation) seconds per image, from `time_batches`
+                  elapsed, # Seconds the run has taken so far: imports, data generation, decoding, `lr_find`
+                  reference, # The schedule's epochs, set for its machines; at most `MAX_SCALE` times it
+                  minutes=MINUTES, # The budget
+                  fp32=1., # How much slower the fp32 export counts the validation images than training's precision
+                 ) -> int:
+    "Epochs of the default data set (`YARDSTICK`) that fit `minutes`, with what follows them: at least 1"
+    tr,va = per_image
+    nt,nv = YARDSTICK
+    epoch = nt*tr + nv*va
+    # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images
+    finish = (nt + nv)*va + nv*va*fp32 + REPORT_S
+    fit = int((minutes*60*MARGIN - elapsed - finish)//epoch) if epoch>0 else reference
+    return max(1, min(MAX_SCALE*reference, fit))
