@@ -14,6 +14,9 @@ from fastcore.script import call_parse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flowers.synth import make_flowers, HEADS, BACKGROUNDS
 from flowers.train import train
+from flowers.settings import default_schedule
+from flowers.precision import resolve_precision
+from fastai.torch_core import default_device
 from flowers.predict import Counter
 from flowers.report import count_metrics
 from flowers.augment import JITTER_AUG
@@ -66,7 +69,10 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
     rows = []
     for name in recipes:
         t = time.time()
-        learn = train(tr, out=d/f'run-{name}', overwrite=True, pretrained='no', seed=seed, **{**kw, **RECIPES[name]})
+        r = {**kw, **RECIPES[name]}
+        # the schedule's epochs, not those that fit this machine's minutes today: rows of other days and machines compare
+        r.setdefault('epochs', default_schedule(resolve_precision(r.get('precision', 'auto'), default_device()), default_device())['epochs'])
+        learn = train(tr, out=d/f'run-{name}', overwrite=True, pretrained='no', seed=seed, **r)
         fit_s = time.time()-t
         valid = json.loads((d/f'run-{name}'/'metrics.json').read_text())
         counter = Counter.from_learner(learn, precision='fp32') # one for every set this model counts
