@@ -23,8 +23,8 @@ MIN_TRAIN_SIZE = 32 # a ResNet halves its input five times: below this its last 
 MIN_SIZE = 8 # pixels per side of an image (or a tile) to count; smaller ones can't show anything countable
 MINUTES = 5 # the no-flag run's time, data generation included: the default --epochs are those that fit it (`flowers.budget`)
 OLDER = dict(head='pool', stride=16, context=0, norm='bn', stem=2) # settings of runs saved before they were recorded
-# The default epochs, input size, head, batch size and random-init learning rate: what fits a 5-minute default run (data generation
-# included) on 2 cores at the precision a machine trains in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
+# The default input size, head, batch size and random-init learning rate, and the epochs that `flowers.budget` scales to this machine's
+# minutes: what fitted a 5-minute default run (data generation included) on the 2-core machines measured, at the precision they train in. CPUs with native bf16 (AVX512-BF16, AMX) train about 4x faster than
 # fp32-only ones, and GPUs faster still: spent on 80 px and 30 epochs with the head's context, validation MAE and empty-field counts were
 # lower on all 3 held-out pairs than at 96 px and 20 epochs, held-out MAE a tie; at 64 px (an 8 x 8 map) the context was a tie that fp32
 # machines have no time for. In bf16, batches of 32 run an epoch about a fifth faster than 16: 36 epochs of them at lr 4e-3, in less
@@ -35,8 +35,10 @@ OLDER = dict(head='pool', stride=16, context=0, norm='bn', stem=2) # settings of
 # 2 seeds) it lowered held-out MAE in 5 runs of 6 and validation in 3, a tie on empty fields, the second renderer worse in 4; but its
 # epochs take a fifth longer on a CPU: the no-flag run passed 5 minutes, and in 28 epochs it counted more empty ground. A CPU's stem
 # steps 3 pixels on 120 px, the maps of 80 px in 2% more time: held-out MAE lower in 5 runs of 6 and validation in 5, but empty
-# fields and the second renderer a little worse in 4 (README)
-SCHEDULES = dict(fp32=dict(epochs=14, size=64, context=0, bs=16, lr=3e-3, norm='ibn', stem=2),
+# fields and the second renderer a little worse in 4 (README). In fp32 too, once the epochs fit the minutes (`flowers.budget`) and so
+# pay for its time: on an EPYC without AVX-512, 22 epochs of it against 24 of the stem of 2 lowered validation MAE on all 3
+# held-out pairs, held-out MAE on 2 (a tie on the third) and empty fields on 2; the second renderer a tie (benchmarks/README.md)
+SCHEDULES = dict(fp32=dict(epochs=14, size=96, context=0, bs=16, lr=3e-3, norm='ibn', stem=3),
                  fast=dict(epochs=36, size=120, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=3),
                  gpu=dict(epochs=36, size=160, context=MAP_CONTEXT, bs=32, lr=4e-3, norm='ibn', stem=4))
 
