@@ -22,7 +22,7 @@ class BatchTimer(Callback):
     def _start(self):
         # its images decoded first, as every epoch after the first finds them: decoded in threads beside the first
         # batches, they made a single core's training batches three times as slow for 15 batches
-        if getattr(self.dl, 'cache', None) is not None and hasattr(self.dl, 'fill'): self.dl.fill()
+        if hasattr(self.dl, 'fill'): self.dl.fill()
         self.last = time.perf_counter()
     def after_batch(self):
         # from one batch's end to the next's: the loading and augmentation of each batch included
@@ -35,12 +35,12 @@ class BatchTimer(Callback):
         return tuple(float(np.median(ts[self.skip:] or ts)) if ts else 0. for ts in self.times.values())
 
 def _random_state(dls) -> tuple:
-    "Every random stream a fit draws from: torch's, Python's, NumPy's and each loader's own (its shuffle)"
-    return torch.get_rng_state(),random.getstate(),np.random.get_state(),[dl.rng.getstate() for dl in dls.loaders]
+    "Every random stream a fit draws from: fastai's `get_random_states` (Python's, NumPy's, torch's, CUDA's) and each loader's own (its shuffle)"
+    return get_random_states(),[dl.rng.getstate() for dl in dls.loaders]
 
 def _set_random_state(dls, state):
-    t,r,n,rngs = state
-    torch.set_rng_state(t); random.setstate(r); np.random.set_state(n)
+    states,rngs = state
+    set_random_states(**states)
     for dl,st in zip(dls.loaders, rngs): dl.rng = random.Random(); dl.rng.setstate(st) # a fit's loader replaces its `rng`
 
 def time_batches(learn, # The `Learner` about to train, its precision set

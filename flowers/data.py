@@ -53,11 +53,12 @@ class CachedDL(TfmdDL):
         return super().new(dataset, cls, **merge(dict(cache=False), kwargs))
 
     def fill(self, comment='decoding images once'):
-        "Load every item now, e.g. before worker processes start (each would otherwise fill its own copy)"
-        if self.cache is not None:
-            with ThreadPoolExecutor(decode_threads()) as ex: # Pillow decodes without the GIL
-                items = ex.map(super().do_item, range(len(self.dataset)))
-                self.cache.update(enumerate(progress(items, total=len(self.dataset), comment=comment)))
+        "Load every item not yet kept now, e.g. before worker processes start (each would otherwise fill its own copy)"
+        if self.cache is None: return
+        todo = [i for i in range(len(self.dataset)) if i not in self.cache]
+        if not todo: return
+        with ThreadPoolExecutor(decode_threads()) as ex: # Pillow decodes without the GIL
+            self.cache.update(zip(todo, progress(ex.map(super().do_item, todo), total=len(todo), comment=comment)))
 
 class CountDataLoaders(DataLoaders):
     "fastai's `DataLoaders`, whose empty copy (what `learn.export` keeps) decodes (image, count): a plain export then predicts"

@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import SCHEDULES, MINUTES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
+from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -112,11 +112,11 @@ def _fit_budget(learn, a, args, recipe, precision, t0):
     if num_distrib() > 1: return # the schedule's: each process's share of an epoch, and their talk, are not measured
     fine = recipe=='fine_tune'
     if fine: learn.unfreeze() # the body's steps are the epochs' work; the fit freezes it again for its first phase
-    per,minutes = time_batches(learn),a.get('minutes', MINUTES) # a state saved before --minutes was has none
+    per = time_batches(learn)
     # the exported fp32 model counts the validation images again: about 1.5 times bf16's time on CPUs measured (README, Performance)
-    n = budget_epochs(per, time.time()-t0, a.epochs, minutes, fp32=1. if precision=='fp32' else 1.5)
+    n = budget_epochs(per, time.time()-t0, a.epochs, a.minutes, fp32=1. if precision=='fp32' else 1.5)
     n = max(1, n - (a.freeze_epochs if fine else 0))
-    print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
+    print(f"{n} epochs fit {a.minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
           f"a validation image {per[1]*1e3:.1f} ms; the schedule's {a.epochs}); --epochs to choose")
     a.epochs = n
     if args is not None: args['epochs'] = n

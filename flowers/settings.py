@@ -119,7 +119,7 @@ def check_args(a):
         check_int(f"--{k.replace('_','-')}", a[k], lo, f" (smaller images vanish inside {a.arch}; use 64 or more)" if k=='size' else '')
     if a.context is not None: check_context(a.context)
     check_seed(a.seed)
-    m = a.get('minutes', MINUTES)
+    m = a.minutes
     if isinstance(m, bool) or not isinstance(m, (int,float)) or not 0 < m < float('inf'):
         raise FlowersError(f"--minutes {m!r}: the time the default --epochs fit, a number above 0 (e.g. 5); or give --epochs")
     if not (isinstance(a.valid_pct, (int,float)) and 0 < a.valid_pct < 1):

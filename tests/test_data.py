@@ -345,6 +345,9 @@ def test_cache_decodes_once(ds, flower_data):
     assert len(_epoch(dls.train, 1))==len(train)
     assert all(torch.equal(a[0],b[0]) for a,b in zip(valid, _epoch(dls.valid, 1), strict=True)) # unshuffled, unaugmented
     with pytest.raises(FlowersDataError): _epoch(count_dls(path/'copy'/'counts.csv', size=32, bs=8, verify=False, cache=False).train, 0)
+    kept = dict(dls.valid.cache)
+    dls.valid.fill(); dls.train.fill() # what an epoch decoded is not decoded again (the images are gone)
+    assert all(dls.valid.cache[k] is v for k,v in kept.items()) and len(dls.train.cache)==len(dls.train.dataset)
 
 def test_cache_filled_before_workers(flower_data):
     dls = count_dls(flower_data[1], size=32, bs=8, num_workers=2)

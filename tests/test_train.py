@@ -297,6 +297,7 @@ def test_unknown_flag_exits_2(tmp_path):
     assert r.returncode==2 and 'unrecognized arguments: --epochz' in r.stderr
 
 @pytest.mark.parametrize('module,args,code', [('flowers.train', ['--epochs', '0'], 2), ('flowers.train', ['--resume', '.'], 2),
+                                              ('flowers.train', ['--minutes', '0'], 2), ('flowers.train', ['--minutes', 'inf'], 2),
                                               ('flowers.train', ['--pretrained', 'maybe'], 2),
                                               ('flowers.train', ['--help'], 0), ('flowers.synth', ['--help'], 0),
                                               ('flowers.predict', ['--help'], 0), ('flowers.predict', ['nomodel', '.'], 2),
