@@ -3,7 +3,7 @@ import random, time
 from fastai.vision.all import *
 from .settings import MINUTES
 
-__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'budget_epochs']
+__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'budget_epochs', 'fit_epochs']
 
 # the default data set's training and validation images: the epochs that fit its run in the budget are every run's default on
 # this machine, so a larger data set trains as long per image, not for fewer epochs, and a small one not for more
@@ -73,3 +73,20 @@ def budget_epochs(per_image, # (training, validation) seconds per image, from `t
     finish = (nt + nv)*va + nv*va*fp32 + REPORT_S
     fit = int((minutes*60*MARGIN - elapsed - finish)//epoch) if epoch>0 else reference
     return max(1, min(MAX_SCALE*reference, fit))
+
+def fit_epochs(learn, # The `Learner` about to train, its precision set
+               reference, # The schedule's epochs, set for its machines
+               minutes=MINUTES, # The budget
+               elapsed=0., # Seconds already spent on what the budget includes
+               freeze_epochs=None, # Fine-tuning: `fine_tune`'s epochs with the body frozen, before those returned; None: not
+               fp32=1., # How much slower the fp32 export counts the validation images than training's precision
+               hint='', # Said after the epochs: how to choose others
+              ) -> int:
+    "Epochs of `learn` that fit `minutes` on this machine, timed on its own batches (`time_batches`): said, and returned"
+    # the body's steps are the epochs' work; `fine_tune` freezes it again for its first phase
+    if freeze_epochs is not None: learn.unfreeze()
+    per = time_batches(learn)
+    n = max(1, budget_epochs(per, elapsed, reference, minutes, fp32) - (freeze_epochs or 0))
+    print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
+          f"a validation image {per[1]*1e3:.1f} ms; the schedule's {reference}){hint}")
+    return n

@@ -3,7 +3,7 @@ import hashlib, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
-from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, schedule_size, check_folder, new_run_folder
+from .settings import SCHEDULES, LR_PLOT, check_lr, find_csv, default_schedule, run_defaults, check_folder, new_run_folder
 from .data import count_dls
 from .density import drop_points
 from .learner import count_learner, resolve_pretrained
@@ -15,7 +15,7 @@ from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import resolve_precision, set_precision, to_fp32
 from .memory import check_memory
-from .budget import time_batches, budget_epochs
+from .budget import fit_epochs
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -96,30 +96,20 @@ def _fill_schedule(a, # The checked settings, those left to the schedule None
                    sched, # The schedule of the run's precision (`default_schedule`)
                    pre, # Does the body start from trained weights?
                   ):
-    "Settings left to the schedule set from it, once, in `a` and `args`: a resumed run keeps them"
-    # IBN and the stems of 3 and 4 were measured from random init: a pretrained body keeps what it learnt with; and the schedule's
-    # stem comes with its size only: a --size given is the input asked for, whose map a longer step would make coarser
-    fill = dict(norm='bn' if pre else sched['norm'], stem=sched['stem'] if not pre and a.size is None else 2)
-    fill.update({k:v for k,v in sched.items() if k not in ('lr','norm','stem')}) # the lr, for random init only, is picked with the recipe and saved in the state
-    fill['size'] = schedule_size(sched, a.stem or fill['stem'])
-    for k,v in fill.items():
-        if a[k] is not None: continue
+    "Settings left to the schedule set from it (`run_defaults`), once, in `a` and `args`: a resumed run keeps them"
+    # the lr, for random init only, is picked with the recipe and saved in the state
+    for k,v in run_defaults(sched, pre, a.size, a.stem).items():
+        if k=='lr' or a[k] is not None: continue
         a[k] = v
         if args is not None: args[k] = v
 
 def _fit_budget(learn, a, args, recipe, precision, t0):
     "Set the run's epochs, in `a` and `args`, to those that fit `a.minutes` on this machine (`flowers.budget`)"
     if num_distrib() > 1: return # the schedule's: each process's share of an epoch, and their talk, are not measured
-    fine = recipe=='fine_tune'
-    if fine: learn.unfreeze() # the body's steps are the epochs' work; the fit freezes it again for its first phase
-    per = time_batches(learn)
     # the exported fp32 model counts the validation images again: about 1.5 times bf16's time on CPUs measured (README, Performance)
-    n = budget_epochs(per, time.time()-t0, a.epochs, a.minutes, fp32=1. if precision=='fp32' else 1.5)
-    n = max(1, n - (a.freeze_epochs if fine else 0))
-    print(f"{n} epochs fit {a.minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
-          f"a validation image {per[1]*1e3:.1f} ms; the schedule's {a.epochs}); --epochs to choose")
-    a.epochs = n
-    if args is not None: args['epochs'] = n
+    a.epochs = fit_epochs(learn, a.epochs, a.minutes, time.time()-t0, a.freeze_epochs if recipe=='fine_tune' else None,
+                          fp32=1. if precision=='fp32' else 1.5, hint='; --epochs to choose')
+    if args is not None: args['epochs'] = a.epochs
 
 def _train(a, out, state, args, t0):
     "The body of `run`, once `out` exists"
@@ -173,7 +163,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state, precision)
     preds = _export(learn, out, a, precision)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else None, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))

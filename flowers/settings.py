@@ -4,7 +4,7 @@ from pathlib import Path
 from .errors import FlowersError, FlowersDataError, check_int, check_seed
 
 __all__ = ['ARCHS', 'NORMS', 'STEMS', 'HEAD_TYPES', 'MAP_CUTS', 'MAP_STRIDE', 'MAP_CONTEXT', 'MAX_CONTEXT', 'LOSS_NAMES', 'METHODS', 'PRECISIONS', 'PRETRAINED', 'MIN_TRAIN_SIZE', 'MIN_SIZE', 'MINUTES', 'OLDER',
-           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'schedule_size', 'check_arch', 'check_norm', 'check_stem', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
+           'FORMAT', 'RUN_PLOTS', 'LR_PLOT', 'LOSS_PLOT', 'FIT_PLOT', 'WORST_PLOT', 'STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'SCHEDULES', 'default_schedule', 'schedule_size', 'run_defaults', 'check_arch', 'check_norm', 'check_stem', 'check_head', 'check_context', 'check_loss', 'check_method', 'check_precision', 'check_pretrained',
            'check_lr', 'check_args', 'check_folder', 'check_unused', 'new_run_folder', 'find_csv', 'read_state', 'resume_state', 'model_file', 'decode_threads']
 
 ARCHS = ('resnet18','resnet34','resnet50','resnet101','resnet152')
@@ -54,6 +54,17 @@ def schedule_size(schedule, # A `SCHEDULES` entry
                  ) -> int:
     "The schedule's input size for `stem`: the same feature maps, so about the same time, as its own stem's"
     return schedule['size']*stem//schedule['stem']
+
+def run_defaults(schedule, # A `SCHEDULES` entry (`default_schedule`)
+                 pretrained=False, # Does the body start from trained weights?
+                 size=None, # The input size asked for, if any
+                 stem=None, # The stem asked for, if any
+                ) -> dict:
+    "The settings of a run on `schedule`: its own, but batch norm and torchvision's stem for a pretrained body, and the size for the stem"
+    # IBN and the stems of 3 and 4 were measured from random init: a pretrained body keeps what it learnt with; and the schedule's
+    # stem comes with its size only: a size asked for is the input wanted, whose map a longer step would make coarser
+    stem = stem or (schedule['stem'] if not pretrained and size is None else 2)
+    return {**schedule, 'norm': 'bn' if pretrained else schedule['norm'], 'stem': stem, 'size': size or schedule_size(schedule, stem)}
 
 FORMAT = 'flowers-count-model/1' # model.json's first field: what wrote it
 LR_PLOT,LOSS_PLOT,FIT_PLOT,WORST_PLOT = 'lr_find.png','loss.png','predicted_vs_true.png','worst.png'

@@ -9,5 +9,6 @@ def test_notebook_runs(tmp_path, monkeypatch):
     nb = nbformat.read(Path(__file__).parents[1]/'nbs'/'01_count_flowers.ipynb', as_version=4)
     NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}}).execute()
     out = ''.join(o.get('text', '') for c in nb.cells if c.cell_type=='code' for o in c.get('outputs', []))
+    assert 'epochs fit 0.05 minutes on this machine' in out # the CLI's `fit_epochs`, in a budget that fits one
     assert 'validation MAE' in out and 'flower heads (true:' in out and 'heads counted by tiles' in out
     assert (tmp_path/'data'/'export.pkl').is_file()
