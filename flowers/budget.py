@@ -2,6 +2,7 @@
 import random, time
 from fastai.vision.all import *
 from .settings import MINUTES
+from .distributed import ddp_ctx, broadcast_obj
 
 __all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'budget_epochs', 'fit_epochs']
 
@@ -22,7 +23,8 @@ class BatchTimer(Callback):
     def _start(self):
         # its images decoded first, as every epoch after the first finds them: decoded in threads beside the first
         # batches, they made a single core's training batches three times as slow for 15 batches
-        if hasattr(self.dl, 'fill'): self.dl.fill()
+        dl = getattr(self.dl, 'dl', self.dl) # a data-parallel fit's `DistributedDL` wraps the loader
+        if hasattr(dl, 'fill'): dl.fill()
         self.last = time.perf_counter()
     def after_batch(self):
         # from one batch's end to the next's: the loading and augmentation of each batch included
@@ -64,12 +66,14 @@ def budget_epochs(per_image, # (training, validation) seconds per image, from `t
                   reference, # The schedule's epochs, set for its machines; at most `MAX_SCALE` times it
                   minutes=MINUTES, # The budget
                   fp32=1., # How much slower the fp32 export counts the validation images than training's precision
+                  procs=1, # Data-parallel processes, each `per_image` as fast, sharing every epoch
                  ) -> int:
     "Epochs of the default data set (`YARDSTICK`) that fit `minutes`, with what follows them: at least 1"
     tr,va = per_image
     nt,nv = YARDSTICK
-    epoch = nt*tr + nv*va
-    # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images
+    epoch = (nt*tr + nv*va)/procs
+    # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images:
+    # the first process's alone
     finish = (nt + nv)*va + nv*va*fp32 + REPORT_S
     fit = int((minutes*60*MARGIN - elapsed - finish)//epoch) if epoch>0 else reference
     return max(1, min(MAX_SCALE*reference, fit))
@@ -85,8 +89,11 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
     "Epochs of `learn` that fit `minutes` on this machine, timed on its own batches (`time_batches`): said, and returned"
     # the body's steps are the epochs' work; `fine_tune` freezes it again for its first phase
     if freeze_epochs is not None: learn.unfreeze()
-    per = time_batches(learn)
-    n = max(1, budget_epochs(per, elapsed, reference, minutes, fp32) - (freeze_epochs or 0))
-    print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
-          f"a validation image {per[1]*1e3:.1f} ms; the schedule's {reference}){hint}")
+    # timed as the fit will run, each process on its share and their gradients averaged; the first process's count for all
+    with ddp_ctx(learn): per = time_batches(learn)
+    n = broadcast_obj(max(1, budget_epochs(per, elapsed, reference, minutes, fp32, procs=num_distrib() or 1) - (freeze_epochs or 0)))
+    if rank_distrib()==0:
+        print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
+              f"a validation image {per[1]*1e3:.1f} ms{f' in each of {num_distrib()} processes' if num_distrib()>1 else ''}; "
+              f"the schedule's {reference}){hint}")
     return n

@@ -105,7 +105,6 @@ def _fill_schedule(a, # The checked settings, those left to the schedule None
 
 def _fit_budget(learn, a, args, recipe, precision, t0):
     "Set the run's epochs, in `a` and `args`, to those that fit `a.minutes` on this machine (`flowers.budget`)"
-    if num_distrib() > 1: return # the schedule's: each process's share of an epoch, and their talk, are not measured
     # the exported fp32 model counts the validation images again: about 1.5 times bf16's time on CPUs measured (README, Performance)
     a.epochs = fit_epochs(learn, a.epochs, a.minutes, time.time()-t0, a.freeze_epochs if recipe=='fine_tune' else None,
                           fp32=1. if precision=='fp32' else 1.5, hint='; --epochs to choose')

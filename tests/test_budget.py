@@ -13,6 +13,8 @@ def test_more_time_or_a_faster_machine_fits_more_epochs():
     assert budget_epochs(per, 30, 14, fp32=3.) <= n # the export counts the validation images again
     assert budget_epochs(per, 400, 14)==1 # out of time: still a model
     assert budget_epochs((1e-5, 1e-5), 0, 14)==MAX_SCALE*14 # a GPU: not past what was measured to help
+    # data-parallel: each process trains its share of an epoch at the speed it was timed at; the export and report are the first's alone
+    assert n < budget_epochs(per, 30, 14, procs=2) < 2*n + 2
     epoch = YARDSTICK[0]*per[0] + YARDSTICK[1]*per[1]
     assert 30 + n*epoch + sum(YARDSTICK)*per[1] < 5*60 # the epochs and calibration's pass fit the 5 minutes
 

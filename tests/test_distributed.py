@@ -11,13 +11,23 @@ def _cpu(tmp): return {**CPU, 'TMPDIR': str(tmp)} # torchrun's log folders go th
 
 @pytest.fixture(scope='module')
 def ddp_run(flower_data, tmp_path_factory):
-    "The `trained` fixture's settings, launched as 2 processes by torchrun; in fp32, as the report is, so that the epoch's MAE can be compared with it"
+    "The `trained` fixture's settings, launched as 2 processes by torchrun, its epochs those that fit half a minute; in fp32, as the report is, so that the epoch's MAE can be compared with it"
     out = tmp_path_factory.mktemp('ddp')/'run'
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
-                        '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--epochs', '2',
+                        '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--minutes', '.5',
                         '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600, env=_cpu(out.parent))
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, r.stdout + r.stderr
+
+def _fitted(log) -> int: return int(re.search(r'(\d+) epochs fit 0.5 minutes', log)[1])
+
+def test_epochs_fit_the_minutes_in_every_process(ddp_run):
+    "Each process timed its share of the batches, and all train the first process's count (they would wait for each other forever otherwise)"
+    out,log = ddp_run
+    said = re.findall(r'(\d+) epochs fit 0.5 minutes on this machine \(.* in each of 2 processes', log)
+    trained = re.findall(r'with fit_one_cycle: (\d+) epochs', log)
+    assert len(said)==1 and trained==said*2, (said, trained) # said once, by the first process
+    assert json.loads((out/'metrics.json').read_text())['epochs']==int(said[0])==len(pd.read_csv(out/'history.csv'))
 
 def test_both_ranks_train_half_the_batches(ddp_run, flower_data):
     _,log = ddp_run
@@ -27,7 +37,7 @@ def test_both_ranks_train_half_the_batches(ddp_run, flower_data):
 
 def test_lr_find_runs_once_and_is_shared(ddp_run):
     out,log = ddp_run
-    lrs = re.findall(r'with fit_one_cycle: 2 epochs, lr=([\d.e-]+)', log)
+    lrs = re.findall(rf'with fit_one_cycle: {_fitted(log)} epochs, lr=([\d.e-]+)', log)
     assert len(lrs)==2 and lrs[0]==lrs[1] and (out/'lr_find.png').is_file()
 
 def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
@@ -44,14 +54,14 @@ def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
 
 def test_validation_covers_everything(ddp_run, trained):
     "Metrics come from the whole validation set gathered from both processes"
-    out,_ = ddp_run
+    out,log = ddp_run
     m2 = json.loads((out/'metrics.json').read_text())
     assert len(pd.read_csv(out/'predictions.csv'))==len(pd.read_csv(trained/'predictions.csv'))
     hist = pd.read_csv(out/'history.csv')
     # the epoch's MAE was gathered from both processes: the report's, on every validation image in one process
     # (with fastai's plain `mae` it was rank 0's half: 9% off here)
-    assert len(hist)==2 and hist['mae'].iloc[-1]==pytest.approx(m2['mae'], rel=1e-3), (hist['mae'].iloc[-1], m2['mae'])
-    # two epochs at 32 px say nothing of accuracy (batch norm's running statistics have seen 4 batches): the report is of every image
+    assert len(hist)==_fitted(log) and hist['mae'].iloc[-1]==pytest.approx(m2['mae'], rel=1e-3), (hist['mae'].iloc[-1], m2['mae'])
+    # a few epochs at 32 px say nothing of accuracy (batch norm's running statistics have seen 4 batches): the report is of every image
     preds = pd.read_csv(out/'predictions.csv')
     assert abs(m2['mae'] - (preds['predicted']-preds['count']).abs().mean()) < 1e-4 and preds['image'].is_unique
 
