@@ -162,7 +162,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state, precision)
     preds = _export(learn, out, a, precision)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else None, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
+    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
                 dropped=dls.df.attrs.get('dropped', []))
