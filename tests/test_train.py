@@ -74,6 +74,7 @@ def test_random_init_defaults(flower_data, tmp_path):
     train(flower_data[1], out=tmp_path, size=32, bs=8, epochs=1, pretrained='no')
     m = json.loads((tmp_path/'metrics.json').read_text())
     assert m['lr']==default_schedule(m['precision'])['lr'] and not (tmp_path/'lr_find.png').exists()
+    assert m['recipe']=='fit_one_cycle' and m['freeze_epochs']==0 # a number in every run's metrics.json, as scripts read it
     assert m['precision']==auto_precision(default_device())
     learn = load_learner(tmp_path/'export.pkl')
     assert not any(isinstance(cb, BF16Training) for cb in learn.cbs)
