@@ -4,7 +4,7 @@ from fastai.vision.all import *
 from .settings import MINUTES
 from .distributed import ddp_ctx, broadcast_obj
 
-__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'budget_epochs', 'fit_epochs']
+__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'finish_seconds', 'budget_epochs', 'KeepBudget', 'fit_epochs']
 
 # the default data set's training and validation images: the epochs that fit its run in the budget are every run's default on
 # this machine, so a larger data set trains as long per image, not for fewer epochs, and a small one not for more
@@ -12,6 +12,9 @@ YARDSTICK = (1600, 400)
 MAX_SCALE = 3 # at most three times the schedule's epochs: measured to help at 3x (benchmarks/README.md), not beyond
 MARGIN = .9 # what the epochs do besides their batches (a checkpoint each), and a 2-core machine whose speed swings within the hour
 REPORT_S = 5 # export, the safe format and the report's plots, besides their passes over the images
+# how much of the budget the epochs may use before `KeepBudget` shortens them: half of what `MARGIN` keeps back; the rest is
+# for what the timer doesn't see: the work after them taking longer than `finish_seconds` says, and the processes' exit
+KEEP = (1 + MARGIN)/2
 
 class BatchTimer(Callback):
     "Time `n` training and `n` validation batches, after `skip` of each to warm up, then end each phase: a measurement, not training"
@@ -61,6 +64,18 @@ def time_batches(learn, # The `Learner` about to train, its precision set
         _set_random_state(learn.dls, rs)
     return timer.per_image()
 
+def _epoch_seconds(per_image, n=YARDSTICK, procs=1) -> float:
+    "Seconds an epoch of `n` (training, validation) images takes at `per_image` seconds each, shared by `procs` processes"
+    return (n[0]*per_image[0] + n[1]*per_image[1])/procs
+
+def finish_seconds(per_image, # (training, validation) seconds per image, from `time_batches`
+                   fp32=1., # How much slower the fp32 export counts the validation images than training's precision
+                  ) -> float:
+    "Seconds the default data set's run takes after its epochs: calibration, export and report, in the first process alone"
+    nt,nv = YARDSTICK
+    # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images
+    return (nt + nv)*per_image[1] + nv*per_image[1]*fp32 + REPORT_S
+
 def budget_epochs(per_image, # (training, validation) seconds per image, from `time_batches`
                   elapsed, # Seconds the run has taken so far: imports, data generation, decoding, `lr_find`
                   reference, # The schedule's epochs, set for its machines; at most `MAX_SCALE` times it
@@ -69,14 +84,56 @@ def budget_epochs(per_image, # (training, validation) seconds per image, from `t
                   procs=1, # Data-parallel processes, each `per_image` as fast, sharing every epoch
                  ) -> int:
     "Epochs of the default data set (`YARDSTICK`) that fit `minutes`, with what follows them: at least 1"
-    tr,va = per_image
-    nt,nv = YARDSTICK
-    epoch = (nt*tr + nv*va)/procs
-    # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images:
-    # the first process's alone
-    finish = (nt + nv)*va + nv*va*fp32 + REPORT_S
-    fit = int((minutes*60*MARGIN - elapsed - finish)//epoch) if epoch>0 else reference
+    epoch = _epoch_seconds(per_image, procs=procs)
+    fit = int((minutes*60*MARGIN - elapsed - finish_seconds(per_image, fp32))//epoch) if epoch>0 else reference
     return max(1, min(MAX_SCALE*reference, fit))
+
+def _cycle_pct(cut, epoch, it=0, n_iter=1) -> float:
+    "How far through one cycle a fit is at batch `it` of `epoch`, its rest compressed into `cut['epochs']` from `cut['epoch']` on"
+    return cut['pct'] + (1 - cut['pct'])*(epoch - cut['epoch'] + it/n_iter)/(cut['epochs'] - cut['epoch'])
+
+class KeepBudget(Callback):
+    "End a fit fitted to the budget in time when its epochs run slower than timed: one cycle's rest compressed into the epochs that still fit"
+    order = Recorder.order-1 # a cut is made before `Checkpoint` saves the epoch, so that a resumed run goes on with it
+    def __init__(self, end=None, # `time.time()` by which the epochs must end; None: no new cuts (a resumed run)
+                 cut=None): # A cut made before, `dict(epoch, pct, epochs)`: from `epoch` on, the cycle runs from `pct` to its end in `epochs`
+        store_attr()
+
+    def before_fit(self):
+        # fine-tuning's frozen epochs are not the budget's to cut; the unfrozen ones after them are
+        self.active = not (self.opt is not None and self.opt.frozen_idx > 0)
+        self.starts = []
+
+    def before_epoch(self):
+        if not self.active: return
+        self.starts.append(time.time())
+        if self.cut and self.epoch >= self.cut['epochs']: raise CancelFitException()
+
+    def before_batch(self):
+        # fastai's `ParamScheduler` (order 60) sets each batch's lr and momentum from `pct_train`
+        if self.active and self.training and self.cut: self.learn.pct_train = _cycle_pct(self.cut, self.epoch, self.iter, self.n_iter)
+
+    def after_epoch(self):
+        if not (self.active and self.end) or len(self.starts) < 2: return # two epochs' times first: the first one warms up
+        now = time.time()
+        took = float(np.median((np.diff(self.starts).tolist() + [now - self.starts[-1]])[-3:]))
+        # every process keeps the first one's epochs: one that stopped sooner would leave the others waiting
+        cut = broadcast_obj(self._new_cut(now, took) if rank_distrib()==0 else None)
+        if cut is None: return
+        if rank_distrib()==0:
+            print(f"the epochs take {took:.1f}s, slower than timed: {cut['epochs']} epochs fit the budget instead of "
+                  f"{self.n_epoch if self.cut is None else self.cut['epochs']}, one cycle's rest compressed into them", flush=True)
+        self.cut = cut
+
+    def _new_cut(self, now, took):
+        "The cut that ends the epochs by `self.end` at `took` seconds each, or None if they end in time"
+        e,total = self.epoch + 1,(self.cut or {}).get('epochs', self.n_epoch) # epochs done, and planned now
+        if e >= total or now + (total - e)*took <= self.end: return None
+        # never fewer than one more epoch: the cycle's end, at a small learning rate, is where the model settles
+        fit = max(e + 1, e + int((self.end - now)//took))
+        return None if fit >= total else dict(epoch=e, pct=self._pct(e), epochs=fit)
+
+    def _pct(self, epoch): return _cycle_pct(self.cut, epoch) if self.cut else epoch/self.n_epoch
 
 def fit_epochs(learn, # The `Learner` about to train, its precision set
                reference, # The schedule's epochs, set for its machines
@@ -85,15 +142,19 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
                freeze_epochs=None, # Fine-tuning: `fine_tune`'s epochs with the body frozen, before those returned; None: not
                fp32=1., # How much slower the fp32 export counts the validation images than training's precision
                hint='', # Said after the epochs: how to choose others
-              ) -> int:
-    "Epochs of `learn` that fit `minutes` on this machine, timed on its own batches (`time_batches`): said, and returned"
+              ) -> tuple:
+    "Epochs of `learn` that fit `minutes` on this machine, timed on its own batches (`time_batches`), said; and the `KeepBudget` that holds them to it"
     # the body's steps are the epochs' work; `fine_tune` freezes it again for its first phase
     if freeze_epochs is not None: learn.unfreeze()
+    t,procs = time.time(),num_distrib() or 1
     # timed as the fit will run, each process on its share and their gradients averaged; the first process's count for all
     with ddp_ctx(learn): per = time_batches(learn)
-    n = broadcast_obj(max(1, budget_epochs(per, elapsed, reference, minutes, fp32, procs=num_distrib() or 1) - (freeze_epochs or 0)))
+    elapsed += time.time() - t
+    n = broadcast_obj(max(1, budget_epochs(per, elapsed, reference, minutes, fp32, procs=procs) - (freeze_epochs or 0)))
     if rank_distrib()==0:
         print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
-              f"a validation image {per[1]*1e3:.1f} ms{f' in each of {num_distrib()} processes' if num_distrib()>1 else ''}; "
+              f"a validation image {per[1]*1e3:.1f} ms{f' in each of {procs} processes' if procs>1 else ''}; "
               f"the schedule's {reference}){hint}")
-    return n
+    # the minutes are the default data set's: a larger one's epochs may take as much longer as its epochs do
+    scale = max(1., _epoch_seconds(per, (len(learn.dls.train_ds), len(learn.dls.valid_ds)), procs)/_epoch_seconds(per, procs=procs))
+    return n,KeepBudget(time.time() + scale*(minutes*60*KEEP - elapsed - finish_seconds(per, fp32)))

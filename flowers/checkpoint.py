@@ -5,6 +5,7 @@ from fastai.vision.all import *
 from .atomic import atomic_path, atomic_text
 from .distributed import any_rank
 from .density import PointSupervision
+from .budget import KeepBudget
 from .settings import STATE, CHECKPOINT, BEST, HISTORY, EXTENT, read_state # here too, where code written before the split finds them
 
 __all__ = ['STATE', 'CHECKPOINT', 'BEST', 'HISTORY', 'EXTENT', 'StopFlag', 'stop_on_signals', 'GracefulStop', 'Checkpoint', 'read_state', 'load_checkpoint']
@@ -61,6 +62,10 @@ class Checkpoint(Callback):
         else: (self.path/EXTENT).unlink(missing_ok=True) # an earlier run's, in a folder trained into again with --overwrite
         with atomic_path(self.path/CHECKPOINT) as tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True)
         self.state['epochs_done'] = len(self.rows)
+        keep = first(self.learn.cbs.filter(risinstance(KeepBudget)))
+        if keep is not None and keep.cut: # the budget kept by fewer epochs: a resumed run trains those
+            self.state['cut'] = keep.cut
+            if self.state.get('args') is not None: self.state['args']['epochs'] = keep.cut['epochs']
         atomic_text(self.path/STATE, json.dumps(self.state, indent=2))
 
 def _point_supervision(learn):

@@ -15,7 +15,7 @@ from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import resolve_precision, set_precision, to_fp32
 from .memory import check_memory
-from .budget import fit_epochs
+from .budget import fit_epochs, KeepBudget
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -103,12 +103,13 @@ def _fill_schedule(a, # The checked settings, those left to the schedule None
         a[k] = v
         if args is not None: args[k] = v
 
-def _fit_budget(learn, a, args, recipe, precision, t0):
-    "Set the run's epochs, in `a` and `args`, to those that fit `a.minutes` on this machine (`flowers.budget`)"
+def _fit_budget(learn, a, args, recipe, precision, t0) -> KeepBudget:
+    "Set the run's epochs, in `a` and `args`, to those that fit `a.minutes` on this machine (`flowers.budget`); returns what keeps them to it"
     # the exported fp32 model counts the validation images again: about 1.5 times bf16's time on CPUs measured (README, Performance)
-    a.epochs = fit_epochs(learn, a.epochs, a.minutes, time.time()-t0, a.freeze_epochs if recipe=='fine_tune' else None,
-                          fp32=1. if precision=='fp32' else 1.5, hint='; --epochs to choose')
+    a.epochs,keep = fit_epochs(learn, a.epochs, a.minutes, time.time()-t0, a.freeze_epochs if recipe=='fine_tune' else None,
+                               fp32=1. if precision=='fp32' else 1.5, hint='; --epochs to choose')
     if args is not None: args['epochs'] = a.epochs
+    return keep
 
 def _train(a, out, state, args, t0):
     "The body of `run`, once `out` exists"
@@ -135,12 +136,14 @@ def _train(a, out, state, args, t0):
                               norm=a.norm, stem=a.stem, path=out, model_dir='.')
         recipe = 'fine_tune' if (use_pre or a.weights is not None) else 'fit_one_cycle'
         set_precision(learn, precision)
+        # a resumed run goes on with the epochs of a budget kept before (`state['cut']`), and makes no cut of its own
+        keep = KeepBudget(cut=state['cut']) if state and state.get('cut') else None
         if state: lr = state['lr']; load_checkpoint(learn, out)
         else:
             if _is_main():
                 with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision, default_device())['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
-            if budget: _fit_budget(learn, a, args, recipe, precision, t0)
+            if budget: keep = _fit_budget(learn, a, args, recipe, precision, t0)
             state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
@@ -150,7 +153,8 @@ def _train(a, out, state, args, t0):
         guard = TrainingGuard(lr)
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
-                cbs=[GracefulStop(flag), guard] + ([Checkpoint(out, state)] if _is_main() else []))
+                cbs=[GracefulStop(flag), guard] + L(keep) + ([Checkpoint(out, state)] if _is_main() else []))
+    if keep and keep.cut: a.epochs = keep.cut['epochs'] # the epochs trained, in metrics.json
     learn.interrupted = flag.signal
     if not guard.steps and not flag and start < a.epochs + (a.freeze_epochs if recipe=='fine_tune' else 0):
         raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")

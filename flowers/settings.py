@@ -193,7 +193,7 @@ def read_state(run) -> dict:
     return state
 
 _NUM,_PATH = (int, float),(str, type(None))
-_STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH) # as `train` writes them
+_STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH, cut=(dict, type(None))) # as `train` writes them
 _ARG_FIELDS = dict(data=_PATH, img_dir=_PATH, weights=_PATH, out=_PATH, fn_col=str, label_col=str) # those `check_args` does not check
 
 def _odd_field(state) -> str:
@@ -204,6 +204,9 @@ def _odd_field(state) -> str:
         for k,t in fields.items():
             if k in d and not isinstance(d[k], t): return f"field {pre}{k} is {d[k]!r}"
     if isinstance(best, dict) and not all(isinstance(best.get(k), _NUM) for k in ('epoch','valid_loss','mae')): return f"field best is {best!r}"
+    cut = state.get('cut')
+    if isinstance(cut, dict) and not (isinstance(cut.get('epoch'), int) and isinstance(cut.get('epochs'), int) and isinstance(cut.get('pct'), _NUM)
+                                      and 0 <= cut['pct'] < 1 and 0 <= cut['epoch'] < cut['epochs']): return f"field cut is {cut!r}"
     return ''
 
 def resume_state(run) -> dict:

@@ -1,6 +1,6 @@
-"The default epochs fitted to the time budget: measured on the run's own batches, and the run that follows the same as one told them."
-import json, pytest, torch, pandas as pd
-from flowers.budget import budget_epochs, time_batches, MAX_SCALE, YARDSTICK
+"The default epochs fitted to the time budget: measured on the run's own batches, the run that follows the same as one told them, and kept to it."
+import json, time, pytest, torch, numpy as np, pandas as pd
+from flowers.budget import budget_epochs, time_batches, KeepBudget, MAX_SCALE, YARDSTICK
 from flowers.errors import FlowersError
 from flowers.train import train
 
@@ -18,19 +18,49 @@ def test_more_time_or_a_faster_machine_fits_more_epochs():
     epoch = YARDSTICK[0]*per[0] + YARDSTICK[1]*per[1]
     assert 30 + n*epoch + sum(YARDSTICK)*per[1] < 5*60 # the epochs and calibration's pass fit the 5 minutes
 
-def test_timing_leaves_the_learner_as_it_was(flower_data):
-    "`time_batches` measures by training, then puts the weights and every random stream back, as `lr_find` does"
+def _tiny_learner(csv):
     from flowers.data import count_dls
     from flowers.learner import count_learner
     from fastai.vision.all import resnet18, set_seed
     set_seed(3)
-    dls = count_dls(flower_data[1], size=32, bs=8, seed=3, points=True)
-    learn = count_learner(dls, resnet18, pretrained=False)
+    return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=True), resnet18, pretrained=False)
+
+def test_timing_leaves_the_learner_as_it_was(flower_data):
+    "`time_batches` measures by training, then puts the weights and every random stream back, as `lr_find` does"
+    learn = _tiny_learner(flower_data[1])
     before = {k:v.clone() for k,v in learn.model.state_dict().items()}
     state = torch.get_rng_state()
     tr,va = time_batches(learn, n=2, skip=1)
     assert tr > 0 and va > 0 and learn.opt is None and torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(before[k], v) for k,v in learn.model.state_dict().items()) and all(p.grad is None for p in learn.model.parameters())
+
+def test_a_budget_kept_compresses_the_cycle(flower_data, tmp_path):
+    "Epochs slower than timed: one cycle's rest runs in the epochs that fit, ending as a cycle ends; saved, so that a resumed run goes on with it"
+    from fastai.vision.all import combined_cos
+    from flowers.checkpoint import Checkpoint
+    from flowers.settings import read_state
+    learn,lr = _tiny_learner(flower_data[1]),3e-3
+    keep,state = KeepBudget(end=time.time()),dict(args=dict(epochs=6)) # out of time from the start: one more epoch after the first two
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, lr, cbs=[keep, Checkpoint(tmp_path, state)])
+    assert keep.cut==dict(epoch=2, pct=2/6, epochs=3) and len(learn.recorder.values)==3 and len(pd.read_csv(tmp_path/'history.csv'))==3
+    saved = read_state(tmp_path)
+    assert saved['cut']==keep.cut and saved['args']['epochs']==3 and saved['epochs_done']==3
+    # fastai's one cycle, as `fit_one_cycle` schedules it: as planned for two epochs, then the rest of it in one
+    cycle,n = combined_cos(.25, lr/25, lr, lr/25/1e5),len(learn.dls.train)
+    pct = [i/(6*n) for i in range(2*n)] + [2/6 + 4/6*i/n for i in range(n)]
+    lrs = learn.recorder.hps['lr']
+    assert np.allclose(lrs, [cycle(p) for p in pct], rtol=1e-4) # fastai schedules in float32
+    # resumed after the second epoch, as `--resume` does with the saved cut: the same learning rates for the third
+    resumed = _tiny_learner(flower_data[1])
+    with resumed.no_bar(), resumed.no_logging(): resumed.fit_one_cycle(saved['args']['epochs'], lr, start_epoch=2, cbs=KeepBudget(cut=saved['cut']))
+    assert np.allclose(resumed.recorder.hps['lr'], lrs[2*n:], rtol=1e-4)
+
+def test_a_budget_in_time_is_left_alone(flower_data):
+    "Epochs as fast as timed, or told by the user: the one cycle fastai plans, every epoch of it"
+    learn = _tiny_learner(flower_data[1])
+    keep = KeepBudget(end=time.time() + 600)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 3e-3, cbs=keep)
+    assert keep.cut is None and len(learn.recorder.values)==3
 
 def test_a_fitted_run_is_the_run_told_its_epochs(flower_data, tmp_path, capsys):
     "No --epochs: the epochs that fit --minutes, said and recorded; its weights are those of a run given that many, to the bit"
