@@ -1,4 +1,4 @@
-"""Epochs that fit the time budget: this machine's speed, measured on a few batches of the run itself before it trains."""
+"""Epochs that fit the time budget: this machine's speed, measured on a few batches of the run itself before it trains; and the fit kept to it."""
 import random, time
 from fastai.vision.all import *
 from .settings import MINUTES
