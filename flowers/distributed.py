@@ -60,8 +60,9 @@ class DDPTrainer(DistributedTrainer):
         self.learn.model = DistributedDataParallel(self.model, device_ids=ids)
         self.old_dls = list(self.dls)
         self.learn.dls.loaders = [self._wrap_dl(dl) for dl in self.dls]
+        said = self.learn.logger is not noop # not in a fit that logs nothing: the timing of `flowers.budget` said it twice
         if rank_distrib(): self.learn.logger = noop
-        print(f'rank {rank_distrib()} of {num_distrib()}: {len(self.learn.dls.train)} training batches an epoch', flush=True)
+        if said: print(f'rank {rank_distrib()} of {num_distrib()}: {len(self.learn.dls.train)} training batches an epoch', flush=True)
     def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else ShardDL(dl, device=self.dls.device)
 
 @contextlib.contextmanager
