@@ -90,6 +90,29 @@ def test_processes_teach_one_extent_layer(flower_data, tmp_path):
     a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and a['weight'].abs().sum() > 0
 
+KEEP_SCRIPT = """
+import sys, time, json, torch
+from flowers.distributed import setup_ddp, teardown_ddp, ddp_ctx
+from flowers.budget import KeepBudget
+from flowers.data import count_dls
+from flowers.learner import count_learner
+setup_ddp(); rank = torch.distributed.get_rank()
+learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
+keep = KeepBudget(end=time.time() + (0 if rank==0 else 600)) # out of time in the first process alone
+with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 3e-3, cbs=keep)
+json.dump(dict(epochs=len(learn.recorder.values), lrs=learn.recorder.hps['lr']), open(f'{sys.argv[2]}/keep{rank}.json', 'w'))
+teardown_ddp()
+"""
+
+def test_processes_keep_the_first_ones_budget(flower_data, tmp_path):
+    "A cut to the epochs that still fit is the first process's, in every process: one that stopped sooner would leave the others waiting"
+    (tmp_path/'fit.py').write_text(KEEP_SCRIPT)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
+                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
+    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    a,b = [json.loads((tmp_path/f'keep{k}.json').read_text()) for k in (0, 1)]
+    assert a==b and a['epochs']==3 and r.stdout.count('after epoch 1: the epochs take')==1, r.stdout[-3000:]
+
 def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
     "Two jobs of an array (one through the CLI) make the whole table, row for row"
     items,_ = find_images([flower_data[0]/'images'])
