@@ -55,6 +55,16 @@ def test_a_budget_kept_compresses_the_cycle(flower_data, tmp_path):
     with resumed.no_bar(), resumed.no_logging(): resumed.fit_one_cycle(saved['args']['epochs'], lr, start_epoch=2, cbs=KeepBudget(cut=saved['cut']))
     assert np.allclose(resumed.recorder.hps['lr'], lrs[2*n:], rtol=1e-4)
 
+def test_fine_tuning_keeps_its_frozen_epochs(flower_data):
+    "`fine_tune`'s frozen epochs are not the budget's to cut; its unfrozen ones are"
+    from fastai.vision.all import Callback
+    class Epochs(Callback): # the epochs each fit ran
+        def before_fit(self): self.fits = getattr(self, 'fits', []) + [0]
+        def after_epoch(self): self.fits[-1] += 1
+    learn,keep,epochs = _tiny_learner(flower_data[1]),KeepBudget(end=time.time()),Epochs()
+    with learn.no_bar(), learn.no_logging(): learn.fine_tune(4, freeze_epochs=4, cbs=[keep, epochs])
+    assert epochs.fits==[4, 3] and keep.cut==dict(epoch=2, pct=.5, epochs=3)
+
 def test_a_budget_in_time_is_left_alone(flower_data):
     "Epochs as fast as timed, or told by the user: the one cycle fastai plans, every epoch of it"
     learn = _tiny_learner(flower_data[1])
