@@ -154,7 +154,7 @@ def _train(a, out, state, args, t0):
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             fit(learn, recipe, a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag), guard] + L(keep) + ([Checkpoint(out, state)] if _is_main() else []))
-    if keep and keep.cut: a.epochs = keep.cut['epochs'] # the epochs trained, in metrics.json
+    if keep is not None and keep.cut: a.epochs = keep.cut['epochs'] # the epochs trained, in metrics.json
     learn.interrupted = flag.signal
     if not guard.steps and not flag and start < a.epochs + (a.freeze_epochs if recipe=='fine_tune' else 0):
         raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
