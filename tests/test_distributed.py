@@ -65,6 +65,14 @@ def test_validation_covers_everything(ddp_run, trained):
     preds = pd.read_csv(out/'predictions.csv')
     assert abs(m2['mae'] - (preds['predicted']-preds['count']).abs().mean()) < 1e-4 and preds['image'].is_unique
 
+def _torchrun(script, csv, tmp_path):
+    "Run `script` in 2 processes with torchrun, given the data set's CSV and `tmp_path`; its finished process"
+    (tmp_path/'fit.py').write_text(script)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
+                        str(csv), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
+    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
 EXTENT_SCRIPT = """
 import sys, torch
 from fastai.vision.all import Callback
@@ -82,10 +90,7 @@ teardown_ddp()
 
 def test_processes_teach_one_extent_layer(flower_data, tmp_path):
     "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
-    (tmp_path/'fit.py').write_text(EXTENT_SCRIPT)
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
-                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
-    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    _torchrun(EXTENT_SCRIPT, flower_data[1], tmp_path)
     import torch
     a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and a['weight'].abs().sum() > 0
@@ -106,10 +111,7 @@ teardown_ddp()
 
 def test_processes_keep_the_first_ones_budget(flower_data, tmp_path):
     "A cut to the epochs that still fit is the first process's, in every process: one that stopped sooner would leave the others waiting"
-    (tmp_path/'fit.py').write_text(KEEP_SCRIPT)
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
-                        str(flower_data[1]), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
-    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = _torchrun(KEEP_SCRIPT, flower_data[1], tmp_path)
     a,b = [json.loads((tmp_path/f'keep{k}.json').read_text()) for k in (0, 1)]
     assert a==b and a['epochs']==3 and r.stdout.count('after epoch 1: the epochs take')==1, r.stdout[-3000:]
 
