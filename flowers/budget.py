@@ -123,9 +123,10 @@ class KeepBudget(Callback):
         cut = broadcast_obj(self._new_cut(now, took) if rank_distrib()==0 else None)
         if cut is None: return
         if rank_distrib()==0:
-            timed = f', not the {self.timed:.1f} s timed' if self.timed else ''
-            print(f"after epoch {self.epoch}: the epochs take {took:.1f} s{timed}, so {cut['epochs']} epochs fit the budget, not "
-                  f"{self.n_epoch if self.cut is None else self.cut['epochs']}: the rest of the one cycle is compressed into them", flush=True)
+            e = len(self.starts)
+            timed = f', not the {e*self.timed:.0f} s timed' if self.timed else ''
+            print(f"after epoch {self.epoch}: {e} epochs took {now - self.starts[0]:.0f} s{timed}; at {took:.1f} s an epoch, {cut['epochs']} epochs fit "
+                  f"the budget, not {self.n_epoch if self.cut is None else self.cut['epochs']}: the rest of the one cycle is compressed into them", flush=True)
         self.cut = cut
 
     def _new_cut(self, now, took):
