@@ -4,7 +4,7 @@ from PIL import Image
 from flowers.predict import load_counter
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, shifts, shifted, stitch, sharpen
+from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, pad_points, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -73,6 +73,19 @@ def test_point_targets_count_each_head_in_its_cell():
     t = point_targets(pts, 4, 8)
     assert t.shape==(2, 1, 4, 8) and t.sum((1,2,3)).tolist()==[3., 1.]
     assert t[0,0,0,0]==1 and t[0,0,2,5]==2 and t[1,0,1,7]==1
+
+def test_points_are_padded_to_collate():
+    "Every item's heads (and rims) padded to the batch's most, outside the image, as fastai's `TensorPoint` with its sizes; an empty field too"
+    from fastai.vision.core import TensorPoint
+    from fastai.data.load import fa_collate
+    pt = lambda *xy: TensorPoint(torch.tensor(xy, dtype=torch.float).reshape(-1, 2), img_size=(100, 80), sz=(64, 64))
+    items = [('img0', 3., pt(.1, .2, -.3, .4, .5, .6), pt(.2, .2, -.2, .4, .6, .6)), ('img1', 0., pt(), pt())]
+    padded = pad_points(items)
+    assert [o[:2] for o in padded]==[o[:2] for o in items]
+    for o in padded:
+        assert all(type(p) is TensorPoint and p.shape==(3, 2) and p.img_size==(100, 80) and p.sz==(64, 64) for p in o[2:])
+    assert torch.equal(padded[0][2], items[0][2]) and (padded[1][2]==-10).all()
+    assert fa_collate(padded)[2].shape==(2, 3, 2)
 
 def test_extent_targets_mark_the_cells_on_a_head():
     "A cell lies on a head when its centre is within the head's radius; padding marks nothing"
