@@ -126,17 +126,18 @@ class KeepBudget(Callback):
             e = len(self.starts)
             timed = f', not the {e*self.timed:.0f} s timed' if self.timed else ''
             print(f"after epoch {self.epoch}: {e} epochs took {now - self.starts[0]:.0f} s{timed}; at {took:.1f} s an epoch, {cut['epochs']} epochs fit "
-                  f"the budget, not {self.n_epoch if self.cut is None else self.cut['epochs']}: the rest of the one cycle is compressed into them", flush=True)
+                  f"the budget, not {self._planned()}: the rest of the one cycle is compressed into them", flush=True)
         self.cut = cut
 
     def _new_cut(self, now, took):
         "The cut that ends the epochs by `self.end` at `took` seconds each, or None if they end in time"
-        e,total = self.epoch + 1,(self.cut or {}).get('epochs', self.n_epoch) # epochs done, and planned now
+        e,total = self.epoch + 1,self._planned() # epochs done, and planned now
         if e >= total or now + (total - e)*took <= self.end: return None
         # never fewer than one more epoch: the cycle's end, at a small learning rate, is where the model settles
         fit = max(e + 1, e + int((self.end - now)//took))
         return None if fit >= total else dict(epoch=e, pct=self._pct(e), epochs=fit)
 
+    def _planned(self): return self.cut['epochs'] if self.cut else self.n_epoch
     def _pct(self, epoch): return _cycle_pct(self.cut, epoch) if self.cut else epoch/self.n_epoch
 
 def fit_epochs(learn, # The `Learner` about to train, its precision set
