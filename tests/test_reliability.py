@@ -170,6 +170,17 @@ def _train_cmd(data, out, *extra):
     return [sys.executable, '-m', 'flowers.train', '--data', str(data), '--out', str(out), '--size', '32', '--bs', '8',
             '--pretrained', 'no', '--lr', '1e-3', *extra]
 
+def _interrupted(cmd, out, wait=0.):
+    "Run the training `cmd`, Ctrl-C it `wait` s after its first epoch is saved in `out`; its (stdout, stderr), having exited 130"
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
+    time.sleep(wait)
+    p.send_signal(signal.SIGINT)
+    said,err = p.communicate(timeout=300)
+    assert p.returncode==130, err
+    return said,err
+
 def _loads_in_fresh_process(pkl, img):
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(pkl)!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
@@ -178,13 +189,7 @@ def _loads_in_fresh_process(pkl, img):
 
 def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     out = tmp_path/'run'
-    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--epochs', '6'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t = time.time()
-    while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
-    time.sleep(0.3) # into the next epoch
-    p.send_signal(signal.SIGINT)
-    _,err = p.communicate(timeout=300)
-    assert p.returncode==130, err
+    _,err = _interrupted(_train_cmd(flower_data[0], out, '--epochs', '6'), out, wait=0.3) # into the next epoch
     assert 'saved the best model so far' in err and f'--resume {out}' in err and 'Traceback' not in err
     done = json.loads((out/'state.json').read_text())['epochs_done']
     assert 1 <= done < 6 and (out/'extent.pth').is_file() # the extent layer, which is the callback's, not the network's
@@ -259,12 +264,7 @@ def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
     from flowers.settings import SCHEDULES
     out = tmp_path/'run'
     # bf16 (emulated where the CPU lacks it) is the schedule whose head has context: an older state must not get it
-    p = subprocess.Popen(_train_cmd(flower_data[0], out, '--precision', 'bf16', '--context', '0', '--minutes', '2'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    t = time.time()
-    while not (out/'history.csv').exists() and time.time()-t < 300 and p.poll() is None: time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
-    said,err = p.communicate(timeout=300)
-    assert p.returncode==130, err
+    said,_ = _interrupted(_train_cmd(flower_data[0], out, '--precision', 'bf16', '--context', '0', '--minutes', '2'), out)
     state,fitted = json.loads((out/'state.json').read_text()),int(re.search(r'(\d+) epochs fit 2 minutes', said)[1])
     assert state['args']['epochs']==fitted and state['args']['size']==32 and state['args']['precision']=='bf16'
     assert SCHEDULES['fast']['context'] > 0 and state['args']['norm']=='ibn' # the schedule's norm, resolved, is resumed as it was
@@ -274,6 +274,19 @@ def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
     assert r.returncode==0, r.stderr
     assert r.stdout.count('epochs fit')==0 # the resumed run measured nothing: its epochs were saved
     assert json.loads((out/'metrics.json').read_text())['context']==0 and len(pd.read_csv(out/'history.csv'))==fitted
+
+def test_resume_goes_on_with_a_kept_budget(flower_data, tmp_path):
+    "A run cut to fewer epochs to keep its minutes (`KeepBudget`; its cut written here as `Checkpoint` saves one) and interrupted: --resume takes the cut, trains to it and reports that many"
+    out = tmp_path/'run'
+    said,_ = _interrupted(_train_cmd(flower_data[0], out, '--minutes', '2'), out)
+    state,fitted = json.loads((out/'state.json').read_text()),int(re.search(r'(\d+) epochs fit 2 minutes', said)[1])
+    done = state['epochs_done']
+    assert done + 1 < fitted
+    state['cut'] = dict(epoch=done, pct=done/fitted, epochs=done + 1); state['args']['epochs'] = done + 1 # as `Checkpoint` saves a cut
+    (out/'state.json').write_text(json.dumps(state))
+    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode==0, r.stderr
+    assert json.loads((out/'metrics.json').read_text())['epochs']==done + 1 and len(pd.read_csv(out/'history.csv'))==done + 1
 
 def test_resume_needs_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(tmp_path)], capture_output=True, text=True, timeout=300)
