@@ -17,7 +17,8 @@ from scipy.optimize import linear_sum_assignment
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowers.synth import make_flowers
 from flowers.predict import load_counter
-from flowers.density import point_targets, spread_cells
+from flowers.density import point_targets
+from flowers.stitch import spread_cells
 from flowers.images import open_image
 from flowers.progress import progress
 

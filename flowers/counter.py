@@ -6,7 +6,8 @@ from .errors import FlowersError, check_int, check_tile, first_line
 from .safe import load_safe, input_spec
 from .images import open_image, image_size, fit_size
 from .settings import MIN_SIZE, model_file
-from .density import CountMapHead, fine_step, map_stride, spread_cells, shifted, stitch, sharpen
+from .density import CountMapHead, map_stride
+from .stitch import fine_step, spread_cells, shifted, stitch, sharpen
 from .calibrate import fingerprint
 from .precision import auto_precision, check_precision
 from . import memory

@@ -4,7 +4,8 @@ from PIL import Image
 from flowers.predict import load_counter
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
-from flowers.density import FINE_STEP, fine_step, map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, pad_points, shifts, shifted, stitch, sharpen
+from flowers.density import map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, pad_points
+from flowers.stitch import FINE_STEP, fine_step, shifts, shifted, stitch, sharpen
 
 @pytest.fixture(scope='module')
 def counters(trained):
