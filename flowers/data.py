@@ -9,6 +9,7 @@ from .settings import check_method, decode_threads
 from .progress import progress
 from .atomic import locked
 from .density import pad_points, drop_points
+from .distributed import local_procs
 from .augment import * # also where export.pkl files from before the split find RotateFit
 from .counts import * # here too, where code written before the split finds it
 from . import show # fastai's show_results and plot_top_losses for counts, wherever a counting `dls` is
@@ -66,12 +67,13 @@ class CountDataLoaders(DataLoaders):
 
 def cache_fits(n, # Number of images
                size, # Their size after resizing
-               share=0.25, # Most of the physical memory the cache may take
+               share=0.25, # Most of the physical memory the caches of this machine's training processes may take together
               ) -> bool:
-    "Do `n` decoded `size` x `size` RGB images fit in `share` of this machine's memory?"
+    "Do `n` decoded `size` x `size` RGB images fit in this process's part of `share` of this machine's memory?"
     try: mem = os.sysconf('SC_PHYS_PAGES')*os.sysconf('SC_PAGE_SIZE')
     except (ValueError, OSError, AttributeError): return False
-    return n*size*size*3 <= share*mem
+    # each data-parallel process decodes every image (its shard changes each epoch): 4 of them each allowed a quarter would take all of it
+    return n*size*size*3 <= share*mem/local_procs()
 
 def _aug_tfms(aug):
     "`count_tfms` for `aug`: True (the defaults), False or None (none), or a dict of its arguments"
@@ -135,7 +137,7 @@ def count_dls(csv, # CSV file with one row per image, or a folder holding `count
               verify=True, # Open every image once before building the `DataLoaders`
               aug=True, # Count-preserving augmentation of training batches (`count_tfms`; a dict sets its arguments)
               num_workers=0, # Data-loading processes
-              cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory
+              cache=True, # Decode and resize each image once per run, if they fit in a quarter of the memory (shared by this machine's training processes)
               points=True, # Also read head centres (and radii) from `points.csv` beside the CSV, if there is one (`read_heads`)
               **kwargs, # Passed to `DataBlock.dataloaders`
              ) -> DataLoaders:

@@ -5,7 +5,11 @@ from fastai.vision.all import *
 from fastai.distributed import DistributedDL, DistributedTrainer
 from .errors import FlowersError
 
-__all__ = ['check_gpus', 'setup_ddp', 'teardown_ddp', 'ShardDL', 'DDPTrainer', 'ddp_ctx', 'broadcast_obj', 'any_rank', 'alone']
+__all__ = ['local_procs', 'check_gpus', 'setup_ddp', 'teardown_ddp', 'ShardDL', 'DDPTrainer', 'ddp_ctx', 'broadcast_obj', 'any_rank', 'alone']
+
+def local_procs() -> int:
+    "Training processes on this machine: the launcher's `LOCAL_WORLD_SIZE` (torchrun's, and Accelerate's through it), 1 when launched alone"
+    return int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if num_distrib() > 1 else 1
 
 def check_gpus(procs, # Training processes on this machine (`LOCAL_WORLD_SIZE`)
                gpus, # CUDA GPUs a process sees
@@ -20,7 +24,7 @@ def setup_ddp() -> bool:
     if num_distrib() <= 1: return False
     if not dist.is_initialized():
         if torch.cuda.is_available():
-            check_gpus(int(os.environ.get('LOCAL_WORLD_SIZE', 1)), torch.cuda.device_count())
+            check_gpus(local_procs(), torch.cuda.device_count())
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     return True

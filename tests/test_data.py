@@ -1,4 +1,4 @@
-import pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
+import os, pickle, cloudpickle, shutil, warnings, pytest, torch, numpy as np, pandas as pd
 from pathlib import Path
 from fastai.vision.all import TensorImage, set_seed, first, risinstance
 from flowers.data import *
@@ -353,8 +353,15 @@ def test_cache_filled_before_workers(flower_data):
     dls = count_dls(flower_data[1], size=32, bs=8, num_workers=2)
     assert len(dls.train.cache)==len(dls.train.dataset) and len(dls.valid.cache)==len(dls.valid.dataset)
 
-def test_cache_only_when_it_fits():
+def test_cache_only_when_it_fits(monkeypatch):
     assert cache_fits(2000, 64) and not cache_fits(10**9, 224)
+    # a fifth of the memory: one process may cache it, but not each of 4 data-parallel processes on this machine
+    n = int(.2*os.sysconf('SC_PHYS_PAGES')*os.sysconf('SC_PAGE_SIZE')/(224*224*3))
+    assert cache_fits(n, 224)
+    monkeypatch.setenv('WORLD_SIZE', '4'); monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    assert not cache_fits(n, 224)
+    monkeypatch.setenv('WORLD_SIZE', '8') # two machines of 4: the memory is shared by this machine's 4
+    assert not cache_fits(n, 224) and cache_fits(n//4, 224)
 
 def test_more_workers_than_cores_are_capped_with_a_warning(flower_data):
     "Each epoch starts every worker anew: --workers 500 on 2 cores took 39 s an epoch of 240 images"
