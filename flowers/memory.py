@@ -1,6 +1,7 @@
 """Will a training run, or a batch of counting, fit in memory? On a CPU the kernel kills a process that doesn't, without a word."""
 import warnings, torch
 from .errors import FlowersError
+from .distributed import local_procs
 
 __all__ = ['activation_bytes', 'free_memory', 'check_memory', 'layer_bytes', 'bs_in_memory', 'check_scaled']
 
@@ -46,9 +47,12 @@ def check_memory(a, # The checked settings of `flowers.train.train`, with the sc
     free = free_memory(device)
     if free is None: return
     act,n_params = activation_bytes(a.arch, a.head, a.stride, a.context, a.size, a.stem)
-    need = act*a.bs*KEPT[precision] + 4*4*n_params # and the weights, their gradients and Adam's 2 moments
+    # data-parallel processes on a CPU share its memory, where each GPU's is its own
+    procs = local_procs() if torch.device(device).type=='cpu' else 1
+    need = (act*a.bs*KEPT[precision] + 4*4*n_params)*procs # and the weights, their gradients and Adam's 2 moments
     if need <= free: return
-    raise FlowersError(f"--size {a.size} with --bs {a.bs}: one training step would need at least {need/2**30:.1f} GB, and this machine has "
+    each = f" ({procs} processes on this machine, each --bs {a.bs})" if procs>1 else ''
+    raise FlowersError(f"--size {a.size} with --bs {a.bs}: one training step would need at least {need/2**30:.1f} GB{each}, and this machine has "
                        f"{free/2**30:.1f} GB free. Lower --size or --bs (the memory grows with bs x size²; {a.size//2} px needs a quarter)")
 
 def layer_bytes(model, # A network, on PyTorch's meta device (no memory, no arithmetic) or a real one (a forward pass: about 10 ms at 80 px)

@@ -116,6 +116,17 @@ def test_memory_estimate_bounds_a_real_run(flower_data):
     grew = int(r.stdout.split()[-1])
     assert grew > act*8*KEPT['fp32'], (grew, act*8)
 
+def test_memory_check_counts_every_cpu_process(monkeypatch):
+    "Data-parallel processes on a CPU share its memory: a step that fits one process is refused for 4 on this machine"
+    from fastcore.basics import AttrDict
+    from flowers.memory import activation_bytes, check_memory, free_memory, KEPT
+    act,n_params = activation_bytes('resnet18', 'map', 8, 0, 256)
+    bs = int(.4*free_memory('cpu')/(act*KEPT['fp32'])) # about 40% of what is free now
+    a = AttrDict(arch='resnet18', head='map', stride=8, context=0, size=256, stem=2, bs=bs)
+    check_memory(a, 'fp32', 'cpu')
+    monkeypatch.setenv('WORLD_SIZE', '4'); monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    with pytest.raises(FlowersError, match=re.escape(f'(4 processes on this machine, each --bs {bs})')): check_memory(a, 'fp32', 'cpu')
+
 def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path):
     "A run that fails in a folder the user already had removes nothing of theirs"
     out = tmp_path/'mine'; out.mkdir(); (out/'notes.txt').write_text('mine')
