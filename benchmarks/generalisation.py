@@ -45,7 +45,7 @@ RECIPES = dict(
     stem4 = dict(stem=4), # the first convolution stepping 4 pixels, at 160 px: the GPU's schedule (results/generalisation_stem4*.json, run as a /tmp patch of the same)
     stem4e28 = dict(stem=4, epochs=28), # the same in 28 epochs, about the no-flag run's 5 minutes on a 2-core CPU: its epochs take a fifth longer than at 80 px
     stem4s144 = dict(stem=4, size=144), # the stem of 4 at 144 px (a 9 x 9 map), 36 epochs
-    fp32 = dict(precision='fp32'), # the schedule of CPUs without native bf16 (64 px, batches of 16, no context), as it is
+    fp32 = dict(precision='fp32'), # the schedule of CPUs without native bf16 (64 px, batches of 16, no context), as it is: 24 epochs since they were fitted to the minutes, 14 in the rows before
     fp32bn = dict(precision='fp32', norm='bn', epochs=15), # that schedule before IBN: the rows named 'fp32' in results/generalisation_fp32ibn*.json
     fp32ibn = dict(precision='fp32', norm='ibn', epochs=15), # IBN blocks in its 15 epochs: slower (benchmarks/README.md)
     fp32ibn14 = dict(precision='fp32', norm='ibn', epochs=14), # in 14, about batch norm's time for 15: the fp32 default since

@@ -155,11 +155,14 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
     # timed as the fit will run, each process on its share and their gradients averaged; the first process's count for all
     with ddp_ctx(learn): per = time_batches(learn)
     elapsed += time.time() - t
-    n = broadcast_obj(max(1, budget_epochs(per, elapsed, reference, minutes, fp32, procs=procs) - (freeze_epochs or 0)))
+    fit = broadcast_obj(budget_epochs(per, elapsed, reference, minutes, fp32, procs=procs))
+    n = max(1, fit - (freeze_epochs or 0))
     if rank_distrib()==0:
+        # a run given more minutes than that many epochs take ends sooner: said, or `--minutes 15` looks like a 15-minute run
+        most = f", and at most {MAX_SCALE} times that, as far as more epochs were measured to help" if fit>=MAX_SCALE*reference else ''
         print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
               f"a validation image {per[1]*1e3:.1f} ms{f' in each of {procs} processes' if procs>1 else ''}; "
-              f"the schedule's {reference}){hint}")
+              f"the schedule's {reference}{most}){hint}")
     # the minutes are the default data set's: a larger one's epochs may take as much longer as its epochs do
     epoch = _epoch_seconds(per, (len(learn.dls.train_ds), len(learn.dls.valid_ds)), procs)
     scale = max(1., epoch/_epoch_seconds(per, procs=procs))

@@ -25,6 +25,15 @@ def _tiny_learner(csv):
     set_seed(3)
     return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=True), resnet18, pretrained=False)
 
+def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
+    "Minutes enough for more epochs than the budget trains: the run would end sooner than asked, so it says why"
+    from flowers.budget import fit_epochs
+    n,keep = fit_epochs(_tiny_learner(flower_data[1]), 1, minutes=60)
+    out = capsys.readouterr().out
+    assert n==MAX_SCALE and f"{n} epochs fit 60 minutes" in out and f"at most {MAX_SCALE} times that" in out and keep.end > time.time()
+    n,_ = fit_epochs(_tiny_learner(flower_data[1]), 1000, minutes=.5) # fewer than the cap: not said
+    assert n < MAX_SCALE*1000 and 'at most' not in capsys.readouterr().out
+
 def test_timing_leaves_the_learner_as_it_was(flower_data):
     "`time_batches` measures by training, then puts the weights and every random stream back, as `lr_find` does"
     learn = _tiny_learner(flower_data[1])
