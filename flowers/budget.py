@@ -77,6 +77,10 @@ def finish_seconds(per_image, # (training, validation) seconds per image, from `
     # calibration's fingerprints of every image, in training's precision, and the exported model's count of the validation images
     return (nt + nv)*per_image[1] + nv*per_image[1]*fp32 + REPORT_S
 
+def _epochs_seconds(per_image, elapsed, minutes, share, fp32=1.) -> float:
+    "Seconds the default data set's epochs may take: `share` of `minutes`, less what the run took before them and what follows them"
+    return minutes*60*share - elapsed - finish_seconds(per_image, fp32)
+
 def budget_epochs(per_image, # (training, validation) seconds per image, from `time_batches`
                   elapsed, # Seconds the run has taken so far: imports, data generation, decoding, `lr_find`
                   reference, # The schedule's epochs, set for its machines; at most `MAX_SCALE` times it
@@ -86,7 +90,7 @@ def budget_epochs(per_image, # (training, validation) seconds per image, from `t
                  ) -> int:
     "Epochs of the default data set (`YARDSTICK`) that fit `minutes`, with what follows them: at least 1"
     epoch = _epoch_seconds(per_image, procs=procs)
-    fit = int((minutes*60*MARGIN - elapsed - finish_seconds(per_image, fp32))//epoch) if epoch>0 else reference
+    fit = int(_epochs_seconds(per_image, elapsed, minutes, MARGIN, fp32)//epoch) if epoch>0 else reference
     return max(1, min(MAX_SCALE*reference, fit))
 
 def _cycle_pct(cut, epoch, it=0, n_iter=1) -> float:
@@ -166,4 +170,4 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
     # the minutes are the default data set's: a larger one's epochs may take as much longer as its epochs do
     epoch = _epoch_seconds(per, (len(learn.dls.train_ds), len(learn.dls.valid_ds)), procs)
     scale = max(1., epoch/_epoch_seconds(per, procs=procs))
-    return n,KeepBudget(time.time() + scale*(minutes*60*KEEP - elapsed - finish_seconds(per, fp32)), timed=epoch)
+    return n,KeepBudget(time.time() + scale*_epochs_seconds(per, elapsed, minutes, KEEP, fp32), timed=epoch)
