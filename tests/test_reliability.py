@@ -288,6 +288,13 @@ def test_resume_goes_on_with_a_kept_budget(flower_data, tmp_path):
     assert r.returncode==0, r.stderr
     assert json.loads((out/'metrics.json').read_text())['epochs']==done + 1 and len(pd.read_csv(out/'history.csv'))==done + 1
 
+def test_the_cli_says_when_the_epochs_are_capped(flower_data, tmp_path):
+    "--minutes that would fit more than 3 times the schedule's epochs: the run ends sooner than asked, and its first line says why"
+    out = tmp_path/'run'
+    said,_ = _interrupted(_train_cmd(flower_data[0], out, '--minutes', '60'), out)
+    n,ref = map(int, re.search(r"(\d+) epochs fit 60 minutes on this machine \(.*; the schedule's (\d+), and at most 3 times that", said).groups())
+    assert n==3*ref and json.loads((out/'state.json').read_text())['args']['epochs']==n
+
 def test_resume_needs_a_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode==2 and 'only a run that was interrupted can be resumed' in r.stderr
