@@ -62,7 +62,7 @@ def _one_line(message, category, filename, lineno, line=None): return f'warning:
 
 @contextmanager
 def user_errors():
-    "In a CLI's `main`: a `FlowersError` prints its message and exits with code 2, without a traceback; warnings print as one line"
+    "In a CLI's `main`: a `FlowersError` prints its message and exits with code 2, without a traceback; warnings print as one line; a closed pipe ends it quietly"
     old,warnings.formatwarning = warnings.formatwarning,_one_line
     try: yield
     except FlowersError as e:
@@ -70,6 +70,10 @@ def user_errors():
         rank,world = os.environ.get('RANK', '0'),os.environ.get('WORLD_SIZE', '1')
         sys.stderr.write(f"error{f' (rank {rank} of {world})' if world not in ('', '1') else ''}: {e}\n")
         sys.exit(2)
+    except BrokenPipeError:
+        # `| head` took what it wanted and closed the pipe: a traceback said so, and another as Python flushed stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141) # 128 + SIGPIPE, as the shell's own tools end there
     finally: warnings.formatwarning = old
 
 def _interrupt(signum, frame): raise KeyboardInterrupt

@@ -227,6 +227,22 @@ def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
         count = float(cmap.sum())
     return count,why
 
+def show_table(df, # A table from `predict_table`
+              ) -> str:
+    "`df` as printed: numbers right-aligned, words left-aligned, and each row's note or error last, unpadded"
+    # a phone photo's note (its size, and how to count it by windows) padded every row of pandas' table to ~300 characters: each wrapped
+    d = df.drop(columns=[c for c in ('note','error') if c in df])
+    why = df['error'].map(lambda e: e and f'error: {e}')
+    if 'note' in df: why = why.where(why!='', df['note'])
+    if (why!='').any(): d['note'] = why
+    cols = []
+    for c in d.columns:
+        num = pd.api.types.is_float_dtype(d[c])
+        cells = [c] + [('' if np.isnan(v) else f'{v:.2f}') if num else str(v) for v in d[c]]
+        w = max(map(len, cells))
+        cols.append([v.rjust(w) if num else v.ljust(w) for v in cells])
+    return '\n'.join('  '.join(row).rstrip() for row in zip(*cols))
+
 def tile_note(counter, # A `Counter`
               tile, # `--tile`, as given
              ) -> str:
@@ -283,7 +299,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
         if out:
             write_table(df, out) # atomic: a table written over is never left half-written
             print(f'Wrote {len(df)} rows to {out}')
-        else: print(df.to_string(index=False, float_format=lambda v: f'{v:.2f}', na_rep=''))
+        else: print(show_table(df))
         if scored: print(scored)
         left = df.attrs['interrupted']
         n_bad = int((df['error']!='').sum()) - (left or 0)

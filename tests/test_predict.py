@@ -179,6 +179,29 @@ def test_cli_prints_table_from_csv(trained, flower_data):
     assert lines[0].split()[:3]==['image','count','true'] and len(lines)==50
     assert lines[-1].startswith('On the 48 images with a true count: MAE ')
 
+def test_cli_table_keeps_rows_short_beside_a_long_note(trained, flower_data, tmp_path):
+    "A photo far larger than the training images gets a long note: printed last on its own row, it no longer pads every other row to its width"
+    shutil.copy(flower_data[0]/'images'/'00000.jpg', tmp_path/'field.jpg')
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(tmp_path/'photo.jpg')
+    (tmp_path/'broken.jpg').write_bytes((tmp_path/'field.jpg').read_bytes()[:200])
+    r = run_predict(trained, tmp_path)
+    assert r.returncode==1, r.stderr # one image could not be counted
+    header,*lines = r.stdout.splitlines()
+    rows = {Path(l.split()[0]).stem: l for l in lines}
+    assert header.split()[:2]==['image','count'] and header.split()[-1]=='note' and sorted(rows)==['broken','field','photo'], r.stdout
+    assert "--tile auto" in rows['photo'] and len(rows['field']) < len(rows['photo']) - 100, r.stdout # not padded to the photo's note
+    assert 'error: ' in rows['broken'] and 'broken.jpg: ' in rows['broken'] and rows['broken']==rows['broken'].rstrip()
+    # the counts stay in one column: each ends where the header's 'count' does
+    end = header.index('count') + len('count')
+    assert rows['field'][:end].endswith(f" {load_counter(trained).predict(tmp_path/'field.jpg'):.2f}"), r.stdout
+
+def test_cli_closed_pipe_ends_quietly(trained, flower_data):
+    "`flowers.predict ... | head -1`: the reader gone before the table is printed ends the command with 141, as the shell's tools, not a traceback"
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.predict', str(trained), str(flower_data[0]/'images')], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close() # long before the model is loaded and the table printed
+    err = p.stderr.read().decode(); p.wait(timeout=300)
+    assert p.returncode==141 and 'Traceback' not in err and 'BrokenPipe' not in err, err
+
 def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_data, tmp_path):
     "Its `count` column is a model's: scored as true counts it said 'MAE 0.00'; a run's predictions.csv (true counts beside predicted ones) still scores, its images found"
     items = [flower_data[0]/'images'/'00000.jpg', flower_data[0]/'images'/'00001.jpg']
