@@ -11,7 +11,7 @@ from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_a
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
-__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table', 'tile_note']
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table', 'show_table', 'tile_note']
 
 def __getattr__(name):
     "`flowers.counter`'s names, here too, where scripts written before the split find them"
@@ -227,6 +227,8 @@ def _tile_or_map(counter, item, name, tile, maps, j, flag=False):
         count = float(cmap.sum())
     return count,why
 
+def _printable(s): return ''.join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s) # a name's newline or escape code, shown as written
+
 def show_table(df, # A table from `predict_table`
               ) -> str:
     "`df` as printed: numbers right-aligned, words left-aligned, and each row's note or error last, unpadded"
@@ -238,7 +240,7 @@ def show_table(df, # A table from `predict_table`
     cols = []
     for c in d.columns:
         num = pd.api.types.is_float_dtype(d[c])
-        cells = [c] + [('' if np.isnan(v) else f'{v:.2f}') if num else str(v) for v in d[c]]
+        cells = [c] + [('' if np.isnan(v) else f'{v:.2f}') if num else _printable(str(v)) for v in d[c]]
         w = max(map(len, cells))
         cols.append([v.rjust(w) if num else v.ljust(w) for v in cells])
     return '\n'.join('  '.join(row).rstrip() for row in zip(*cols))

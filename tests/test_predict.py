@@ -184,11 +184,12 @@ def test_cli_table_keeps_rows_short_beside_a_long_note(trained, flower_data, tmp
     shutil.copy(flower_data[0]/'images'/'00000.jpg', tmp_path/'field.jpg')
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(tmp_path/'photo.jpg')
     (tmp_path/'broken.jpg').write_bytes((tmp_path/'field.jpg').read_bytes()[:200])
+    shutil.copy(tmp_path/'field.jpg', tmp_path/'two\nlines.jpg') # a name's newline is shown, not printed: one row is one line
     r = run_predict(trained, tmp_path)
     assert r.returncode==1, r.stderr # one image could not be counted
     header,*lines = r.stdout.splitlines()
     rows = {Path(l.split()[0]).stem: l for l in lines}
-    assert header.split()[:2]==['image','count'] and header.split()[-1]=='note' and sorted(rows)==['broken','field','photo'], r.stdout
+    assert header.split()[:2]==['image','count'] and header.split()[-1]=='note' and sorted(rows)==['broken','field','photo','two\\nlines'], r.stdout
     assert "--tile auto" in rows['photo'] and len(rows['field']) < len(rows['photo']) - 100, r.stdout # not padded to the photo's note
     assert 'error: ' in rows['broken'] and 'broken.jpg: ' in rows['broken'] and rows['broken']==rows['broken'].rstrip()
     # the counts stay in one column: each ends where the header's 'count' does
