@@ -198,16 +198,20 @@ _NUM,_PATH = (int, float),(str, type(None))
 _STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH, cut=(dict, type(None))) # as `train` writes them
 _ARG_FIELDS = dict(data=_PATH, img_dir=_PATH, weights=_PATH, out=_PATH, fn_col=str, label_col=str) # those `check_args` does not check
 
+def _is(v, t) -> bool:
+    "`isinstance(v, t)`, but a bool is no number: JSON's `true` is Python's 1"
+    return isinstance(v, t) and (not isinstance(v, bool) or bool in (t if isinstance(t, tuple) else (t,)))
+
 def _odd_field(state) -> str:
     "What is wrong with the first field of `state` that no run writes ('field lr is 'fast''), or ''"
     # an edited state.json was a traceback from deep inside the resumed run (a format code, a slice, a path of a number)
     best = state.get('best')
     for d,fields,pre in ((state, _STATE_FIELDS, ''), (state['args'], _ARG_FIELDS, 'args.')):
         for k,t in fields.items():
-            if k in d and not isinstance(d[k], t): return f"field {pre}{k} is {d[k]!r}"
-    if isinstance(best, dict) and not all(isinstance(best.get(k), _NUM) for k in ('epoch','valid_loss','mae')): return f"field best is {best!r}"
+            if k in d and not _is(d[k], t): return f"field {pre}{k} is {d[k]!r}"
+    if isinstance(best, dict) and not all(_is(best.get(k), _NUM) for k in ('epoch','valid_loss','mae')): return f"field best is {best!r}"
     cut = state.get('cut')
-    if isinstance(cut, dict) and not (isinstance(cut.get('epoch'), int) and isinstance(cut.get('epochs'), int) and isinstance(cut.get('pct'), _NUM)
+    if isinstance(cut, dict) and not (_is(cut.get('epoch'), int) and _is(cut.get('epochs'), int) and _is(cut.get('pct'), _NUM)
                                       and 0 <= cut['pct'] < 1 and 0 <= cut['epoch'] < cut['epochs']): return f"field cut is {cut!r}"
     return ''
 

@@ -274,6 +274,8 @@ def test_images_folder_may_be_a_link(flower_data, tmp_path):
     ('{"args": {"data": 5}, "lr": 0.001}', 'not a readable run state (field args.data is 5)'), # tracebacks from deep inside the resumed run
     ('{"args": {}, "lr": "fast", "epochs_done": 2}', "not a readable run state (field lr is 'fast')"),
     ('{"args": {}, "lr": 0.001, "cut": {"epoch": 5, "pct": 0.5, "epochs": 3}}', 'not a readable run state (field cut is'), # a kept budget's epochs
+    ('{"args": {}, "lr": 0.001, "epochs_done": true}', 'not a readable run state (field epochs_done is True)'), # JSON's true is Python's 1
+    ('{"args": {}, "lr": 0.001, "cut": {"epoch": true, "pct": 0.5, "epochs": 3}}', 'not a readable run state (field cut is'),
 ])
 def test_corrupt_resume_state_exits_2(tmp_path, state, msg):
     run = tmp_path/'run'; run.mkdir()
