@@ -1,5 +1,5 @@
 """A training run once its settings are checked: the data, the learner, the learning rate, fastai's recipe, export and reports."""
-import hashlib, shutil, sys, time
+import hashlib, shlex, shutil, sys, time
 from pathlib import Path
 from fastai.vision.all import *
 from .errors import FlowersError
@@ -174,6 +174,9 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {m['r2']:.3f} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
+    # what to do next, as the tutorial's next cell would: the run folder is all `flowers.predict` needs
+    print(f"Count photos with it: python -m flowers.predict {shlex.quote(str(out))} YOUR_PHOTOS/ (in Python: "
+          f"load_learner({str(out/'export.pkl')!r}).predict(img))")
     return learn
 
 def _export(learn, out, a, precision):

@@ -243,6 +243,7 @@ def test_a_runs_predictions_keep_odd_names(flower_data, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(tmp_path), '--out', str(run), '--size', '32', '--bs', '8',
                         '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stderr
+    assert f"Count photos with it: python -m flowers.predict {run} YOUR_PHOTOS/" in r.stdout.splitlines()[-1] # what to run next
     with open(run/'predictions.csv', newline='') as f: cells = [row['image'] for row in csv.DictReader(f)]
     assert cells and set(cells) <= {"'"+n if n[0] in "='" else n for n in df['image']} # each a training name, defused
     r = run_predict(run, run/'predictions.csv') # the run's own images, found through metrics.json
