@@ -72,14 +72,28 @@ class TrainTime(Callback):
     def before_train(self): self.t = time.perf_counter()
     def after_train(self): self.secs += time.perf_counter()-self.t
 
-def train_speed(size=64, n=640, bs=None, arch=None, rounds=5):
-    "Training images/s (default: `train`'s arch, and the batch of the fp32 schedule): a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16"
+def _matmul_rate(n=2048, rounds=7):
+    "The machine's fp32 GFLOP/s on a large matrix product: about as fast as its cores multiply"
+    a,b = torch.randn(n, n),torch.randn(n, n)
+    return round(2*n**3/min(_times({'mm': lambda: a@b}, rounds)['mm'])/1e9)
+
+def _step_flops(m, x):
+    "FLOPs of a forward and backward of `m` on the batch `x`, as torch counts them"
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc: m(x).float().sum().backward()
+    m.zero_grad()
+    return fc.get_total_flops()
+
+def train_speed(size=None, n=640, bs=None, arch=None, rounds=5):
+    "Training images/s of the fp32 schedule's network (default: `train`'s arch): a flowers epoch (fastai, augmentation, metrics) vs a plain PyTorch loop over the same model and batches, in fp32 and bf16; and the plain loop's GFLOP/s against the machine's"
     warnings.filterwarnings('ignore')
     import inspect
     from flowers.train import train
     dflt = inspect.signature(train).parameters
-    from flowers.settings import SCHEDULES
-    bs,arch = bs or SCHEDULES['fp32']['bs'],arch or dflt['arch'].default # the batch size its earlier results were measured at
+    from flowers.settings import SCHEDULES, run_defaults
+    # the network a no-flag fp32 run trains (its norm, stem and head), not `count_learner`'s defaults
+    sched = run_defaults(SCHEDULES['fp32'], size=size)
+    size,bs,arch = sched['size'],bs or sched['bs'],arch or dflt['arch'].default
     import torch.nn.functional as F
     from flowers.data import count_dls
     from flowers.learner import count_learner
@@ -103,7 +117,7 @@ def train_speed(size=64, n=640, bs=None, arch=None, rounds=5):
         return partial(plain, m, torch.optim.Adam(m.parameters(), 1e-3), dtype)
     # each variant keeps its own model and optimizer: optimizer state in one memory layout and weights in another run slowly
     for p in ['fp32'] + (['bf16'] if bf16_cpu() else []):
-        learn = count_learner(dls, arch, pretrained=False, cbs=TrainTime())
+        learn = count_learner(dls, arch, context=sched['context'], pretrained=False, norm=sched['norm'], stem=sched['stem'], cbs=TrainTime())
         set_precision(learn, p) # which trains in channels_last on a CPU
         fs[p,'flowers'],fs[p,'plain'] = partial(flowers, learn),_plain(learn, torch.bfloat16 if p=='bf16' else None, torch.channels_last)
         if p=='fp32': fs[p,'plain NCHW'] = _plain(learn, None, torch.contiguous_format)
@@ -114,7 +128,13 @@ def train_speed(size=64, n=640, bs=None, arch=None, rounds=5):
                   f'time flowers / plain, {p}': _ratio(secs, (p,'flowers'), (p,'plain'))})
     r.update({'plain PyTorch loop, fp32, NCHW': round(n_train/min(secs['fp32','plain NCHW']), 1),
               'time channels_last / NCHW, fp32 plain loop': _ratio(secs, ('fp32','plain'), ('fp32','plain NCHW'))})
-    return {**r, 'arch': arch, 'size': size, 'bs': bs, 'peak memory (MB)': _peak_mb()}
+    # how near the cores' limit a step runs: what is left to gain without a cheaper network or another machine
+    x = batches[0][0].contiguous(memory_format=torch.channels_last)
+    flops = _step_flops(copy.deepcopy(learn.model).train().to(memory_format=torch.channels_last), x)/len(x)
+    r.update({'GFLOP a training image (forward and backward)': round(flops/1e9, 3),
+              'plain PyTorch loop, fp32 (GFLOP/s)': round(flops*n_train/min(secs['fp32','plain'])/1e9),
+              'matrix product, fp32 (GFLOP/s)': _matmul_rate()})
+    return {**r, 'arch': arch, 'size': size, 'bs': bs, 'norm': sched['norm'], 'stem': sched['stem'], 'context': sched['context'], 'peak memory (MB)': _peak_mb()}
 
 def time_to_mae(target=1.0):
     "Seconds for the default `python -m flowers.train` to reach validation MAE <= `target`, from its history"

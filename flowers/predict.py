@@ -12,7 +12,7 @@ from .inputs import MAPS_MARK, take_shard, image_files, csv_images, find_images,
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
-__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table', 'show_table', 'tile_note']
+__all__ = ['Counter', 'load_counter', 'load_pkl', 'find_images', 'image_files', 'csv_images', 'true_counts', 'add_truth', 'take_shard', 'predict_table', 'show_table', 'tile_note']
 
 def __getattr__(name):
     "`flowers.counter`'s names, here too, where scripts written before the split find them"
