@@ -5,6 +5,7 @@ from flowers.predict import find_images, take_shard, load_counter, predict_table
 from flowers import FlowersError
 from flowers.distributed import check_gpus
 from test_predict import run_predict
+from conftest import predict_in_fresh_process
 
 CPU = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''} # the gloo path, on a machine with a GPU too
 def _cpu(tmp): return {**CPU, 'TMPDIR': str(tmp)} # torchrun's log folders go there: in /tmp each run left its own behind
@@ -46,11 +47,8 @@ def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
     assert not any(p.name.startswith('.') for p in out.iterdir()) # no temporary files from two writers
     assert not (out/'state.json').exists() and not (out/'checkpoint.pth').exists()
     img = sorted((flower_data[0]/'images').glob('*.jpg'))[0]
-    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(out/'export.pkl')!r}).predict({str(img)!r})[0][0]))"
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
-    assert r.returncode==0, r.stderr
     # the plain pickle in a fresh process counts as the safe format does: one model, written whole by one process
-    assert abs(float(r.stdout.strip().splitlines()[-1]) - load_counter(out/'model.safetensors', precision='fp32').predict(img)) < 1e-3
+    assert abs(predict_in_fresh_process(out/'export.pkl', img) - load_counter(out/'model.safetensors', precision='fp32').predict(img)) < 1e-3
 
 def test_validation_covers_everything(ddp_run, trained):
     "Metrics come from the whole validation set gathered from both processes"

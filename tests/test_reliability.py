@@ -7,6 +7,7 @@ from flowers.images import open_image
 from flowers.data import read_counts
 from flowers.predict import load_counter
 from fastai.vision.all import Callback
+from conftest import predict_in_fresh_process
 
 def _png(w, h, bits, kind, raw=b''):
     "A PNG file of `w` x `h` pixels, `bits` a sample, colour type `kind`, from its unfiltered rows `raw`, made by hand: Pillow writes neither kind"
@@ -181,19 +182,13 @@ def _interrupted(cmd, out, wait=0.):
     assert p.returncode==130, err
     return said,err
 
-def _loads_in_fresh_process(pkl, img):
-    code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(pkl)!r}).predict({str(img)!r})[0][0]))"
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert r.returncode==0, r.stderr
-    return float(r.stdout.split()[-1])
-
 def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     out = tmp_path/'run'
     _,err = _interrupted(_train_cmd(flower_data[0], out, '--epochs', '6'), out, wait=0.3) # into the next epoch
     assert 'saved the best model so far' in err and f'--resume {out}' in err and 'Traceback' not in err
     done = json.loads((out/'state.json').read_text())['epochs_done']
     assert 1 <= done < 6 and (out/'extent.pth').is_file() # the extent layer, which is the callback's, not the network's
-    _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
+    predict_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg') # written by the CLI's SIGINT handler
     assert load_counter(out/'model.safetensors').predict(flower_data[0]/'images'/'00000.jpg') > 0
     saved = {f.name: f.read_bytes() for f in out.iterdir()}
     again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '6'), capture_output=True, text=True, timeout=300) # the same command again, without --resume
@@ -259,36 +254,27 @@ def test_one_extent_layer_teaches_every_fit_of_a_run(flower_data, tmp_path):
     learn.export(tmp_path/'export.pkl')
     assert ps.extent is not None and load_learner(tmp_path/'export.pkl').point_supervision.extent is None # and an export carries none
 
-def test_interrupted_run_saves_its_default_schedule(flower_data, tmp_path):
-    "No --epochs: the CLI saves the epochs it fitted to the budget, so --resume finishes that schedule, whatever the machine does then; and an older state resumes its head"
+def test_interrupted_run_saves_its_default_schedule_and_resumes_its_cut(flower_data, tmp_path):
+    """No --epochs: the CLI saves the epochs it fitted to the budget, so --resume finishes that schedule, whatever the machine does then,
+    or the cut `KeepBudget` made of it (written here as `Checkpoint` saves one); and an older state resumes its head"""
     from flowers.settings import SCHEDULES
     out = tmp_path/'run'
-    # bf16 (emulated where the CPU lacks it) is the schedule whose head has context: an older state must not get it; its emulation
-    # fitted 3 epochs in 2 minutes of the default data on the fp32 EPYC, and a loaded CI machine fits fewer: 5 leave epochs to resume
+    # bf16 (emulated where the CPU lacks it) is the schedule whose head has context: an older state must not get it. The minutes are
+    # the default data's: its emulation fitted 3 epochs in 2 minutes on the fp32 EPYC, and a loaded CI machine fewer; 5 leave room for a cut
     said,_ = _interrupted(_train_cmd(flower_data[0], out, '--precision', 'bf16', '--context', '0', '--minutes', '5'), out)
     state,fitted = json.loads((out/'state.json').read_text()),int(re.search(r'(\d+) epochs fit 5 minutes', said)[1])
     assert state['args']['epochs']==fitted and state['args']['size']==32 and state['args']['precision']=='bf16'
     assert SCHEDULES['fast']['context'] > 0 and state['args']['norm']=='ibn' # the schedule's norm, resolved, is resumed as it was
+    done = state['epochs_done']
+    assert done + 1 < fitted
+    state['cut'] = dict(epoch=done, pct=done/fitted, epochs=done + 1); state['args']['epochs'] = done + 1 # as `Checkpoint` saves a cut
     del state['args']['context'] # as saved before the head's dilated layers were: its checkpoint fits the plain head only
     (out/'state.json').write_text(json.dumps(state))
     r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stderr
     assert r.stdout.count('epochs fit')==0 # the resumed run measured nothing: its epochs were saved
-    assert json.loads((out/'metrics.json').read_text())['context']==0 and len(pd.read_csv(out/'history.csv'))==fitted
-
-def test_resume_goes_on_with_a_kept_budget(flower_data, tmp_path):
-    "A run cut to fewer epochs to keep its minutes (`KeepBudget`; its cut written here as `Checkpoint` saves one) and interrupted: --resume takes the cut, trains to it and reports that many"
-    out = tmp_path/'run'
-    # the minutes are the default data's, so a loaded CI machine fits 2 in 2 minutes: 10 leave room for a cut, and the run stops after 1 anyway
-    said,_ = _interrupted(_train_cmd(flower_data[0], out, '--minutes', '10'), out)
-    state,fitted = json.loads((out/'state.json').read_text()),int(re.search(r'(\d+) epochs fit 10 minutes', said)[1])
-    done = state['epochs_done']
-    assert done + 1 < fitted
-    state['cut'] = dict(epoch=done, pct=done/fitted, epochs=done + 1); state['args']['epochs'] = done + 1 # as `Checkpoint` saves a cut
-    (out/'state.json').write_text(json.dumps(state))
-    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--resume', str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode==0, r.stderr
-    assert json.loads((out/'metrics.json').read_text())['epochs']==done + 1 and len(pd.read_csv(out/'history.csv'))==done + 1
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['context']==0 and m['epochs']==done + 1 and len(pd.read_csv(out/'history.csv'))==done + 1
 
 def test_the_cli_says_when_the_epochs_are_capped(flower_data, tmp_path):
     "--minutes that would fit more than 3 times the schedule's epochs: the run ends sooner than asked, and its first line says why"
@@ -322,8 +308,7 @@ T.train({str(flower_data[0])!r}, out={str(out)!r}, overwrite=True, size=32, bs=8
     for line in p.stdout:
         if 'WRITING' in line: break
     p.kill(); p.wait()
-    assert (out/'export.pkl').read_bytes()==before
-    _loads_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg')
+    assert (out/'export.pkl').read_bytes()==before # the session's model, byte for byte, which loads in a fresh process (test_train)
     assert list(out.glob('.export.tmp*'))
     train_again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '1', '--overwrite'), capture_output=True, text=True, timeout=300)
     assert train_again.returncode==0 and not list(out.glob('.*.tmp*')) # the next run clears what the killed one left
