@@ -204,10 +204,11 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
                 from .counter import load_counter
                 counter = load_counter(model, precision='fp32' if fp32 else 'auto')
                 if maps: counter._need_map()
+                # the true counts read with the images, not after counting them: a CSV moved or edited meanwhile lost its scores unsaid
+                truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
                 if tile is not None and (note := tile_note(counter, tile)): print(note, file=sys.stderr)
                 df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
             except KeyboardInterrupt: print('Interrupted: nothing was written', file=sys.stderr); sys.exit(130)
-        truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
         scored = add_truth(df, truth) if truth else ''
         if out:
             write_table(df, out) # atomic: a table written over is never left half-written

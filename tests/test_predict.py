@@ -171,6 +171,19 @@ def test_cli_stopped_by_its_job_writes_what_it_counted(trained, flower_data, tmp
         if tile: assert left.sum() >= 1 and drawn <= pngs and len(pngs) <= done.sum()+1
         else: assert done.all() and pngs < drawn and 'not every count-map picture' in err
 
+def test_a_csv_moved_while_counting_is_still_scored(trained, flower_data, tmp_path):
+    "Its true counts were read again after the images were counted: a CSV moved (or edited) meanwhile lost its MAE, unsaid"
+    df = pd.read_csv(flower_data[1])[:16]; df['image'] = [str(flower_data[0]/'images'/f) for f in df['image']]
+    csv,maps = tmp_path/'mine.csv',tmp_path/'maps'
+    df.to_csv(csv, index=False)
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.predict', str(trained), str(csv), '--maps', str(maps), '--out', str(tmp_path/'o.csv')],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None and not list(maps.glob('*.png')): time.sleep(.02) # the pictures are drawn after the counting, one by one
+    csv.rename(tmp_path/'moved.csv')
+    said,err = p.communicate(timeout=120)
+    assert p.returncode==0 and len(list(maps.glob('*.png')))==16, err
+    assert 'On the 16 images with a true count: MAE ' in said, said + err
+
 def test_cli_prints_table_from_csv(trained, flower_data):
     "A CSV with counts: each true count beside the predicted one, and how far they were"
     r = run_predict(trained/'export.pkl', flower_data[1])
