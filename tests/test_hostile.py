@@ -156,13 +156,15 @@ def test_diverging_loss_stops_the_fit(flower_data):
     with pytest.raises(FlowersError, match=r"training diverged: the loss became nan in epoch 1; nothing was exported. Try a lower --lr than this run's 0.004 \(e.g. 0.002\)"):
         with learn.no_bar(): learn.fit_one_cycle(1, 4e-3)
 
-def test_metrics_json_is_strict_when_counts_are_all_equal(flower_data, tmp_path):
-    "R² is undefined when every count is the same: metrics.json says null, not NaN"
+def test_metrics_json_is_strict_when_counts_are_all_equal(flower_data, tmp_path, capsys):
+    "R² is undefined when every count is the same: metrics.json says null, not NaN, and the last line says why, not 'R² nan'"
     df = pd.read_csv(flower_data[1])[['image','count']].assign(count=3)
     df.to_csv(tmp_path/'counts.csv', index=False)
     train(tmp_path/'counts.csv', flower_data[0]/'images', out=tmp_path/'run', pretrained='no', size=32, epochs=1, bs=8) # the CLI's own call, without its imports
     m = _strict_json(tmp_path/'run'/'metrics.json')
     assert m['r2'] is None and math.isfinite(m['mae'])
+    said = capsys.readouterr().out
+    assert 'R² undefined (one count in every validation image)' in said and 'R² nan' not in said
 
 def _counts_csv(tmp_path, flower_data, text, name='counts.csv'):
     (tmp_path/name).write_text(text)
