@@ -8,14 +8,19 @@ elif not workers:
     os.environ.setdefault('OMP_NUM_THREADS', '2')
 from flowers.synth import make_flowers
 
-def predict_in_fresh_process(pkl, img):
-    "`img`'s count by `pkl` loaded with plain `load_learner` in a new Python, as another script loads it: nothing of flowers imported first"
+def load_learner_count(pkl, # An exported model
+                       img, # An image file
+                       fresh=False, # In a new Python, as another script loads it: nothing of flowers imported first
+                      ) -> float:
+    "`img`'s count by `pkl` loaded with plain `load_learner`; a new Python costs ~6 s of imports, so one test per kind of run asks `fresh`"
+    if not fresh:
+        from fastai.vision.all import load_learner
+        return float(load_learner(pkl).predict(img)[0][0])
     import subprocess, sys
     code = f"from fastai.vision.all import load_learner; print(float(load_learner({str(pkl)!r}).predict({str(img)!r})[0][0]))"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, cwd='/')
     assert r.returncode==0, r.stderr
     return float(r.stdout.strip().splitlines()[-1])
-
 
 @pytest.fixture(scope='session')
 def flower_data(tmp_path_factory):

@@ -5,7 +5,7 @@ from flowers.predict import find_images, take_shard, load_counter, predict_table
 from flowers import FlowersError
 from flowers.distributed import check_gpus
 from test_predict import run_predict
-from conftest import predict_in_fresh_process
+from conftest import load_learner_count
 
 CPU = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''} # the gloo path, on a machine with a GPU too
 def _cpu(tmp): return {**CPU, 'TMPDIR': str(tmp)} # torchrun's log folders go there: in /tmp each run left its own behind
@@ -48,7 +48,7 @@ def test_run_folder_complete_and_model_loads(ddp_run, trained, flower_data):
     assert not (out/'state.json').exists() and not (out/'checkpoint.pth').exists()
     img = sorted((flower_data[0]/'images').glob('*.jpg'))[0]
     # the plain pickle in a fresh process counts as the safe format does: one model, written whole by one process
-    assert abs(predict_in_fresh_process(out/'export.pkl', img) - load_counter(out/'model.safetensors', precision='fp32').predict(img)) < 1e-3
+    assert abs(load_learner_count(out/'export.pkl', img, fresh=True) - load_counter(out/'model.safetensors', precision='fp32').predict(img)) < 1e-3
 
 def test_validation_covers_everything(ddp_run, trained):
     "Metrics come from the whole validation set gathered from both processes"

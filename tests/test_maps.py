@@ -2,7 +2,7 @@
 import io, json, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.predict import load_counter
-from fastai.vision.all import load_learner
+from conftest import load_learner_count
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
 from flowers.density import map_stride, cell_strides, count_model, STEMS, MAP_CUTS, MAP_STRIDE, extent_targets, map_deviance, point_targets, pad_points
@@ -308,7 +308,7 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args,
     meta,pool = json.loads((out/'model.json').read_text()),'pool' in args
     assert meta['head']==('pool' if pool else 'map') and meta.get('stride')==(None if pool else 16) and meta.get('context')==(None if pool else 0)
     safe = load_counter(out/'model.safetensors', precision='fp32')
-    assert abs(float(load_learner(out/'export.pkl').predict(img)[0][0]) - safe.predict(img)) < 1e-3
+    assert abs(load_learner_count(out/'export.pkl', img) - safe.predict(img)) < 1e-3
     if pool:
         assert safe.stride is None
         from flowers.predict import main # the command's own function, in-process: two more starts of torch cost 12 s
@@ -346,6 +346,6 @@ def test_stems_train_and_load_in_both_formats(flower_data, tmp_path, stem, size)
     safe,pkl = load_counter(out/'model.safetensors', precision='fp32'),load_counter(out/'export.pkl', precision='fp32')
     assert body_stem(safe.model[0])==body_stem(pkl.model[0])==stem and safe.stride==pkl.stride==MAP_STRIDE*stem//2
     n = safe.predict(img)
-    assert abs(float(load_learner(out/'export.pkl').predict(img)[0][0]) - n) < 1e-3 and pkl.predict(img)==pytest.approx(n, abs=1e-4)
+    assert abs(load_learner_count(out/'export.pkl', img) - n) < 1e-3 and pkl.predict(img)==pytest.approx(n, abs=1e-4)
     assert abs(safe.count_map(img).sum() - n) <= .01*max(1., n) and abs(safe.count_map(img, tile='auto').sum() - safe.predict(img, tile='auto')) <= .01*max(1., n)
     assert safe.count_map(img).shape==Image.open(img).size[::-1]

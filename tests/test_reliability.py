@@ -7,7 +7,7 @@ from flowers.images import open_image
 from flowers.data import read_counts
 from flowers.predict import load_counter
 from fastai.vision.all import Callback
-from conftest import predict_in_fresh_process
+from conftest import load_learner_count
 
 def _png(w, h, bits, kind, raw=b''):
     "A PNG file of `w` x `h` pixels, `bits` a sample, colour type `kind`, from its unfiltered rows `raw`, made by hand: Pillow writes neither kind"
@@ -188,7 +188,7 @@ def test_sigint_saves_and_resume_finishes(flower_data, tmp_path):
     assert 'saved the best model so far' in err and f'--resume {out}' in err and 'Traceback' not in err
     done = json.loads((out/'state.json').read_text())['epochs_done']
     assert 1 <= done < 6 and (out/'extent.pth').is_file() # the extent layer, which is the callback's, not the network's
-    predict_in_fresh_process(out/'export.pkl', flower_data[0]/'images'/'00000.jpg') # written by the CLI's SIGINT handler
+    load_learner_count(out/'export.pkl', flower_data[0]/'images'/'00000.jpg', fresh=True) # written by the CLI's SIGINT handler
     assert load_counter(out/'model.safetensors').predict(flower_data[0]/'images'/'00000.jpg') > 0
     saved = {f.name: f.read_bytes() for f in out.iterdir()}
     again = subprocess.run(_train_cmd(flower_data[0], out, '--epochs', '6'), capture_output=True, text=True, timeout=300) # the same command again, without --resume

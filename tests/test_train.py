@@ -7,7 +7,7 @@ from flowers.fitting import SCRATCH_LR
 from flowers.precision import auto_precision, BF16Training
 from flowers.settings import SCHEDULES, default_schedule
 from flowers.learner import weights_file
-from conftest import predict_in_fresh_process
+from conftest import load_learner_count
 
 RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
 
@@ -40,7 +40,7 @@ def test_a_run_folder_among_photos_adds_no_photos(trained, tmp_path):
 
 def test_export_predicts_in_fresh_process(trained, flower_data):
     "The exported model in a new Python with plain `load_learner`, as other scripts load it: the session's model is the schedule's network, so one process shows it for the other tests' runs"
-    n = predict_in_fresh_process(trained/'export.pkl', flower_data[0]/'images'/'00003.jpg')
+    n = load_learner_count(trained/'export.pkl', flower_data[0]/'images'/'00003.jpg', fresh=True)
     assert 0 <= n < 50 # counts 0..8: a count map of a 2-epoch model stays near them
 
 SHOW = """
@@ -118,7 +118,7 @@ def test_the_machines_schedule_end_to_end(flower_data, tmp_path):
     assert m['precision']==auto_precision(default_device()) and f"{s['size']}px" in r.stdout
     assert [m[k] for k in ('size','stem','context','bs','lr','norm')]==[s[k] for k in ('size','stem','context','bs','lr','norm')]
     assert [meta[k] for k in ('size','stem','context','norm')]==[s[k] for k in ('size','stem','context','norm')]
-    assert float(load_learner(out/'export.pkl').predict(img)[0][0])==pytest.approx(load_counter(out/'model.safetensors', precision='fp32').predict(img), abs=1e-3)
+    assert load_learner_count(out/'export.pkl', img)==pytest.approx(load_counter(out/'model.safetensors', precision='fp32').predict(img), abs=1e-3)
 
 @pytest.mark.parametrize('given,pre,sched,want', [
     (dict(), False, 'gpu', dict(stem=4, size=160, norm='ibn')), # a GPU's: twice the pixels a side, the same maps as 80 px
@@ -223,7 +223,7 @@ def test_ibn_asked_with_weights_starts_from_them(flower_data, tmp_path):
     safe,pkl = load_counter(tmp_path/'run'),load_counter(tmp_path/'run'/'export.pkl')
     img = flower_data[0]/'images'/'00000.jpg'
     assert isinstance(safe.model[0][4][0].bn1, IBN) and safe.predict(img)==pytest.approx(pkl.predict(img), abs=1e-4)
-    assert float(load_learner(tmp_path/'run'/'export.pkl').predict(img)[0][0])==pytest.approx(pkl.predict(img), abs=1e-3) # and plain `load_learner`
+    assert load_learner_count(tmp_path/'run'/'export.pkl', img)==pytest.approx(pkl.predict(img), abs=1e-3) # and plain `load_learner`
 
 def test_ibn_from_batch_norm():
     "An IBN made from a batch norm: its batch-norm half is that norm's, and its instance-norm half keeps its scale and shift"
