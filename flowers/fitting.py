@@ -172,7 +172,7 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
                 dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col, preds) # no bar characters in logs
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
-    r2 = f"{m['r2']:.3f}" if m['r2']==m['r2'] else 'undefined (one count in every validation image)' # 'R² nan' read as a fault
+    r2 = f"{m['r2']:.3f}" if np.isfinite(m['r2']) else 'undefined (one count in every validation image)' # 'R² nan' read as a fault
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {r2} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
     # what to do next, as the tutorial's next cell would: the run folder is all `flowers.predict` needs
