@@ -38,3 +38,10 @@ def trained(flower_data, tmp_path_factory):
                         '--bs', '8', '--epochs', '2', '--pretrained', 'no', '--lr', 'find'], capture_output=True, text=True, timeout=600)
     assert r.returncode==0, r.stdout + r.stderr
     return out
+
+@pytest.fixture
+def short_schedules(monkeypatch):
+    "Every schedule's epochs a sixth (4 in fp32): a tiny data set fits 3 times as many in any budget, so its run ends by that cap, long before a cut"
+    # the real schedules' 24 or 36 make 72 or 108 epochs of a small set: the same path, six times the test's time
+    from flowers.settings import SCHEDULES
+    for s in SCHEDULES.values(): monkeypatch.setitem(s, 'epochs', s['epochs']//6)

@@ -1,6 +1,6 @@
 "The default epochs fitted to the time budget: measured on the run's own batches, the run that follows the same as one told them, and kept to it."
-import json, time, pytest, torch, numpy as np, pandas as pd
-from flowers.budget import budget_epochs, time_batches, KeepBudget, MAX_SCALE, YARDSTICK
+import json, os, time, pytest, torch, numpy as np, pandas as pd
+from flowers.budget import budget_epochs, budget_images, finish_seconds, time_batches, KeepBudget, MAX_SCALE, YARDSTICK
 from flowers.errors import FlowersError
 from flowers.train import train
 
@@ -18,12 +18,23 @@ def test_more_time_or_a_faster_machine_fits_more_epochs():
     epoch = YARDSTICK[0]*per[0] + YARDSTICK[1]*per[1]
     assert 30 + n*epoch + sum(YARDSTICK)*per[1] < 5*60 # the epochs and calibration's pass fit the 5 minutes
 
-def _tiny_learner(csv):
+def test_a_smaller_data_set_fills_the_minutes_with_more_epochs():
+    "Fewer images than the default set's: their own epochs that fit the minutes, up to 3x the schedule's; more images: the default set's epochs"
+    per,small = (5e-3, 2e-3),(320, 80)
+    assert budget_images(per, small)==small and budget_images(per, (16000, 4000))==YARDSTICK==budget_images(per, YARDSTICK)
+    assert budget_images(per, (1550, 600))==YARDSTICK # fewer trained, but more validated: a longer epoch than the default set's
+    n = budget_epochs(per, 30, 14, n=small)
+    assert budget_epochs(per, 30, 14) < n <= MAX_SCALE*14 and budget_epochs(per, 30, 40, n=small) > MAX_SCALE*14
+    epoch = small[0]*per[0] + small[1]*per[1]
+    assert 30 + budget_epochs(per, 30, 40, n=small)*epoch + finish_seconds(per, n=small) < 5*60 # its epochs and what follows fit the 5 minutes
+    assert finish_seconds(per, n=small) < finish_seconds(per) # calibrating and reporting 400 images is quicker than 2,000
+
+def _tiny_learner(csv, points=True):
     from flowers.data import count_dls
     from flowers.learner import count_learner
     from fastai.vision.all import resnet18, set_seed
     set_seed(3)
-    return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=True), resnet18, pretrained=False)
+    return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=points), resnet18, pretrained=False)
 
 def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
     "Minutes enough for more epochs than the budget trains: the run would end sooner than asked, so it says why"
@@ -33,6 +44,19 @@ def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
     assert n==MAX_SCALE and f"{n} epochs fit 60 minutes" in out and f"at most {MAX_SCALE} times that" in out and keep.end > time.time()
     n,_ = fit_epochs(_tiny_learner(flower_data[1]), 1000, minutes=.5) # fewer than the cap: not said
     assert n < MAX_SCALE*1000 and 'at most' not in capsys.readouterr().out
+
+def test_a_larger_data_set_says_how_long_it_will_take(flower_data, tmp_path, capsys):
+    "More images than the default set's: the default set's epochs, each longer, and the run says so: 'epochs fit 5 minutes' read as a 5-minute run"
+    from flowers.budget import fit_epochs
+    df,src = pd.read_csv(flower_data[1]),flower_data[0]/'images'
+    (tmp_path/'images').mkdir()
+    names = [f'{i:05d}.jpg' for i in range(2400)] # 1.2 times the default set: the fields of `flower_data` again, linked, not copied
+    for i,f in enumerate(names): os.link(src/df.image[i % len(df)], tmp_path/'images'/f)
+    pd.DataFrame(dict(image=names, count=[df['count'][i % len(df)] for i in range(len(names))])).to_csv(tmp_path/'counts.csv', index=False)
+    n,keep = fit_epochs(_tiny_learner(tmp_path/'counts.csv', points=False), 24, minutes=5)
+    out = capsys.readouterr().out
+    assert f"{n} epochs fit 5 minutes on this machine" in out and "An epoch of these 2,400 images takes 1.2 times the default set's 2,000: the run will take about " in out
+    assert n <= MAX_SCALE*24 and keep.end > time.time() + 60
 
 def test_timing_leaves_the_learner_as_it_was(flower_data):
     "`time_batches` measures by training, then puts the weights and every random stream back, as `lr_find` does"
@@ -81,7 +105,7 @@ def test_a_budget_in_time_is_left_alone(flower_data):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 3e-3, cbs=keep)
     assert keep.cut is None and len(learn.recorder.values)==3
 
-def test_a_fitted_run_is_the_run_told_its_epochs(flower_data, tmp_path, capsys):
+def test_a_fitted_run_is_the_run_told_its_epochs(flower_data, tmp_path, capsys, short_schedules):
     "No --epochs: the epochs that fit --minutes, said and recorded; its weights are those of a run given that many, to the bit"
     a = train(flower_data[1], out=tmp_path/'a', size=32, bs=8, pretrained='no', minutes=1.5)
     n = json.loads((tmp_path/'a'/'metrics.json').read_text())['epochs']
