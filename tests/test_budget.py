@@ -29,12 +29,12 @@ def test_a_smaller_data_set_fills_the_minutes_with_more_epochs():
     assert 30 + budget_epochs(per, 30, 40, n=small)*epoch + finish_seconds(per, n=small) < 5*60 # its epochs and what follows fit the 5 minutes
     assert finish_seconds(per, n=small) < finish_seconds(per) # calibrating and reporting 400 images is quicker than 2,000
 
-def _tiny_learner(csv, points=True):
+def _tiny_learner(csv, points=True, verify=True):
     from flowers.data import count_dls
     from flowers.learner import count_learner
     from fastai.vision.all import resnet18, set_seed
     set_seed(3)
-    return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=points), resnet18, pretrained=False)
+    return count_learner(count_dls(csv, size=32, bs=8, seed=3, points=points, verify=verify), resnet18, pretrained=False)
 
 def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
     "Minutes enough for more epochs than the budget trains: the run would end sooner than asked, so it says why"
@@ -53,7 +53,7 @@ def test_a_larger_data_set_says_how_long_it_will_take(flower_data, tmp_path, cap
     names = [f'{i:05d}.jpg' for i in range(2400)] # 1.2 times the default set: the fields of `flower_data` again, linked, not copied
     for i,f in enumerate(names): os.link(src/df.image[i % len(df)], tmp_path/'images'/f)
     pd.DataFrame(dict(image=names, count=[df['count'][i % len(df)] for i in range(len(names))])).to_csv(tmp_path/'counts.csv', index=False)
-    n,keep = fit_epochs(_tiny_learner(tmp_path/'counts.csv', points=False), 24, minutes=5)
+    n,keep = fit_epochs(_tiny_learner(tmp_path/'counts.csv', points=False, verify=False), 24, minutes=5) # the same images: checked once already
     out = capsys.readouterr().out
     assert f"{n} epochs fit 5 minutes on this machine" in out and "An epoch of these 2,400 images takes 1.2 times the default set's 2,000: the run will take about " in out
     assert n <= MAX_SCALE*24 and keep.end > time.time() + 60
