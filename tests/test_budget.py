@@ -42,8 +42,10 @@ def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
     n,keep = fit_epochs(_tiny_learner(flower_data[1]), 1, minutes=60)
     out = capsys.readouterr().out
     assert n==MAX_SCALE and f"{n} epochs fit 60 minutes" in out and f"at most {MAX_SCALE} times that" in out and keep.end > time.time()
-    n,_ = fit_epochs(_tiny_learner(flower_data[1]), 1000, minutes=.5) # fewer than the cap: not said
+    n,keep = fit_epochs(_tiny_learner(flower_data[1]), 1000, minutes=.5) # fewer than the cap: not said
     assert n < MAX_SCALE*1000 and 'at most' not in capsys.readouterr().out
+    # and they are this set's epochs, filling most of the half minute, not the ~0.5 s the default set's fitted epochs of it take
+    assert n*keep.timed > 10
 
 def test_a_larger_data_set_says_how_long_it_will_take(flower_data, tmp_path, capsys):
     "More images than the default set's: the default set's epochs, each longer, and the run says so: 'epochs fit 5 minutes' read as a 5-minute run"
