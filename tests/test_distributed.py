@@ -71,35 +71,19 @@ def _torchrun(script, csv, tmp_path):
     assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
-EXTENT_SCRIPT = """
-import sys, torch
+FIT_SCRIPT = """
+import sys, time, json, torch
 from fastai.vision.all import Callback
 from flowers.distributed import setup_ddp, teardown_ddp, ddp_ctx
+from flowers.budget import KeepBudget
 from flowers.data import count_dls
 from flowers.learner import count_learner
 class Keep(Callback): # each process's extent layer, as the fit ends
     def after_fit(self):
         torch.save(self.learn.point_supervision.extent.state_dict(), f'{sys.argv[2]}/extent{torch.distributed.get_rank()}.pth')
-setup_ddp()
+setup_ddp(); rank = torch.distributed.get_rank()
 learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
 with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Keep())
-teardown_ddp()
-"""
-
-def test_processes_teach_one_extent_layer(flower_data, tmp_path):
-    "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
-    _torchrun(EXTENT_SCRIPT, flower_data[1], tmp_path)
-    import torch
-    a,b = [torch.load(tmp_path/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and a['weight'].abs().sum() > 0
-
-KEEP_SCRIPT = """
-import sys, time, json, torch
-from flowers.distributed import setup_ddp, teardown_ddp, ddp_ctx
-from flowers.budget import KeepBudget
-from flowers.data import count_dls
-from flowers.learner import count_learner
-setup_ddp(); rank = torch.distributed.get_rank()
 learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
 keep = KeepBudget(end=time.time() + (0 if rank==0 else 600)) # out of time in the first process alone
 with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 3e-3, cbs=keep)
@@ -107,10 +91,23 @@ json.dump(dict(epochs=len(learn.recorder.values), lrs=learn.recorder.hps['lr']),
 teardown_ddp()
 """
 
-def test_processes_keep_the_first_ones_budget(flower_data, tmp_path):
+@pytest.fixture(scope='module')
+def ddp_fits(flower_data, tmp_path_factory):
+    "Two fits of `count_learner`s in 2 processes, in one torchrun (each start of it imports torch twice): one epoch keeping each process's extent layer, then six epochs with the first process out of time"
+    out = tmp_path_factory.mktemp('fits')
+    return out, _torchrun(FIT_SCRIPT, flower_data[1], out)
+
+def test_processes_teach_one_extent_layer(ddp_fits):
+    "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
+    import torch
+    out,_ = ddp_fits
+    a,b = [torch.load(out/f'extent{k}.pth', weights_only=True) for k in (0, 1)]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and a['weight'].abs().sum() > 0
+
+def test_processes_keep_the_first_ones_budget(ddp_fits):
     "A cut to the epochs that still fit is the first process's, in every process: one that stopped sooner would leave the others waiting"
-    r = _torchrun(KEEP_SCRIPT, flower_data[1], tmp_path)
-    a,b = [json.loads((tmp_path/f'keep{k}.json').read_text()) for k in (0, 1)]
+    out,r = ddp_fits
+    a,b = [json.loads((out/f'keep{k}.json').read_text()) for k in (0, 1)]
     assert a==b and a['epochs']==3 and r.stdout.count('after epoch 1: 2 epochs took')==1, r.stdout[-3000:]
 
 def test_shards_make_the_whole_table(trained, flower_data, tmp_path):

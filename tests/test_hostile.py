@@ -1,10 +1,11 @@
 "Careless and hostile inputs to training: never a silent untrained model, one message and exit 2, no folder left behind"
 import json, math, re, shutil, pandas as pd, pytest
-from test_train import run_cli
+from test_train import run_cli, train_here
 from flowers import FlowersError
 from flowers.train import train
 
 BASE = ['--pretrained', 'no', '--size', '32', '--epochs', '1']
+HERE = dict(pretrained='no', size=32, epochs=1) # BASE, as `train_here` takes it
 
 def _strict_json(path):
     def _no_constant(c): raise ValueError(f'{c} is not JSON')
@@ -127,21 +128,22 @@ def test_memory_check_counts_every_cpu_process(monkeypatch):
     monkeypatch.setenv('WORLD_SIZE', '4'); monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
     with pytest.raises(FlowersError, match=re.escape(f'(4 processes on this machine, each --bs {bs})')): check_memory(a, 'fp32', 'cpu')
 
-def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path):
+def test_failed_run_keeps_an_existing_folder(flower_data, tmp_path, capsys):
     "A run that fails in a folder the user already had removes nothing of theirs"
     out = tmp_path/'mine'; out.mkdir(); (out/'notes.txt').write_text('mine')
     csv = _csv(tmp_path, flower_data, is_valid='true')
-    r = run_cli('--data', csv, '--img-dir', flower_data[0]/'images', '--out', out, *BASE)
-    assert r.returncode==2 and (out/'notes.txt').read_text()=='mine'
+    code,_,err = train_here(capsys, data=str(csv), img_dir=str(flower_data[0]/'images'), out=str(out), **HERE)
+    assert code==2 and 'error: ' in err and (out/'notes.txt').read_text()=='mine'
 
-def test_default_run_folders_are_never_shared(flower_data, tmp_path):
+def test_default_run_folders_are_never_shared(flower_data, tmp_path, capsys, monkeypatch):
     "Runs started in one second (a sweep's loop) each get their own default folder; a default folder a failed run made is removed again"
     from flowers.settings import new_run_folder
     got = [new_run_folder(tmp_path/'models') for _ in range(5)]
     assert len(set(got))==5 and all(p.is_dir() and not any(p.iterdir()) and p.name.startswith('run-') for p in got)
     csv = _csv(tmp_path, flower_data, is_valid='true') # no training rows: refused once the data is read, after the folder is made
-    r = run_cli('--data', csv, '--img-dir', flower_data[0]/'images', *BASE, cwd=tmp_path)
-    assert r.returncode==2 and sorted((tmp_path/'models').iterdir())==got
+    monkeypatch.chdir(tmp_path)
+    code,_,err = train_here(capsys, data=str(csv), img_dir=str(flower_data[0]/'images'), **HERE)
+    assert code==2 and 'error: ' in err and sorted((tmp_path/'models').iterdir())==got
 
 def test_diverging_loss_stops_the_fit(flower_data):
     "A loss that stops being a number ends the fit with a clear error (train() then exports nothing)"

@@ -2,6 +2,7 @@
 import io, json, shutil, subprocess, sys, pytest, torch, numpy as np, pandas as pd
 from PIL import Image
 from flowers.predict import load_counter
+from flowers.train import train
 from conftest import load_learner_count
 from flowers.counter import WINDOW
 from flowers.safe import _net_sha256
@@ -298,14 +299,13 @@ def test_map_pictures_of_large_photos_are_drawn_small_and_in_place(trained, coun
     assert r.returncode==0, r.stderr
     assert abs(pd.read_csv(tmp_path/'c.csv')['count'][0] - c.predict(big)) <= 0.01*max(1., c.predict(big))
 
-@pytest.mark.parametrize('args', [['--head', 'pool'], ['--stride', '16', '--context', '0', '--method', 'pad']])
+@pytest.mark.parametrize('args', [dict(head='pool'), dict(stride=16, context=0, method='pad')])
 def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args, capsys):
-    "fastai's pooled head, and the coarser map and plain head of earlier defaults, padded (no test trained --method pad before): trained by the CLI, loaded by plain load_learner (in a fresh process: the session's model)"
+    "fastai's pooled head, and the coarser map and plain head of earlier defaults, padded (no test trained --method pad before): trained by `train`, loaded by plain load_learner (in a fresh process: the session's model, trained by the CLI)"
     out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
-    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8',
-                        '--epochs', '1', '--pretrained', 'no', *args], capture_output=True, text=True, timeout=600)
-    assert r.returncode==0, r.stderr
-    meta,pool = json.loads((out/'model.json').read_text()),'pool' in args
+    train(flower_data[0], out=out, size=32, bs=8, epochs=1, pretrained='no', **args) # the CLI's own function: a new Python costs 6 s of imports
+    capsys.readouterr() # its lines, apart from the messages below
+    meta,pool = json.loads((out/'model.json').read_text()),args.get('head')=='pool'
     assert meta['head']==('pool' if pool else 'map') and meta.get('stride')==(None if pool else 16) and meta.get('context')==(None if pool else 0)
     safe = load_counter(out/'model.safetensors', precision='fp32')
     assert abs(load_learner_count(out/'export.pkl', img) - safe.predict(img)) < 1e-3
@@ -333,14 +333,12 @@ def test_other_heads_train_and_load_in_both_formats(flower_data, tmp_path, args,
         assert load_counter(out/'model.safetensors', precision='fp32').predict(img)==safe.predict(img)
 
 @pytest.mark.parametrize('stem,size', [(3, 72), (4, 64)])
-def test_stems_train_and_load_in_both_formats(flower_data, tmp_path, stem, size):
-    "The stems of the CPU's and the GPU's schedules (3 and 4 pixels a step, on larger images): trained by the CLI, recorded, and counted alike by both formats and plain load_learner"
+def test_stems_train_and_load_in_both_formats(flower_data, tmp_path, stem, size, capsys):
+    "The stems of the CPU's and the GPU's schedules (3 and 4 pixels a step, on larger images): trained by `train` (the CLI's function), recorded, and counted alike by both formats and plain load_learner"
     from flowers.density import body_stem
     out,img = tmp_path/'run',flower_data[0]/'images'/'00001.jpg'
-    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(flower_data[0]), '--out', str(out), '--size', str(size), '--stem', str(stem),
-                        '--bs', '8', '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
-    assert r.returncode==0, r.stderr
-    assert f'{size}px, stem {stem},' in r.stdout
+    train(flower_data[0], out=out, size=size, stem=stem, bs=8, epochs=1, pretrained='no')
+    assert f'{size}px, stem {stem},' in capsys.readouterr().out
     meta,m = (json.loads((out/f).read_text()) for f in ('model.json', 'metrics.json'))
     assert meta['stem']==m['stem']==stem and meta['stride']==MAP_STRIDE*stem//2 # cells farther apart in pixels: the same map as at stem 2 on a smaller image
     safe,pkl = load_counter(out/'model.safetensors', precision='fp32'),load_counter(out/'export.pkl', precision='fp32')

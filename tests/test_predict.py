@@ -101,6 +101,18 @@ learn.export({str(tmp_path/'plugin.pkl')!r})
 def run_predict(*args):
     return subprocess.run([sys.executable, '-m', 'flowers.predict', *map(str, args)], capture_output=True, text=True, timeout=300)
 
+def predict_here(capsys, *args, **kw):
+    "`python -m flowers.predict` in this process, through its function `main` (a new Python costs 6 s of imports): exit code, stdout, stderr (its warnings too)"
+    import warnings
+    from flowers.predict import main
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        try: main(*map(str, args), **kw); code = 0
+        except SystemExit as e: code = e.code
+    out,err = capsys.readouterr()
+    return code, out, err + ''.join(f'{x.message}\n' for x in w)
+
 def test_cli_folder_with_corrupt_jpeg(trained, flower_data, tmp_path):
     for f in sorted((flower_data[0]/'images').glob('*.jpg'))[:5]: shutil.copy(f, tmp_path/f.name)
     (tmp_path/'sub').mkdir(); shutil.copy(flower_data[0]/'images'/'00010.jpg', tmp_path/'sub'/'deep.jpg')
@@ -216,7 +228,7 @@ def test_cli_closed_pipe_ends_quietly(trained, flower_data):
     err = p.stderr.read().decode(); p.wait(timeout=300)
     assert p.returncode==141 and 'Traceback' not in err and 'BrokenPipe' not in err, err
 
-def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_data, tmp_path):
+def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_data, tmp_path, capsys):
     "Its `count` column is a model's: scored as true counts it said 'MAE 0.00'; a run's predictions.csv (true counts beside predicted ones) still scores, its images found"
     items = [flower_data[0]/'images'/'00000.jpg', flower_data[0]/'images'/'00001.jpg']
     predict_table(load_counter(trained), items, show_progress=False).to_csv(tmp_path/'first.csv', index=False) # as `--out` writes it
@@ -224,11 +236,11 @@ def test_a_table_predict_wrote_is_counted_again_but_not_scored(trained, flower_d
     assert r.returncode==0 and 'its counts are a model\'s, not true counts' in r.stderr and 'MAE' not in r.stdout, r.stdout + r.stderr
     assert len(r.stdout.strip().splitlines())==3 # the header and both images, counted again
     # image,count,predicted,error: the validation images' true counts, named as in the training folder, which the run records
-    r = run_predict(trained, trained/'predictions.csv')
+    code,out,err = predict_here(capsys, trained, trained/'predictions.csv')
     n = len(pd.read_csv(trained/'predictions.csv'))
-    assert r.returncode==0 and f'On the {n} images with a true count' in r.stdout and 'not true counts' not in r.stderr, r.stdout + r.stderr
+    assert code==0 and f'On the {n} images with a true count' in out and 'not true counts' not in err, out + err
 
-def test_cli_table_is_safe_for_spreadsheets_and_counted_again(trained, flower_data, tmp_path):
+def test_cli_table_is_safe_for_spreadsheets_and_counted_again(trained, flower_data, tmp_path, capsys, monkeypatch):
     "A photo named =HYPERLINK(...) is text in the --out CSV, not a formula a spreadsheet would run; the table given back names the same photos"
     import csv
     names = ['=HYPERLINK("x",1).jpg', '+1.jpg', '-1.jpg', '@SUM(1).jpg', "'quoted.jpg", 'plain.jpg']
@@ -239,12 +251,13 @@ def test_cli_table_is_safe_for_spreadsheets_and_counted_again(trained, flower_da
     with open(tmp_path/'first.csv', newline='') as f: rows = list(csv.DictReader(f))
     assert [r['image'] for r in rows]==["'"+n if n[0] in "=+-@'" else n for n in names]
     assert len({r['count'] for r in rows})==1 and all(float(r['count'])>0 for r in rows) # one photo under six names
-    r = run('first.csv', '--out', 'again.csv')
-    assert r.returncode==0 and 'no such file' not in r.stderr, r.stderr
+    monkeypatch.chdir(tmp_path)
+    code,_,err = predict_here(capsys, trained, 'first.csv', out='again.csv')
+    assert code==0 and 'no such file' not in err, err
     with open(tmp_path/'again.csv', newline='') as f: again = list(csv.DictReader(f))
     assert [Path(r['image']).name for r in again]==names and all(r['error']=='' for r in again) # found, each under its full path
 
-def test_a_runs_predictions_keep_odd_names(flower_data, tmp_path):
+def test_a_runs_predictions_keep_odd_names(flower_data, tmp_path, capsys):
     "Trained on photos named like formulas: predictions.csv defuses them as --out does, and predict given it back finds and scores every one"
     import csv
     df = pd.read_csv(flower_data[1])
@@ -253,10 +266,9 @@ def test_a_runs_predictions_keep_odd_names(flower_data, tmp_path):
     for f,g in zip(pd.read_csv(flower_data[1])['image'], df['image']): shutil.copy(flower_data[0]/'images'/f, tmp_path/'images'/g)
     df.to_csv(tmp_path/'counts.csv', index=False)
     run = tmp_path/'run'
-    r = subprocess.run([sys.executable, '-m', 'flowers.train', '--data', str(tmp_path), '--out', str(run), '--size', '32', '--bs', '8',
-                        '--epochs', '1', '--pretrained', 'no'], capture_output=True, text=True, timeout=600)
-    assert r.returncode==0, r.stderr
-    assert f"Count photos with it: python -m flowers.predict {run} YOUR_PHOTOS/" in r.stdout.splitlines()[-1] # what to run next
+    from flowers.train import train
+    train(tmp_path, out=run, size=32, bs=8, epochs=1, pretrained='no') # the CLI's function; predict below is the CLI
+    assert f"Count photos with it: python -m flowers.predict {run} YOUR_PHOTOS/" in capsys.readouterr().out.splitlines()[-1] # what to run next
     with open(run/'predictions.csv', newline='') as f: cells = [row['image'] for row in csv.DictReader(f)]
     assert cells and set(cells) <= {"'"+n if n[0] in "='" else n for n in df['image']} # each a training name, defused
     r = run_predict(run, run/'predictions.csv') # the run's own images, found through metrics.json

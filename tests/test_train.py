@@ -8,12 +8,21 @@ from flowers.precision import auto_precision, BF16Training
 from flowers.settings import SCHEDULES, default_schedule
 from flowers.learner import weights_file
 from conftest import load_learner_count
+from test_predict import predict_here
 
 RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
 
 def run_cli(*args, env=None, **kw):
     return subprocess.run([sys.executable, '-m', 'flowers.train', *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600, **kw)
+
+def train_here(capsys, **kw):
+    "`python -m flowers.train` in this process, through its function `main` (a new Python costs 6 s of imports): exit code, stdout, stderr"
+    from flowers.train import main
+    capsys.readouterr()
+    try: main(**kw); code = 0
+    except SystemExit as e: code = e.code
+    return code, *capsys.readouterr()
 
 def test_cli_run_writes_everything(trained):
     out = trained
@@ -80,7 +89,7 @@ def test_random_init_defaults(flower_data, tmp_path):
     assert learn.dls.train.cache is None and learn.dls.valid.cache is None
     assert all(p.is_contiguous() and p.dtype==torch.float32 for p in learn.model.parameters())
 
-def test_column_names_of_any_kind(flower_data, tmp_path):
+def test_column_names_of_any_kind(flower_data, tmp_path, capsys):
     "A spreadsheet's 'file name' and 'flower count' columns train, calibrate and predict end to end (calibration once failed on the space)"
     df = pd.read_csv(flower_data[1]).rename(columns={'image': 'file name', 'count': 'flower count'})
     df.to_csv(tmp_path/'mine.csv', index=False)
@@ -90,8 +99,8 @@ def test_column_names_of_any_kind(flower_data, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'flowers.predict', tmp_path/'run', tmp_path/'mine.csv', '--out', tmp_path/'o.csv'], capture_output=True, text=True)
     assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr
     assert pd.read_csv(tmp_path/'o.csv')['true'].tolist()==df['flower count'].tolist()
-    r = subprocess.run([sys.executable, '-m', 'flowers.predict', tmp_path/'run'/'export.pkl', tmp_path/'mine.csv'], capture_output=True, text=True)
-    assert r.returncode==0 and 'On the 48 images with a true count' in r.stdout, r.stderr # the pickle knows its column too
+    code,out,err = predict_here(capsys, tmp_path/'run'/'export.pkl', tmp_path/'mine.csv')
+    assert code==0 and 'On the 48 images with a true count' in out, err # the pickle knows its column too
 
 def test_default_schedule_follows_the_precision(flower_data, tmp_path, capsys, short_schedules):
     "No --epochs, --bs or --lr: as many epochs as fit the time budget in the precision training runs in, its batch size and lr, printed and recorded"
