@@ -22,6 +22,17 @@ def load_learner_count(pkl, # An exported model
     assert r.returncode==0, r.stderr
     return float(r.stdout.strip().splitlines()[-1])
 
+def main_here(capsys, main, *args, **kw) -> tuple:
+    "A command run in this process through its function `main` (`flowers.predict.main`, `flowers.train.main`), as a new Python, which costs 6 s of imports, would: exit code, stdout, stderr (its warnings too)"
+    import warnings
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        try: main(*map(str, args), **kw); code = 0
+        except SystemExit as e: code = e.code
+    out,err = capsys.readouterr()
+    return code, out, err + ''.join(f'{x.message}\n' for x in w)
+
 @pytest.fixture(scope='session')
 def flower_data(tmp_path_factory):
     "A small synthetic data set shared by the whole session: (folder, csv)"

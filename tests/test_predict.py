@@ -4,6 +4,7 @@ from PIL import Image
 from flowers.errors import FlowersError
 from flowers.predict import load_counter, predict_table, map_name, NOT_COUNTED
 from flowers.calibrate import Calibration, texture_stats
+from conftest import main_here
 
 @pytest.fixture(scope='module')
 def counters(trained):
@@ -102,16 +103,9 @@ def run_predict(*args):
     return subprocess.run([sys.executable, '-m', 'flowers.predict', *map(str, args)], capture_output=True, text=True, timeout=300)
 
 def predict_here(capsys, *args, **kw):
-    "`python -m flowers.predict` in this process, through its function `main` (a new Python costs 6 s of imports): exit code, stdout, stderr (its warnings too)"
-    import warnings
+    "`python -m flowers.predict` in this process (`main_here`)"
     from flowers.predict import main
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter('always')
-        try: main(*map(str, args), **kw); code = 0
-        except SystemExit as e: code = e.code
-    out,err = capsys.readouterr()
-    return code, out, err + ''.join(f'{x.message}\n' for x in w)
+    return main_here(capsys, main, *args, **kw)
 
 def test_cli_folder_with_corrupt_jpeg(trained, flower_data, tmp_path):
     for f in sorted((flower_data[0]/'images').glob('*.jpg'))[:5]: shutil.copy(f, tmp_path/f.name)

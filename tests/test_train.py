@@ -7,7 +7,7 @@ from flowers.fitting import SCRATCH_LR
 from flowers.precision import auto_precision, BF16Training
 from flowers.settings import SCHEDULES, default_schedule
 from flowers.learner import weights_file
-from conftest import load_learner_count
+from conftest import load_learner_count, main_here
 from test_predict import predict_here
 
 RUN_FILES = ['export.pkl','metrics.json','predictions.csv','history.csv','loss.png','lr_find.png','predicted_vs_true.png','worst.png']
@@ -17,12 +17,9 @@ def run_cli(*args, env=None, **kw):
                           env={**os.environ, **(env or {})}, timeout=600, **kw)
 
 def train_here(capsys, **kw):
-    "`python -m flowers.train` in this process, through its function `main` (a new Python costs 6 s of imports): exit code, stdout, stderr"
+    "`python -m flowers.train` in this process (`main_here`)"
     from flowers.train import main
-    capsys.readouterr()
-    try: main(**kw); code = 0
-    except SystemExit as e: code = e.code
-    return code, *capsys.readouterr()
+    return main_here(capsys, main, **kw)
 
 def test_cli_run_writes_everything(trained):
     out = trained
