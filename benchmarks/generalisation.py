@@ -55,7 +55,6 @@ RECIPES = dict(
     fp32stem3e22 = dict(precision='fp32', stem=3, epochs=22), # the stem of 3 at 96 px in the epochs that fit the same minutes there
     fp32stem4e22 = dict(precision='fp32', stem=4, epochs=22), # the stem of 4 at 128 px (the maps of 64 px): 7% slower an epoch than the stem of 2 in fp32, so 22 epochs for its 24
     fp32bs32e26 = dict(precision='fp32', bs=32, lr=4e-3, epochs=26), # batches of 32 at the bf16 schedule's lr: 8% less time an image in fp32 (5.4 ms against 5.9), so 26 epochs for 24
-    e25 = dict(epochs=25), # the bf16 schedule in the 25 epochs its no-flag run fitted and kept on the EPYC with AVX512-BF16 (results/generalisation_bf16e25.*, run with --epochs 25)
     s108e31 = dict(stem=3, size=108, epochs=31), # the stem of 3 at 108 px (a 9 x 9 map): a fifth fewer pixels, so 31 epochs in the time of 25 at 120 px
 )
 
