@@ -10,14 +10,19 @@ from conftest import load_learner_count
 CPU = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''} # the gloo path, on a machine with a GPU too
 def _cpu(tmp): return {**CPU, 'TMPDIR': str(tmp)} # torchrun's log folders go there: in /tmp each run left its own behind
 
+def _torchrun(tmp, *args, ok=True):
+    "`torchrun` of `args` in 2 processes on the CPU, its log folders in `tmp`; its finished process, which must have succeeded if `ok`"
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *map(str, args)],
+                       capture_output=True, text=True, timeout=600, env=_cpu(tmp))
+    assert r.returncode==0 or not ok, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
 @pytest.fixture(scope='module')
 def ddp_run(flower_data, tmp_path_factory):
     "The `trained` fixture's settings, launched as 2 processes by torchrun, its epochs those that fit half a minute; in fp32, as the report is, so that the epoch's MAE can be compared with it"
     out = tmp_path_factory.mktemp('ddp')/'run'
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
-                        '--data', str(flower_data[0]), '--out', str(out), '--size', '32', '--bs', '8', '--minutes', '.5',
-                        '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32'], capture_output=True, text=True, timeout=600, env=_cpu(out.parent))
-    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = _torchrun(out.parent, '-m', 'flowers.train', '--data', flower_data[0], '--out', out, '--size', '32', '--bs', '8', '--minutes', '.5',
+                  '--pretrained', 'no', '--lr', 'find', '--precision', 'fp32')
     return out, r.stdout + r.stderr
 
 def _fitted(log) -> int: return int(re.search(r'(\d+) epochs fit 0.5 minutes', log)[1])
@@ -63,14 +68,6 @@ def test_validation_covers_everything(ddp_run, trained):
     preds = pd.read_csv(out/'predictions.csv')
     assert abs(m2['mae'] - (preds['predicted']-preds['count']).abs().mean()) < 1e-4 and preds['image'].is_unique
 
-def _torchrun(script, csv, tmp_path):
-    "Run `script` in 2 processes with torchrun, given the data set's CSV and `tmp_path`; its finished process"
-    (tmp_path/'fit.py').write_text(script)
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(tmp_path/'fit.py'),
-                        str(csv), str(tmp_path)], capture_output=True, text=True, timeout=600, env=_cpu(tmp_path))
-    assert r.returncode==0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
-
 FIT_SCRIPT = """
 import sys, time, json, torch
 from fastai.vision.all import Callback
@@ -95,7 +92,8 @@ teardown_ddp()
 def ddp_fits(flower_data, tmp_path_factory):
     "Two fits of `count_learner`s in 2 processes, in one torchrun (each start of it imports torch twice): one epoch keeping each process's extent layer, then six epochs with the first process out of time"
     out = tmp_path_factory.mktemp('fits')
-    return out, _torchrun(FIT_SCRIPT, flower_data[1], out)
+    (out/'fit.py').write_text(FIT_SCRIPT)
+    return out, _torchrun(out, out/'fit.py', flower_data[1], out)
 
 def test_processes_teach_one_extent_layer(ddp_fits):
     "`PointSupervision`'s extent layer is not in the network, so DDP did not average it: each process kept its own, taught by its half of the batches"
@@ -165,8 +163,7 @@ def test_more_processes_than_gpus_is_said():
 
 def test_each_rank_says_its_error_on_a_line_of_its_own(tmp_path):
     "A user error under torchrun: both processes printed 'error: ...' at once, and their lines ran into one"
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'flowers.train',
-                        '--data', str(tmp_path/'nowhere')], capture_output=True, text=True, timeout=120, env=_cpu(tmp_path))
+    r = _torchrun(tmp_path, '-m', 'flowers.train', '--data', tmp_path/'nowhere', ok=False)
     assert r.returncode!=0
     said = [l for l in r.stderr.splitlines() if l.startswith('error')]
     # torchrun stops every process once one has failed: a rank that had not yet reached the error says nothing
