@@ -63,14 +63,24 @@ def _count(counter, csv):
     df = pd.read_csv(csv)
     return df['count'].to_numpy(), counter.predict_batch([csv.parent/'images'/f for f in df['image']])
 
+def empty_sets(root, # Folder the sets go in, one `empty-BACKGROUND` each
+               n, # Fields of each background
+               seed, # Their seed
+              ) -> dict:
+    "`{background: counts.csv}` of `n` fields without a head for every background family"
+    return {b: make_flowers(root/f'empty-{b}', n=n, max_count=0, seed=seed, backgrounds=[b], show_progress=False) for b in BACKGROUNDS}
+
+def empty_counts(counter, sets) -> dict:
+    "`{background: mean count}` of `counter` on `empty_sets`: each should be 0"
+    return {b: float(_count(counter, c)[1].mean()) for b,c in sets.items()}
+
 def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', **kw) -> list:
     "Train each recipe without `head` and `bg`, and measure it on them and on empty fields of every background"
     heads,bgs = [h for h in HEADS if h!=head],[b for b in BACKGROUNDS if b!=bg]
     d = root/(f'{head}-{bg}' + (f'-seed{seed}' if seed else '')) # seed 0 where the benchmark always kept it
     tr = make_flowers(d/'train', n=n, seed=seed, heads=heads, backgrounds=bgs, layouts=layouts, show_progress=False)
     te = make_flowers(d/'test', n=n_test, seed=seed+1, heads=[head], backgrounds=[bg], show_progress=False)
-    empties = {b: make_flowers(d/f'empty-{b}', n=n_empty, max_count=0, seed=seed+2, backgrounds=[b], show_progress=False)
-               for b in BACKGROUNDS}
+    empties = empty_sets(d, n_empty, seed+2)
     rows = []
     for name in recipes:
         t = time.time()
@@ -83,7 +93,7 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
         counter = Counter.from_learner(learn, precision='fp32') # one for every set this model counts
         y,p = _count(counter, te)
         train_mean = float(pd.read_csv(tr)['count'].mean())
-        empty = {b: float(_count(counter, c)[1].mean()) for b,c in empties.items()}
+        empty = empty_counts(counter, empties)
         fr = measure(counter, foreign_set(root/'foreign'))
         rows.append(dict(recipe=name, held_out=f'{head}+{bg}', seed=seed, valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
                          held_out_bias=float((p-y).mean()), constant_mae=float(np.abs(y-train_mean).mean()),
