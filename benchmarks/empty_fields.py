@@ -10,7 +10,7 @@ import json, sys, numpy as np
 from pathlib import Path
 from fastcore.script import call_parse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flowers.predict import load_counter
+from flowers.counter import load_counter
 from generalisation import empty_sets, empty_counts, RESULTS
 
 @call_parse
