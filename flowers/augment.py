@@ -3,7 +3,7 @@ import math
 from functools import partial
 from fastai.vision.all import *
 
-__all__ = ['rotate_fit_mat', 'squash_mat', 'RotateFit', 'DihedralTrain', 'RandomBlur', 'RandomNoise', 'JITTER_AUG', 'count_tfms', 'quarters', 'Seams']
+__all__ = ['rotate_fit_mat', 'squash_mat', 'RotateFit', 'DihedralTrain', 'RandomBlur', 'RandomNoise', 'JITTER_AUG', 'count_tfms']
 
 def rotate_fit_mat(x:Tensor, # Batch the matrices are for
                    max_deg:float=10, # Largest rotation in degrees
@@ -105,79 +105,3 @@ def count_tfms(max_rotate:float=10., # Largest rotation in degrees (the image is
     if max_blur: tfms.append(RandomBlur(max_blur))
     if max_noise: tfms.append(RandomNoise(max_noise))
     return setup_aug_tfms(tfms)
-
-def quarters(x, # (bs, 3, h, w) images
-             y, # (bs,) their counts
-             pts, # (bs, n, 2) their heads' centres in -1..1; padding outside
-             rims=None, # (bs, n, 2) a point on each head's rim, or None
-             src=None, # (bs, 4) which image each one's top-left, top-right, bottom-left and bottom-right quarter comes from
-             at=None, # (bs, 2) where each one is cut, x and y in -1..1
-            ) -> tuple:
-    "Each image made of the quarters of `src` cut at `at`, its count the heads whose centres fall in the quarters kept: (x, y, pts, rims)"
-    bs,_,h,w = x.shape
-    ys,xs = [(torch.arange(k, device=x.device)+.5)*2/k - 1 for k in (h, w)] # pixel centres, as fastai's points place them
-    q = (xs[None,None] >= at[:,0,None,None]).long() + 2*(ys[None,:,None] >= at[:,1,None,None]).long() # (bs, h, w): each pixel's quarter
-    out = torch.stack([x[src[:,k]] for k in range(4)], 1).gather(1, q[:,None,None].expand(-1, 1, *x.shape[1:])).squeeze(1)
-    p,r = pts[src],(rims[src] if rims is not None else None) # (bs, 4, n, 2)
-    pq = (p[...,0] >= at[:,None,None,0]).long() + 2*(p[...,1] >= at[:,None,None,1]).long()
-    keep = (p.abs() <= 1).all(-1) & (pq == torch.arange(4, device=x.device)[None,:,None])
-    fill = lambda t: torch.where(keep[...,None], t, t.new_full((), -10.)).flatten(1, 2) # padding, as `pad_points` pads
-    return out,keep.sum((1,2)).to(y.dtype),fill(p),(fill(r) if rims is not None else None)
-
-def cuts(pts, # (bs, 4, n, 2) head centres of each quarter's image, in -1..1; padding outside
-         r, # (bs, 4, n) their radii
-         at, # (bs, k, 2) places to cut at
-        ) -> Tensor:
-    "(bs, k): heads that cutting at each of `at` would cut in two, their boxes reaching over an edge of the quarter they show in"
-    inf = pts.new_full((), float('inf'))
-    sx,sy = at[...,0,None,None],at[...,1,None,None] # (bs, k, 1, 1)
-    q = torch.arange(4, device=pts.device)[None,None,:,None]
-    x0,x1 = torch.where(q%2==0, -inf, sx),torch.where(q%2==0, sx, inf) # the image's own edges cut nothing
-    y0,y1 = torch.where(q//2==0, -inf, sy),torch.where(q//2==0, sy, inf)
-    cx,cy,r = pts[:,None,...,0],pts[:,None,...,1],r[:,None] # (bs, 1, 4, n)
-    over = (cx+r > x0) & (cx-r < x1) & (cy+r > y0) & (cy-r < y1)
-    whole = (cx-r >= x0) & (cx+r <= x1) & (cy-r >= y0) & (cy+r <= y1)
-    return ((pts[:,None].abs() <= 1).all(-1) & over & ~whole).sum((2,3))
-
-class Seams(Callback):
-    "Where the data know each head's centre, a share `p` of the training images made of the quarters of four, cut at a random place, as a window of a large image shows several scenes"
-    order = -6 # before `PointSupervision` takes the points from the batch
-    def __init__(self, p=.5): self.p = p # Share of the images made of quarters
-    def before_batch(self):
-        if not self.training or len(self.yb) < 3: return # cut only where the heads' centres and radii are known
-        x,y,pts,rims = self.xb[0],*self.yb[:3]
-        bs,dev = x.shape[0],x.device
-        ok = (pts.abs() <= 1).all(-1).sum(1).to(y.dtype) == y # only images counted by their heads' centres
-        src = torch.randint(0, bs, (bs, 4), device=dev)
-        src[:,0] = torch.arange(bs, device=dev)
-        p,rm = pts.as_subclass(Tensor),rims.as_subclass(Tensor)
-        # a head cut in two at a seam would be a part of one counted as a whole, or not at all: fallen petals counted (litter's
-        # empty fields 3.6 against 2.4), so each image is cut where no head is, of 48 places tried, or not at all; a third of
-        # them cut one way only (a place past the image's edge), between two images, where more are free of heads
-        at = torch.rand(bs, 48, 2, device=dev)*2 - 1
-        at[:,:16,0] = at[:,16:32,1] = 2.
-        n = cuts(p[src], (rm - p).norm(dim=-1)[src]*1.1, at)
-        whole,k = (n==0).max(1)
-        do = (torch.rand(bs, device=dev) < self.p) & ok[src].all(1) & whole
-        src[~do] = torch.arange(bs, device=dev)[~do,None] # the rest stay themselves
-        xq,yq,pq,rq = quarters(x.as_subclass(Tensor), y, p, rm, src, at[torch.arange(bs, device=dev), k])
-        self.learn.xb = (TensorImage(xq),)
-        self.learn.yb = (yq, TensorPoint(pq), TensorPoint(rq))
-
-class Roll(Callback):
-    "Where the data know each head's centre and rim, a share `p` of the training images rolled round by a random amount each way: heads cut at their edges then lie inside, at a seam, as where a window of a large image shows where two fields meet"
-    order = -6 # before `PointSupervision` takes the points from the batch
-    def __init__(self, p=.5): self.p = p # Share of the images rolled
-    def before_batch(self):
-        if not self.training or len(self.yb) < 3: return
-        x,y,pts,rims = self.xb[0],*self.yb[:3]
-        bs,_,h,w = x.shape
-        p,rm = pts.as_subclass(Tensor),rims.as_subclass(Tensor)
-        do = torch.rand(bs, device=x.device) < self.p
-        d = (torch.rand(bs, 2, device=x.device)*torch.tensor([w, h], device=x.device)).long()*do[:,None]
-        xr = torch.stack([xi.roll((int(dy), int(dx)), (-2, -1)) for xi,(dx,dy) in zip(x, d)])
-        inside = (p.abs() <= 1).all(-1, keepdim=True)
-        moved = (p + 1 + d[:,None].float()*2/torch.tensor([w, h], device=x.device)) % 2 - 1
-        pn = torch.where(inside, moved, p)
-        self.learn.xb = (TensorImage(xr),)
-        self.learn.yb = (y, TensorPoint(pn), TensorPoint(torch.where(inside, pn + rm - p, rm)))

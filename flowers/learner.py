@@ -111,9 +111,7 @@ def count_learner(dls, # `DataLoaders` from `count_dls`
         drop_points(dls, keep=False) # head positions teach only the map: fastai's loss takes (pred, count)
     if head=='map':
         y_range = None
-        import os
-        from .augment import Seams, Roll
-        if has_points(dls): kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision() + ([Seams(float(os.environ['FLOWERS_SEAMS']))] if os.environ.get('FLOWERS_SEAMS') else []) + ([Roll(float(os.environ['FLOWERS_ROLL']))] if os.environ.get('FLOWERS_ROLL') else [])
+        if has_points(dls): kwargs['cbs'] = L(kwargs.get('cbs')) + PointSupervision()
     pretrained = bool(pretrained) and weights is None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*weights.*') # torchvision's deprecation chatter
