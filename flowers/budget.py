@@ -4,7 +4,7 @@ from fastai.vision.all import *
 from .settings import MINUTES
 from .distributed import ddp_ctx, broadcast_obj
 
-__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'finish_seconds', 'budget_epochs', 'budget_images', 'KeepBudget', 'fit_epochs']
+__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'finish_seconds', 'budget_epochs', 'budget_images', 'KeepBudget', 'STRETCH', 'fit_epochs']
 
 # the default data set's training and validation images: a larger data set trains the epochs that fit its run in the budget, as long
 # per image and longer in all, not fewer epochs; a smaller one the epochs of its own that fit the minutes, up to `MAX_SCALE` times the
@@ -108,23 +108,33 @@ def _cycle_pct(cut, epoch, it=0, n_iter=1) -> float:
     "How far through one cycle a fit is at batch `it` of `epoch`, its rest compressed into `cut['epochs']` from `cut['epoch']` on"
     return cut['pct'] + (1 - cut['pct'])*(epoch - cut['epoch'] + it/n_iter)/(cut['epochs'] - cut['epoch'])
 
+STRETCH = .5 # how far through its one cycle a run may still be stretched over more epochs: where its learning rate is still high
+
 class KeepBudget(Callback):
-    "End a fit fitted to the budget in time when its epochs run slower than timed: one cycle's rest compressed into the epochs that still fit"
+    "Keep a fit fitted to the budget to it: one cycle's rest compressed into the epochs that still fit when they run slower than timed, and stretched over more when faster"
     order = Recorder.order+.5 # said after the epoch's line, and cut before `Checkpoint` saves it, so that a resumed run goes on with the cut
     def __init__(self, end=None, # `time.time()` by which the epochs must end; None: no new cuts (a resumed run)
                  cut=None, # A cut made before, `dict(epoch, pct, epochs)`: from `epoch` on, the cycle runs from `pct` to its end in `epochs`
-                 timed=None): # Seconds an epoch was timed to take, said with a cut
+                 timed=None, # Seconds an epoch was timed to take, said with a cut
+                 plan=None, # Epochs planned, where the fit is given more: `most`, which it may be stretched to; None: the fit's own
+                 most=None, # Epochs to give the fit: the most it may be stretched to (`fit_epochs` sets both)
+                 fill=None): # `time.time()` by which stretched epochs end (the budget less its margin); None: never stretched
         store_attr()
 
     def before_fit(self):
         # fine-tuning's frozen epochs are not the budget's to cut; the unfrozen ones after them are
         self.active = not (self.opt is not None and self.opt.frozen_idx > 0)
-        self.starts = []
+        self.starts,self.given = [],self.n_epoch
 
     def before_epoch(self):
         if not self.active: return
+        # fastai's loop runs to the fit's epochs, counted once as it starts; its one cycle to `n_epoch`, read at every batch: the
+        # plan's, to the bit as a fit given them, until a cut or a stretch schedules the rest (`before_batch`)
+        if self.epoch==0 and self.plan and not self.cut: self.learn.n_epoch = self.plan
         self.starts.append(time.time())
-        if self.cut and self.epoch >= self.cut['epochs']: raise CancelFitException()
+        if self.epoch >= self._planned(): raise CancelFitException()
+        bar = getattr(getattr(self.learn, 'progress', None), 'mbar', None)
+        if bar is not None: bar.main_bar.total = self._planned() # an interactive bar counts the epochs planned, not the fit's most
 
     def before_batch(self):
         # fastai's `ParamScheduler` (order 60) sets each batch's lr and momentum from `pct_train`
@@ -138,19 +148,26 @@ class KeepBudget(Callback):
         cut = broadcast_obj(self._new_cut(now, took) if rank_distrib()==0 else None)
         if cut is None: return
         if rank_distrib()==0:
-            e = len(self.starts)
+            e,was = len(self.starts),self._planned()
             timed = f', not the {e*self.timed:.0f} s timed' if self.timed else ''
+            how = 'compressed into' if cut['epochs'] < was else 'stretched over'
             print(f"after epoch {self.epoch}: {e} epochs took {now - self.starts[0]:.0f} s{timed}; at {took:.1f} s an epoch, {cut['epochs']} epochs fit "
-                  f"the budget, not {self._planned()}: the rest of the one cycle is compressed into them", flush=True)
+                  f"the budget, not {was}: the rest of the one cycle is {how} them", flush=True)
         self.cut = cut
 
     def _new_cut(self, now, took):
-        "The cut that ends the epochs by `self.end` at `took` seconds each, or None if they end in time"
+        "The cut that ends the epochs by `self.end` at `took` seconds each; or that stretches them to end by `self.fill`, a tenth more or up to the fit's most; or None"
         e,total = self.epoch + 1,self._planned() # epochs done, and planned now
-        if e >= total or now + (total - e)*took <= self.end: return None
-        # never fewer than one more epoch: the cycle's end, at a small learning rate, is where the model settles
-        fit = max(e + 1, e + int((self.end - now)//took))
-        return None if fit >= total else dict(epoch=e, pct=self._pct(e), epochs=fit)
+        if e >= total: return None
+        if now + (total - e)*took > self.end:
+            # never fewer than one more epoch: the cycle's end, at a small learning rate, is where the model settles
+            fit = max(e + 1, e + int((self.end - now)//took))
+            return None if fit >= total else dict(epoch=e, pct=self._pct(e), epochs=fit)
+        if self.fill is None or self._pct(e) >= STRETCH: return None
+        # epochs timed slower than they run (this machine's speed swings by a third within the minute: benchmarks/README.md)
+        # left a fifth of the budget unused; stretched by a tenth or more only, not re-planned for every few seconds
+        fit = min(self.given, e + int((self.fill - now)//took))
+        return dict(epoch=e, pct=self._pct(e), epochs=fit) if fit >= 1.1*total else None
 
     def _planned(self): return self.cut['epochs'] if self.cut else self.n_epoch
     def _pct(self, epoch): return _cycle_pct(self.cut, epoch) if self.cut else epoch/self.n_epoch
@@ -188,4 +205,7 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
         print(f"{n} epochs fit {minutes:g} minutes on this machine (a training image {per[0]*1e3:.1f} ms, "
               f"a validation image {per[1]*1e3:.1f} ms{f' in each of {procs} processes' if procs>1 else ''}; "
               f"the schedule's {reference}{most}){longer}{hint}")
-    return n,KeepBudget(time.time() + scale*_epochs_seconds(per, elapsed, minutes, KEEP, fp32, imgs), timed=epoch)
+    # the fit is given the most epochs allowed, and planned for `n`: as told `n` unless they run faster than timed
+    top,now = max(n, MAX_SCALE*reference - (freeze_epochs or 0)),time.time()
+    return n,KeepBudget(now + scale*_epochs_seconds(per, elapsed, minutes, KEEP, fp32, imgs), timed=epoch, plan=n if n < top else None, most=top,
+                        fill=now + scale*_epochs_seconds(per, elapsed, minutes, MARGIN, fp32, imgs))

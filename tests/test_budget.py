@@ -90,6 +90,41 @@ def test_a_budget_kept_compresses_the_cycle(flower_data, tmp_path):
     with resumed.no_bar(), resumed.no_logging(): resumed.fit_one_cycle(saved['args']['epochs'], lr, start_epoch=2, cbs=KeepBudget(cut=saved['cut']))
     assert np.allclose(resumed.recorder.hps['lr'], lrs[2*n:], rtol=1e-4)
 
+def test_a_plan_not_stretched_is_the_fit_told_its_epochs(flower_data):
+    "A fit given the most epochs it may be stretched to, and planned for fewer: those, to the bit as a fit told them, while they run as timed"
+    from fastai.vision.all import set_seed
+    def _fit(n, **kw):
+        set_seed(0, reproducible=True) # the same weights to start from, and the same batches
+        learn = _tiny_learner(flower_data[1])
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(n, 3e-3, **kw)
+        return learn
+    a,b = _fit(6, cbs=KeepBudget(plan=3, most=6)),_fit(3)
+    assert len(a.recorder.values)==3 and a.recorder.hps['lr']==b.recorder.hps['lr']
+    wa,wb = a.model.state_dict(),b.model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+def test_epochs_faster_than_timed_stretch_the_cycle(flower_data, tmp_path):
+    "Time to spare: the rest of one cycle stretched over more epochs, up to the fit's most; saved, so that a resumed run goes on with it"
+    from fastai.vision.all import combined_cos
+    from flowers.checkpoint import Checkpoint
+    from flowers.settings import read_state
+    learn,lr,now = _tiny_learner(flower_data[1]),3e-3,time.time()
+    keep,state = KeepBudget(end=now + 600, fill=now + 600, plan=5, most=8),dict(args=dict(epochs=5))
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(8, lr, cbs=[keep, Checkpoint(tmp_path, state)])
+    assert keep.cut==dict(epoch=2, pct=2/5, epochs=8) and len(learn.recorder.values)==8
+    assert read_state(tmp_path)['args']['epochs']==8
+    # planned for five epochs for the first two, then the rest of the same cycle over six
+    cycle,n = combined_cos(.25, lr/25, lr, lr/25/1e5),len(learn.dls.train)
+    pct = [i/(5*n) for i in range(2*n)] + [2/5 + 3/5*i/(6*n) for i in range(6*n)]
+    assert np.allclose(learn.recorder.hps['lr'], [cycle(p) for p in pct], rtol=1e-4, atol=lr*1e-5) # fastai schedules in float32
+
+def test_late_in_the_cycle_nothing_is_stretched(flower_data):
+    "Past half the cycle, where the learning rate is falling, time to spare is left: a stretch there would hold it low for longer, not learn more"
+    learn,now = _tiny_learner(flower_data[1]),time.time()
+    keep = KeepBudget(end=now + 600, fill=now + 600, plan=3, most=6)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 3e-3, cbs=keep)
+    assert keep.cut is None and len(learn.recorder.values)==3
+
 def test_fine_tuning_keeps_its_frozen_epochs(flower_data):
     "`fine_tune`'s frozen epochs are not the budget's to cut; its unfrozen ones are"
     from fastai.vision.all import Callback
