@@ -105,7 +105,7 @@ def budget_epochs(per_image, # (training, validation) seconds per image, from `t
     return max(1, min(MAX_SCALE*reference, fit))
 
 def _cycle_pct(cut, epoch, it=0, n_iter=1) -> float:
-    "How far through one cycle a fit is at batch `it` of `epoch`, its rest compressed into `cut['epochs']` from `cut['epoch']` on"
+    "How far through one cycle a fit is at batch `it` of `epoch`, its rest run in `cut['epochs']` from `cut['epoch']` on (compressed or stretched)"
     return cut['pct'] + (1 - cut['pct'])*(epoch - cut['epoch'] + it/n_iter)/(cut['epochs'] - cut['epoch'])
 
 STRETCH = .5 # how far through its one cycle a run may still be stretched over more epochs: where its learning rate is still high
