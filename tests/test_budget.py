@@ -47,6 +47,21 @@ def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
     # and they are this set's epochs, filling most of the half minute, not the ~0.5 s the default set's fitted epochs of it take
     assert n*keep.timed > 10
 
+def test_a_fit_far_under_the_schedule_is_timed_again(flower_data, capsys):
+    "Under half the schedule's epochs: timed again, as a machine busy for a moment times slow, and the fastest timing kept"
+    import re
+    from flowers.budget import fit_epochs, RETIME
+    n,keep = fit_epochs(_tiny_learner(flower_data[1]), 10_000, minutes=2)
+    out = capsys.readouterr().out
+    said = [float(o) for o in re.findall(r"at ([\d.]+) ms a training image, under half the schedule's 10000: timed again", out)]
+    kept = float(re.search(r"epochs fit 2 minutes on this machine \(a training image ([\d.]+) ms", out)[1])
+    # a third timing only where the second was a fifth faster: the speed of a machine busy for a moment
+    assert 1 <= len(said) <= RETIME and f"the fastest of {len(said)+1} timings" in out and kept <= min(said) and said[-1] <= said[0]
+    assert n < 10_000/2 and keep.end > time.time()
+    n,keep = fit_epochs(_tiny_learner(flower_data[1]), 2, minutes=2) # its schedule's fit, and more: timed once
+    out = capsys.readouterr().out
+    assert 'timed again' not in out and 'timings' not in out and n >= 1
+
 def test_a_larger_data_set_says_how_long_it_will_take(flower_data, tmp_path, capsys):
     "More images than the default set's: the default set's epochs, each longer, and the run says so: 'epochs fit 5 minutes' read as a 5-minute run"
     from flowers.budget import fit_epochs
