@@ -75,7 +75,7 @@ FIT_SCRIPT = """
 import sys, time, json, torch
 from fastai.vision.all import Callback
 from flowers.distributed import setup_ddp, teardown_ddp, ddp_ctx
-from flowers.budget import KeepBudget
+from flowers.budget import KeepBudget, fit_epochs
 from flowers.data import count_dls
 from flowers.learner import count_learner
 class Keep(Callback): # each process's extent layer, as the fit ends
@@ -85,9 +85,10 @@ setup_ddp(); rank = torch.distributed.get_rank()
 learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
 with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Keep())
 learn = count_learner(count_dls(sys.argv[1], size=32, bs=8), 'resnet18', pretrained=False)
+fit,_ = fit_epochs(learn, 10_000, minutes=2) # far under the schedule's: timed again, by every process or none
 keep = KeepBudget(end=time.time() + (0 if rank==0 else 600)) # out of time in the first process alone
 with ddp_ctx(learn), learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(6, 3e-3, cbs=keep)
-json.dump(dict(epochs=len(learn.recorder.values), lrs=learn.recorder.hps['lr']), open(f'{sys.argv[2]}/keep{rank}.json', 'w'))
+json.dump(dict(epochs=len(learn.recorder.values), lrs=learn.recorder.hps['lr'], fit=fit), open(f'{sys.argv[2]}/keep{rank}.json', 'w'))
 teardown_ddp()
 """
 
@@ -110,6 +111,14 @@ def test_processes_keep_the_first_ones_budget(ddp_fits):
     out,r = ddp_fits
     a,b = [json.loads((out/f'keep{k}.json').read_text()) for k in (0, 1)]
     assert a==b and a['epochs']==3 and r.stdout.count('after epoch 1: 2 epochs took')==1, r.stdout[-3000:]
+
+def test_processes_time_again_together(ddp_fits):
+    "A first timing far under the schedule's epochs is timed again in every process, as each timing is a data-parallel fit, and all keep the first one's epochs"
+    from flowers.budget import RETIME
+    out,r = ddp_fits
+    a,b = [json.loads((out/f'keep{k}.json').read_text()) for k in (0, 1)]
+    again = r.stdout.count("under half the schedule's 10000: timed again") # said by the first process alone
+    assert a['fit']==b['fit'] and 1 <= again <= RETIME and f"the fastest of {again+1} timings" in r.stdout, r.stdout[-3000:]
 
 def test_shards_make_the_whole_table(trained, flower_data, tmp_path):
     "Two jobs of an array (one through the CLI) make the whole table, row for row"
