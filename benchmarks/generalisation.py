@@ -14,7 +14,7 @@ from fastcore.script import call_parse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flowers.synth import make_flowers, HEADS, BACKGROUNDS
 from flowers.train import train
-from flowers.settings import default_schedule
+from flowers.settings import default_schedule, MINUTES
 from flowers.precision import resolve_precision
 from fastai.torch_core import default_device
 from flowers.predict import Counter
@@ -55,6 +55,9 @@ RECIPES = dict(
     fp32stem3e22 = dict(precision='fp32', stem=3, epochs=22), # the stem of 3 at 96 px in the epochs that fit the same minutes there
     fp32stem4e22 = dict(precision='fp32', stem=4, epochs=22), # the stem of 4 at 128 px (the maps of 64 px): 7% slower an epoch than the stem of 2 in fp32, so 22 epochs for its 24
     fp32bs32e26 = dict(precision='fp32', bs=32, lr=4e-3, epochs=26), # batches of 32 at the bf16 schedule's lr: 8% less time an image in fp32 (5.4 ms against 5.9), so 26 epochs for 24
+    # the no-flag run's epochs: those that fit its minutes on this machine as it runs (timed, cut or stretched), less the time
+    # the training fields took to draw, as a no-flag run draws its own
+    fitted = dict(epochs=None),
     s108e31 = dict(stem=3, size=108, epochs=31), # the stem of 3 at 108 px (a 9 x 9 map): a fifth fewer pixels, so 31 epochs in the time of 25 at 120 px
 )
 
@@ -78,7 +81,9 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
     "Train each recipe without `head` and `bg`, and measure it on them and on empty fields of every background"
     heads,bgs = [h for h in HEADS if h!=head],[b for b in BACKGROUNDS if b!=bg]
     d = root/(f'{head}-{bg}' + (f'-seed{seed}' if seed else '')) # seed 0 where the benchmark always kept it
+    t = time.time()
     tr = make_flowers(d/'train', n=n, seed=seed, heads=heads, backgrounds=bgs, layouts=layouts, show_progress=False)
+    drawn = time.time() - t
     te = make_flowers(d/'test', n=n_test, seed=seed+1, heads=[head], backgrounds=[bg], show_progress=False)
     empties = empty_sets(d, n_empty, seed+2)
     rows = []
@@ -87,6 +92,7 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
         r = {**kw, **RECIPES[name]}
         # the schedule's epochs, not those that fit this machine's minutes today: rows of other days and machines compare
         r.setdefault('epochs', default_schedule(resolve_precision(r.get('precision', 'auto'), default_device()), default_device())['epochs'])
+        if r['epochs'] is None: r.setdefault('minutes', round(MINUTES - drawn/60, 2))
         learn = train(tr, out=d/f'run-{name}', overwrite=True, pretrained='no', seed=seed, **r)
         fit_s = time.time()-t
         valid = json.loads((d/f'run-{name}'/'metrics.json').read_text())
@@ -95,7 +101,7 @@ def run_pair(head, bg, recipes, root, n, n_test, n_empty, seed, layouts='flat', 
         train_mean = float(pd.read_csv(tr)['count'].mean())
         empty = empty_counts(counter, empties)
         fr = measure(counter, foreign_set(root/'foreign'))
-        rows.append(dict(recipe=name, held_out=f'{head}+{bg}', seed=seed, valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
+        rows.append(dict(recipe=name, held_out=f'{head}+{bg}', seed=seed, epochs=valid['epochs'], valid_mae=valid['mae'], held_out_mae=count_metrics(p, y)['mae'],
                          held_out_bias=float((p-y).mean()), constant_mae=float(np.abs(y-train_mean).mean()),
                          empty_max=max(empty.values()), empty=empty, foreign_mae=fr['mae'], foreign_bias=fr['bias'],
                          foreign_empty=float(np.mean(list(fr['empty'].values()))), seconds=round(fit_s, 1)))
@@ -121,7 +127,8 @@ def _table(rows) -> str:
     for r in rows:
         b = max(r['empty'], key=r['empty'].get)
         seed = f" (seed {r['seed']})" if r.get('seed') else ''
-        lines.append(f"| {r['recipe']} | {r['held_out']}{seed} | {r['valid_mae']:.2f} | {r['held_out_mae']:.2f} | {r['held_out_bias']:+.2f} | "
+        fitted = f" ({r['epochs']} epochs)" if r['recipe']=='fitted' else '' # each run its own
+        lines.append(f"| {r['recipe']}{fitted} | {r['held_out']}{seed} | {r['valid_mae']:.2f} | {r['held_out_mae']:.2f} | {r['held_out_bias']:+.2f} | "
                      f"{r['constant_mae']:.2f} | {r['empty_max']:.2f} ({b}) | {_foreign(r)} | {r['seconds']:.0f} |")
     return '\n'.join(lines) + '\n\nMeans over pairs and seeds:\n\n' + _means(rows)
 
