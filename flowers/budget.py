@@ -199,7 +199,7 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
     for i in range(RETIME + 1):
         imgs = budget_images(per, data, procs)
         fit = broadcast_obj(budget_epochs(per, elapsed, reference, minutes, fp32, procs=procs, n=imgs))
-        # under half the schedule's: a machine busy for a moment as the run started, which planned 1 epoch where 50 fitted
+        # under half the schedule's: a machine busy for a moment as the run started, which planned 1 epoch where 39 fitted
         # (benchmarks/README.md); timed again while a timing leaves most of the minutes, and the last one was a fifth faster than
         # the one before (a machine busy throughout is as slow again). Every process times again or none: each fit is data-parallel
         if i==RETIME or not broadcast_obj(fit < reference/2 and took < (minutes*60 - elapsed)/3 and (i==0 or faster)): break
