@@ -10,7 +10,7 @@ SPIN = 'while True: pass'
 FIRST = 'timed again|epochs fit' # the first timing's end
 
 def busy_run(out, # Run folder for `flowers.train --out`
-             busy=2, # Processes spinning until the first timing ends
+             busy=2, # Processes spinning from the run's start until a line matches `until`
              args=(), # More arguments for `flowers.train`
              until=FIRST, # A regex: the first line of the run matching it stops the spinning processes
             ) -> dict:
@@ -29,7 +29,7 @@ def busy_run(out, # Run folder for `flowers.train --out`
     finally:
         for o in spin: o.kill()
     mae = [float(m[1]) for l in lines if (m := re.search(r'Validation MAE ([\d.]+)', l))]
-    said = [l for l in lines if re.search(r'timed again|epochs fit|compressed into|stretched over', l)]
+    said = [l for l in lines if re.search(r'timed again|epochs fit|compressed into|stretched over|busy processes stopped', l)]
     return dict(busy=busy, until=until, args=list(args), rc=rc, seconds=round(time.time()-t, 1), mae=mae[-1] if mae else None, budget=said)
 
 @call_parse

@@ -153,7 +153,7 @@ def _train(a, out, state, args, t0):
         guard = TrainingGuard(lr)
         with stop_on_signals(StopFlag()) as flag, epoch_lines(learn):
             # a fit planned by the budget is given the most epochs it may be stretched to (`KeepBudget`)
-            fit(learn, recipe, keep.most if keep is not None and keep.most else a.epochs, lr, a.freeze_epochs, start=start,
+            fit(learn, recipe, getattr(keep, 'most', None) or a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag), guard] + L(keep) + ([Checkpoint(out, state)] if _is_main() else []))
     if keep is not None and keep.cut: a.epochs = keep.cut['epochs'] # the epochs trained, in metrics.json
     learn.interrupted = flag.signal
