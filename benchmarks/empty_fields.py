@@ -18,7 +18,7 @@ def main(runs:str, # Run folders to measure, comma-separated
          n:int=40, # Empty fields of each background
          seed:int=90000, # Their seed
          root:str='/tmp/flowers-empty', # Where the fields go
-         out:str='empty_fields', # Results name in benchmarks/results
+         out:str='empty_fields', # Results name in benchmarks/results (or a path, without .json)
         ):
     "Count fresh empty fields of every background with each run's model"
     sets,rows = empty_sets(Path(root), n, seed),[]

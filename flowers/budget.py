@@ -1,10 +1,10 @@
 """Epochs that fit the time budget: this machine's speed, measured on a few batches of the run itself before it trains; and the fit kept to it."""
-import random, time
+import math, random, time
 from fastai.vision.all import *
 from .settings import MINUTES
 from .distributed import ddp_ctx, broadcast_obj
 
-__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'finish_seconds', 'budget_epochs', 'budget_images', 'KeepBudget', 'STRETCH', 'RETIME', 'fit_epochs']
+__all__ = ['MINUTES', 'YARDSTICK', 'MAX_SCALE', 'BatchTimer', 'time_batches', 'finish_seconds', 'budget_epochs', 'budget_images', 'KeepBudget', 'STRETCH', 'RETIME', 'fit_epochs', 'short_of', 'short_note']
 
 # the default data set's training and validation images: a larger data set trains the epochs that fit its run in the budget, as long
 # per image and longer in all, not fewer epochs; a smaller one the epochs of its own that fit the minutes, up to `MAX_SCALE` times the
@@ -124,7 +124,7 @@ class KeepBudget(Callback):
     def before_fit(self):
         # fine-tuning's frozen epochs are not the budget's to cut; the unfrozen ones after them are
         self.active = not (self.opt is not None and self.opt.frozen_idx > 0)
-        self.starts,self.given = [],self.n_epoch
+        self.starts,self.ends,self.given = [],[],self.n_epoch
 
     def before_epoch(self):
         if not self.active: return
@@ -141,6 +141,7 @@ class KeepBudget(Callback):
         if self.active and self.training and self.cut: self.learn.pct_train = _cycle_pct(self.cut, self.epoch, self.iter, self.n_iter)
 
     def after_epoch(self):
+        if self.active: self.ends.append(time.time())
         if not (self.active and self.end) or len(self.starts) < 2: return # two epochs' times first: the first one warms up
         now = time.time()
         took = float(np.median((np.diff(self.starts).tolist() + [now - self.starts[-1]])[-3:]))
@@ -169,8 +170,35 @@ class KeepBudget(Callback):
         fit = min(self.given, e + int((self.fill - now)//took))
         return dict(epoch=e, pct=self._pct(e), epochs=fit) if fit >= 1.1*total else None
 
+    def after_fit(self):
+        if self.active: self.epochs = self._planned() # the epochs the fit ran to, its cuts and stretches made: what a report records
+
     def _planned(self): return self.cut['epochs'] if self.cut else self.n_epoch
     def _pct(self, epoch): return _cycle_pct(self.cut, epoch) if self.cut else epoch/self.n_epoch
+
+    def epoch_seconds(self) -> float:
+        "Seconds an epoch took, the median of the last few (the first warms up); the seconds timed where none ran"
+        took = [e - s for s,e in zip(self.starts, self.ends)]
+        return float(np.median(took[1:][-3:] or took)) if took else self.timed
+
+def short_of(epochs, # Epochs a run fits, or trained
+             reference, # The schedule's epochs
+            ) -> bool:
+    "Are `epochs` under half the schedule's? A run that trains them counts far worse than it would (README, Train)"
+    return epochs < reference/2
+
+def short_note(epochs, # Epochs the run trained
+               reference, # The schedule's epochs
+               minutes, # The budget they were fitted to
+               seconds, # What the run took
+               epoch=None, # Seconds an epoch took (`KeepBudget.epoch_seconds`), for how long the schedule's would take
+              ) -> str:
+    "What a run fitted to under half the schedule's epochs says as it ends: its model is undertrained, and what to give it"
+    # 1 epoch, exit 0, and a validation MAE of 3.7 read as a model to use: a machine busy throughout fits no more (benchmarks/README.md)
+    m = math.ceil((seconds + (reference-epochs)*epoch)/60) if epoch else None
+    need = f" (about {m} minute{'s'*(m>1)} here)" if m else ''
+    return (f"Undertrained: {epochs} epochs trained in the {minutes:g} minutes given, under half the schedule's {reference}, and its "
+            f"model counts worse than it would in them. --epochs {reference} trains them{need}")
 
 RETIME = 2 # timings more, at most, where the first fits under half the schedule's epochs and each is faster than the one before
 
@@ -202,7 +230,7 @@ def fit_epochs(learn, # The `Learner` about to train, its precision set
         # under half the schedule's: a machine busy for a moment as the run started, which planned 1 epoch where 39 fitted
         # (benchmarks/README.md); timed again while a timing leaves most of the minutes, and the last one was a fifth faster than
         # the one before (a machine busy throughout is as slow again). Every process times again or none: each fit is data-parallel
-        if i==RETIME or not broadcast_obj(fit < reference/2 and took < (minutes*60 - elapsed)/3 and (i==0 or faster)): break
+        if i==RETIME or not broadcast_obj(short_of(fit, reference) and took < (minutes*60 - elapsed)/3 and (i==0 or faster)): break
         if rank_distrib()==0: print(f"{fit} epochs fit at {per[0]*1e3:.1f} ms a training image, under half the schedule's {reference}: timed again", flush=True)
         again,took = _timed(learn)
         elapsed,faster = elapsed + took,again[0] < .8*per[0]

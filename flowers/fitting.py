@@ -15,7 +15,7 @@ from .atomic import atomic_path, remove_stale
 from .checkpoint import *
 from .precision import resolve_precision, set_precision, to_fp32
 from .memory import check_memory
-from .budget import fit_epochs, KeepBudget
+from .budget import fit_epochs, KeepBudget, short_of, short_note
 from .distributed import setup_ddp, teardown_ddp, ddp_ctx, broadcast_obj, alone
 
 __all__ = ['DEFAULT_LR', 'SCRATCH_LR', 'find_lr', 'pick_lr', 'check_out', 'TrainingGuard', 'run', 'fit']
@@ -143,8 +143,9 @@ def _train(a, out, state, args, t0):
             if _is_main():
                 with alone(): lr = pick_lr(a.lr, learn, recipe, out/LR_PLOT, default_schedule(precision, default_device())['lr']) # once, for all processes
             lr = broadcast_obj(lr if _is_main() else None)
+            schedule = a.epochs if budget else None # the schedule's, where the budget fits others: recorded, and said where far fewer
             if budget: keep = _fit_budget(learn, a, args, recipe, precision, t0)
-            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split)
+            state = dict(args=args, lr=lr, recipe=recipe, pretrained=bool(use_pre), epochs_done=0, split=split, schedule=schedule)
         start = state['epochs_done']
         what = f'local weights {a.weights}' if a.weights else 'ImageNet weights' if use_pre else 'random init'
         print(f"Training {a.arch}{' (IBN)' if a.norm=='ibn' else ''} from {what} with {recipe}: {a.epochs} epochs, lr={lr:.2g}, {a.size}px, "
@@ -161,21 +162,26 @@ def _train(a, out, state, args, t0):
         raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
     to_fp32(learn) # what load_learner users get: reports measure it, and no bf16 callback rides along in export.pkl
     if not _is_main(): return learn
-    with alone(): return _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0)
+    with alone(): return _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0, keep)
 
-def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0):
+def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0, keep=None):
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state, precision)
     preds = _export(learn, out, a, precision)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
-                dropped=dls.df.attrs.get('dropped', []))
+                dropped=dls.df.attrs.get('dropped', []), schedule_epochs=state.get('schedule'))
+    # fitted to the minutes: a machine busy throughout trains the few epochs that fit them, and the run says so (`short_note`)
+    short = state.get('schedule') is not None and short_of(a.epochs, state['schedule'])
+    info['undertrained'] = short
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col, preds) # no bar characters in logs
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     r2 = f"{m['r2']:.3f}" if np.isfinite(m['r2']) else 'undefined (one count in every validation image)' # 'R² nan' read as a fault
     print(f"Validation MAE {m['mae']:.3f} heads, RMSE {m['rmse']:.3f}, R² {r2} in {m['seconds']:.0f}s. "
           f"Model: {out/'export.pkl'}")
+    # how long the schedule's epochs would take, from this run's: not where it was resumed (its seconds are the last part's)
+    if short: print(short_note(a.epochs, state['schedule'], a.minutes, m['seconds'], None if resumed or keep is None else keep.epoch_seconds()), flush=True)
     # what to do next, as the tutorial's next cell would: the run folder is all `flowers.predict` needs
     print(f"Count photos with it: python -m flowers.predict {shlex.quote(str(out))} YOUR_PHOTOS/ (in Python: "
           f"load_learner({str(out/'export.pkl')!r}).predict(img))")

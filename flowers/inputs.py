@@ -3,11 +3,11 @@ import json, os, re, warnings, numpy as np, pandas as pd
 from pathlib import Path, PureWindowsPath
 from .errors import FlowersError
 from .atomic import undefused
-from .settings import FORMAT, STATE, CHECKPOINT, RUN_PLOTS
+from .settings import FORMAT, STATE, CHECKPOINT, RUN_PLOTS, model_file
 from .counts import _read_csv, decimal_points
 from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_address
 
-__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts']
+__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts', 'run_metrics', 'undertrained_note']
 
 def take_shard(items:list, # Images in a stable order (as `find_images` gives them)
                shard:str, # 'K/N': the K-th of N parts, K counted from 0 (as Slurm array and Kubernetes job indexes are)
@@ -71,9 +71,14 @@ def _run_images(csv):
     "The training images' folder, for a run's own predictions.csv, whose names are that folder's; else None"
     csv = Path(csv)
     if csv.name!='predictions.csv' or (csv.parent/'images').is_dir(): return None # copied beside its images: found as any CSV's
-    try: d = json.loads((csv.parent/'metrics.json').read_text())['img_dir']
-    except (OSError, ValueError, KeyError, TypeError): return None # not a run, or one from before metrics.json said where its images were
-    return Path(d) if d and Path(d).is_dir() else None
+    d = run_metrics(csv.parent).get('img_dir') # none: not a run, or one from before metrics.json said where its images were
+    return Path(d) if isinstance(d, str) and d and Path(d).is_dir() else None
+
+def run_metrics(folder) -> dict:
+    "A run folder's `metrics.json`; {} where there is none, or it can't be read"
+    try: d = json.loads((Path(folder)/'metrics.json').read_text())
+    except (OSError, ValueError): return {}
+    return d if isinstance(d, dict) else {}
 
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
@@ -98,3 +103,12 @@ def true_counts(inputs, # What `find_images` was given
         paths,counts = csv_images(csv, label_cols)
         if counts is not None: found.update((str(p),c) for p,c in zip(paths, counts) if np.isfinite(c) and c>=0)
     return found
+
+def undertrained_note(model, # A run folder, or a model file in one
+                     ) -> str:
+    "A line saying that the run trained under half its schedule's epochs, as its `metrics.json` records; else ''"
+    # said as the run ended, but a model is counted with later, by someone else maybe, who sees its counts only
+    m = run_metrics(model_file(model).parent)
+    if m.get('undertrained') is not True: return ''
+    return (f"{model}: undertrained, {m.get('epochs')} epochs where the schedule has {m.get('schedule_epochs')} (its metrics.json): it counts worse "
+            f"than a model trained them; train it again with --epochs {m.get('schedule_epochs')}")

@@ -8,7 +8,7 @@ from .atomic import write_table
 from .settings import MIN_SIZE, check_folder, model_file, decode_threads
 from .names import IMG_EXTS
 # what to count, found here too by scripts written before `flowers.inputs` was split from this module
-from .inputs import MAPS_MARK, take_shard, image_files, csv_images, find_images, true_counts
+from .inputs import MAPS_MARK, take_shard, image_files, csv_images, find_images, true_counts, undertrained_note
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
@@ -207,6 +207,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
                 # the true counts read with the images, not after counting them: a CSV moved or edited meanwhile lost its scores unsaid
                 truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
                 if tile is not None and (note := tile_note(counter, tile)): print(note, file=sys.stderr)
+                if note := undertrained_note(model): print(note, file=sys.stderr)
                 df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
             except KeyboardInterrupt: print('Interrupted: nothing was written', file=sys.stderr); sys.exit(130)
         scored = add_truth(df, truth) if truth else ''

@@ -195,7 +195,7 @@ def read_state(run) -> dict:
     return state
 
 _NUM,_PATH = (int, float),(str, type(None))
-_STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH, cut=(dict, type(None))) # as `train` writes them
+_STATE_FIELDS = dict(lr=_NUM, epochs_done=int, pretrained=bool, recipe=str, best=(dict, type(None)), split=_PATH, cut=(dict, type(None)), schedule=(int, type(None))) # as `train` writes them
 _ARG_FIELDS = dict(data=_PATH, img_dir=_PATH, weights=_PATH, out=_PATH, fn_col=str, label_col=str) # those `check_args` does not check
 
 def _is(v, t) -> bool:

@@ -1,8 +1,11 @@
 "The default epochs fitted to the time budget: measured on the run's own batches, the run that follows the same as one told them, and kept to it."
-import json, os, time, pytest, torch, numpy as np, pandas as pd
-from flowers.budget import budget_epochs, budget_images, finish_seconds, time_batches, KeepBudget, MAX_SCALE, YARDSTICK
+import itertools, json, math, os, re, subprocess, sys, time, pytest, torch, numpy as np, pandas as pd
+from flowers.budget import budget_epochs, budget_images, finish_seconds, time_batches, KeepBudget, MAX_SCALE, YARDSTICK, short_of, short_note
+from flowers.settings import default_schedule
 from flowers.errors import FlowersError
 from flowers.train import train
+from flowers.predict import main as predict_main
+from conftest import main_here
 
 def test_more_time_or_a_faster_machine_fits_more_epochs():
     "Epochs grow with the minutes and the machine's speed, shrink with the time already spent, and stay within 1 and 3x the schedule's"
@@ -49,7 +52,6 @@ def test_epochs_at_most_three_times_the_schedules_are_said(flower_data, capsys):
 
 def test_a_fit_far_under_the_schedule_is_timed_again(flower_data, capsys):
     "Under half the schedule's epochs: timed again, as a machine busy for a moment times slow, and the fastest timing kept"
-    import re
     from flowers.budget import fit_epochs, RETIME
     n,keep = fit_epochs(_tiny_learner(flower_data[1]), 10_000, minutes=2)
     out = capsys.readouterr().out
@@ -163,10 +165,40 @@ def test_a_fitted_run_is_the_run_told_its_epochs(flower_data, tmp_path, capsys, 
     n = json.loads((tmp_path/'a'/'metrics.json').read_text())['epochs']
     assert f"{n} epochs fit 1.5 minutes on this machine" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path/'a'/'history.csv'))==n and json.loads((tmp_path/'a'/'model.json').read_text())
+    ma = json.loads((tmp_path/'a'/'metrics.json').read_text())
+    assert ma['schedule_epochs']==default_schedule(ma['precision'])['epochs'] and ma['undertrained'] is (n < ma['schedule_epochs']/2)
     b = train(flower_data[1], out=tmp_path/'b', size=32, bs=8, pretrained='no', epochs=n)
     assert 'epochs fit' not in capsys.readouterr().out # told: nothing measured
+    mb = json.loads((tmp_path/'b'/'metrics.json').read_text())
+    assert mb['schedule_epochs'] is None and mb['undertrained'] is False
     wa,wb = a.model.state_dict(),b.model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+def test_a_run_fitted_to_far_fewer_epochs_says_it_is_undertrained(flower_data, tmp_path, capsys):
+    "1 epoch where the schedule has 24 or 36, exit 0 and a validation MAE: read as a model to use unless the run says what it is"
+    train(flower_data[1], out=tmp_path/'run', size=32, bs=8, pretrained='no', minutes=.05) # seconds: 1 epoch, the least
+    out,m = capsys.readouterr().out,json.loads((tmp_path/'run'/'metrics.json').read_text())
+    sched = default_schedule(m['precision'])['epochs']
+    assert m['epochs']==1 and m['schedule_epochs']==sched and m['undertrained'] is True
+    said = re.search(rf"Undertrained: 1 epochs trained in the 0.05 minutes given, under half the schedule's {sched}, .* --epochs {sched} trains them "
+                     r"\(about (\d+) minutes? here\)", out)
+    assert said and out.index('Validation MAE') < said.start() < out.index('Count photos with it')
+    assert 1 <= int(said[1]) <= math.ceil(m['seconds']*sched/60) # the run's seconds with 35 more epochs, each no longer than the whole run
+    assert 'about' not in short_note(1, 36, 5, 100) and short_of(17, 36) and not short_of(18, 36)
+    # and said again where it counts: whoever counts with the model later sees its counts only
+    code,_,err = main_here(capsys, predict_main, tmp_path/'run', flower_data[0]/'images')
+    assert code==0 and f"undertrained, 1 epochs where the schedule has {sched} (its metrics.json)" in err
+    p = subprocess.Popen([sys.executable, '-m', 'flowers.serve', tmp_path/'run', '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try: said = ''.join(itertools.takewhile(lambda l: 'open http://' not in l, p.stdout)) # what the server says before it listens
+    finally: p.terminate(); p.wait(timeout=30)
+    assert f"undertrained, 1 epochs where the schedule has {sched}" in said
+
+def test_a_model_trained_its_epochs_is_not_said_to_be_undertrained(trained, flower_data, capsys):
+    "A run told its epochs records no schedule, and its counts come with no such note"
+    m = json.loads((trained/'metrics.json').read_text())
+    assert m['schedule_epochs'] is None and m['undertrained'] is False
+    code,_,err = main_here(capsys, predict_main, trained, flower_data[0]/'images')
+    assert code==0 and 'undertrained' not in err
 
 @pytest.mark.parametrize('minutes', [0, -1, float('nan'), float('inf'), True, '5'])
 def test_bad_minutes_are_refused(flower_data, tmp_path, minutes):

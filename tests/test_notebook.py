@@ -10,5 +10,6 @@ def test_notebook_runs(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}}).execute()
     out = ''.join(o.get('text', '') for c in nb.cells if c.cell_type=='code' for o in c.get('outputs', []))
     assert 'epochs fit 0.05 minutes on this machine' in out # the CLI's `fit_epochs`, in a budget that fits one
+    assert "Undertrained: 1 epochs trained in the 0.05 minutes given, under half the schedule's" in out # and said, as the CLI says it
     assert 'validation MAE' in out and 'flower heads (true:' in out and 'heads counted by tiles' in out
     assert (tmp_path/'data'/'export.pkl').is_file()
