@@ -67,6 +67,12 @@ class Counter:
         return cls.from_spec(learn.model, input_spec(learn), learn=learn, **kwargs)
 
     @property
+    def train_info(self) -> dict:
+        "What its run recorded of its training (`epochs`, `schedule_epochs`, `undertrained`); {} for a model exported before it was"
+        t = (self.meta or {}).get('train_info', getattr(self.learn, 'train_info', None))
+        return t if isinstance(t, dict) else {}
+
+    @property
     def label_col(self) -> str:
         "The CSV column of counts the model was trained on: `model.json`'s, else its `Learner`'s `ColReader`, else 'count'"
         if 'label_col' in (self.meta or {}): return self.meta['label_col']

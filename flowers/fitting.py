@@ -167,14 +167,15 @@ def _train(a, out, state, args, t0):
 def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre, resumed, t0, keep=None):
     "Export and report, in rank 0 only"
     if flag: return _save_interrupted(learn, out, a, state, precision)
-    preds = _export(learn, out, a, precision)
+    # fitted to the minutes: a machine busy throughout trains the few epochs that fit them, and the run says so (`short_note`),
+    # as does the model wherever it is copied (`Counter.train_info`): whoever counts with it later sees its counts only
+    short = state.get('schedule') is not None and short_of(a.epochs, state['schedule'])
+    train_info = dict(epochs=a.epochs, schedule_epochs=state.get('schedule'), undertrained=short)
+    preds = _export(learn, out, a, precision, train_info)
     info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
-                dropped=dls.df.attrs.get('dropped', []), schedule_epochs=state.get('schedule'))
-    # fitted to the minutes: a machine busy throughout trains the few epochs that fit them, and the run says so (`short_note`)
-    short = state.get('schedule') is not None and short_of(a.epochs, state['schedule'])
-    info['undertrained'] = short
+                dropped=dls.df.attrs.get('dropped', []), schedule_epochs=train_info['schedule_epochs'], undertrained=short)
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col, preds) # no bar characters in logs
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     r2 = f"{m['r2']:.3f}" if np.isfinite(m['r2']) else 'undefined (one count in every validation image)' # 'R² nan' read as a fault
@@ -187,12 +188,13 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
           f"load_learner({str(out/'export.pkl')!r}).predict(img))")
     return learn
 
-def _export(learn, out, a, precision):
-    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration), each atomically; returns the validation predictions"
+def _export(learn, out, a, precision, train_info=None):
+    "Calibrate on the validation set, then write `export.pkl` and the safe format (both carry the calibration, and `train_info`: epochs, the schedule's, undertrained), each atomically; returns the validation predictions"
     drop_points(learn.dls) # head positions were for training; `PointSupervision` stays, to teach them again in a later fit
     # the exported fp32 model's counts: the intervals fitted to them hold on the validation set, as metrics.json reports, by construction
     with epoch_lines(learn): preds = valid_predictions(learn, a.fn_col) # no bar characters in logs
     learn.calibration = calibrate(learn, precision=precision, counts=preds['predicted'])
+    learn.train_info = train_info # not `learn.training`: fastai's flag for a training phase
     with atomic_path(out/'export.pkl') as tmp: learn.export(tmp.name)
     save_safe(learn, out, a.arch, fn_col=a.fn_col, label_col=a.label_col, versions=versions())
     return preds

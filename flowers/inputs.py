@@ -3,11 +3,11 @@ import json, os, re, warnings, numpy as np, pandas as pd
 from pathlib import Path, PureWindowsPath
 from .errors import FlowersError
 from .atomic import undefused
-from .settings import FORMAT, STATE, CHECKPOINT, RUN_PLOTS, model_file
+from .settings import FORMAT, STATE, CHECKPOINT, RUN_PLOTS
 from .counts import _read_csv, decimal_points
 from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_address
 
-__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts', 'run_metrics', 'undertrained_note']
+__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts', 'run_metrics']
 
 def take_shard(items:list, # Images in a stable order (as `find_images` gives them)
                shard:str, # 'K/N': the K-th of N parts, K counted from 0 (as Slurm array and Kubernetes job indexes are)
@@ -103,12 +103,3 @@ def true_counts(inputs, # What `find_images` was given
         paths,counts = csv_images(csv, label_cols)
         if counts is not None: found.update((str(p),c) for p,c in zip(paths, counts) if np.isfinite(c) and c>=0)
     return found
-
-def undertrained_note(model, # A run folder, or a model file in one
-                     ) -> str:
-    "A line saying that the run trained under half its schedule's epochs, as its `metrics.json` records; else ''"
-    # said as the run ended, but a model is counted with later, by someone else maybe, who sees its counts only
-    m = run_metrics(model_file(model).parent)
-    if m.get('undertrained') is not True: return ''
-    return (f"{model}: undertrained, {m.get('epochs')} epochs where the schedule has {m.get('schedule_epochs')} (its metrics.json): it counts worse "
-            f"than a model trained them; train it again with --epochs {m.get('schedule_epochs')}")

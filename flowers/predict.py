@@ -8,7 +8,7 @@ from .atomic import write_table
 from .settings import MIN_SIZE, check_folder, model_file, decode_threads
 from .names import IMG_EXTS
 # what to count, found here too by scripts written before `flowers.inputs` was split from this module
-from .inputs import MAPS_MARK, take_shard, image_files, csv_images, find_images, true_counts, undertrained_note
+from .inputs import MAPS_MARK, take_shard, image_files, csv_images, find_images, true_counts
 from .progress import progress
 # torch and fastai load only once the command line is good (`Counter`): a typo is refused at once, not after ~10 s
 
@@ -167,6 +167,16 @@ def tile_note(counter, # A `Counter`
     return (f"--tile {tile} counts each image at {f:.2g}x the scale of the training images, which were about {side:.0f} px a side "
             f"(--tile auto): right where heads look {1/f:.2g}x as large as in training, not for photos at the training scale")
 
+def undertrained_note(counter, # A `Counter`
+                      name, # What the user called its model
+                     ) -> str:
+    "A line saying that the model's run trained under half its schedule's epochs (`Counter.train_info`); else ''"
+    # said as the run ended, but a model is counted with later, by someone else maybe, who sees its counts only
+    t = counter.train_info
+    if t.get('undertrained') is not True: return ''
+    return (f"{name}: undertrained, {t.get('epochs')} epochs where the schedule has {t.get('schedule_epochs')}: it counts worse "
+            f"than a model trained them; train it again with --epochs {t.get('schedule_epochs')}")
+
 FLAGS = ('--fp32',) # the options of `main` that take no value: its bool parameters
 if __name__=='__main__': sys.argv = ['python -m flowers.predict', *options_first(sys.argv[1:], flags=FLAGS)] # the usage line argparse prints; options among the files
 
@@ -207,7 +217,7 @@ def main(model:str, # Run folder, model.safetensors or export.pkl
                 # the true counts read with the images, not after counting them: a CSV moved or edited meanwhile lost its scores unsaid
                 truth = true_counts(inputs, dict.fromkeys([counter.label_col, 'count'])) # the model's own column, else 'count'
                 if tile is not None and (note := tile_note(counter, tile)): print(note, file=sys.stderr)
-                if note := undertrained_note(model): print(note, file=sys.stderr)
+                if note := undertrained_note(counter, model): print(note, file=sys.stderr)
                 df = predict_table(counter, items, bs=bs, level=interval, tile=tile, maps=maps, ids=ids, partial=True)
             except KeyboardInterrupt: print('Interrupted: nothing was written', file=sys.stderr); sys.exit(130)
         scored = add_truth(df, truth) if truth else ''

@@ -85,6 +85,8 @@ def save_safe(learn, # A trained count `Learner`
              ) -> Path:
     "Write the weights as safetensors and the rest as JSON, with the weights' sha256"
     path = Path(path)
+    # what its run recorded of its training (`flowers.fitting`), kept from a loaded `export.pkl` too
+    if isinstance(info := getattr(learn, 'train_info', None), dict): extra = dict(train_info=info, **extra)
     sd = {k:v.detach().cpu().contiguous() for k,v in learn.model.state_dict().items()}
     cal = getattr(learn, 'calibration', None)
     cal_meta,cal_tensors = cal.to_meta() if cal is not None else ({},{})

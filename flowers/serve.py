@@ -10,8 +10,7 @@ from starlette.routing import Route
 from starlette.formparsers import MultiPartException, MultiPartParser, parse_options_header
 from .errors import FlowersError, check_int, user_errors
 from .images import image_format, image_pixels, open_image
-from .predict import load_counter, predict_table
-from .inputs import undertrained_note
+from .predict import load_counter, predict_table, undertrained_note
 from .report import map_png
 
 __all__ = ['MB', 'MP', 'create_app', 'listen', 'serve']
@@ -167,7 +166,7 @@ def serve(model, # Run folder, model.safetensors or export.pkl (the safe format 
         if not v > 0: raise FlowersError(f"--{k.replace('_','-')} {v}: must be above 0")
     with listen(host, port) as sock: # closed again if the model fails to load, as when the server stops
         counter = load_counter(model)
-        if note := undertrained_note(model): print(note, file=sys.stderr, flush=True) # its counts go to people who see them only
+        if note := undertrained_note(counter, model): print(note, file=sys.stderr, flush=True) # its counts go to people who see them only
         port = sock.getsockname()[1] # the one the system picked, for port 0
         print(f"Counting with {counter}; open http://{f'[{host}]' if ':' in host else host}:{port}/", flush=True)
         app = create_app(counter, max_upload_mb, max_request_mb, max_megapixels=max_megapixels, max_request_megapixels=max_request_megapixels)

@@ -1,11 +1,12 @@
 "The default epochs fitted to the time budget: measured on the run's own batches, the run that follows the same as one told them, and kept to it."
-import itertools, json, math, os, re, subprocess, sys, time, pytest, torch, numpy as np, pandas as pd
+import itertools, json, math, os, re, shutil, subprocess, sys, time, pytest, torch, numpy as np, pandas as pd
 from flowers.budget import budget_epochs, budget_images, finish_seconds, time_batches, KeepBudget, MAX_SCALE, YARDSTICK, short_of, short_note
 from flowers.settings import default_schedule
 from flowers.errors import FlowersError
 from flowers.train import train
 from flowers.predict import main as predict_main
 from conftest import main_here
+from fastai.learner import load_learner
 
 def test_more_time_or_a_faster_machine_fits_more_epochs():
     "Epochs grow with the minutes and the machine's speed, shrink with the time already spent, and stay within 1 and 3x the schedule's"
@@ -186,8 +187,12 @@ def test_a_run_fitted_to_far_fewer_epochs_says_it_is_undertrained(flower_data, t
     assert 1 <= int(said[1]) <= math.ceil(m['seconds']*sched/60) # the run's seconds with 35 more epochs, each no longer than the whole run
     assert 'about' not in short_note(1, 36, 5, 100) and short_of(17, 36) and not short_of(18, 36)
     # and said again where it counts: whoever counts with the model later sees its counts only
-    code,_,err = main_here(capsys, predict_main, tmp_path/'run', flower_data[0]/'images')
-    assert code==0 and f"undertrained, 1 epochs where the schedule has {sched} (its metrics.json)" in err
+    # the model carries it, wherever it is copied: the safe pair without its run folder, and `export.pkl` for `load_learner`
+    (tmp_path/'copy').mkdir()
+    for f in ('model.safetensors', 'model.json'): shutil.copy(tmp_path/'run'/f, tmp_path/'copy')
+    code,_,err = main_here(capsys, predict_main, tmp_path/'copy', flower_data[0]/'images')
+    assert code==0 and f"undertrained, 1 epochs where the schedule has {sched}: it counts worse" in err
+    assert load_learner(tmp_path/'run'/'export.pkl').train_info==dict(epochs=1, schedule_epochs=sched, undertrained=True)
     p = subprocess.Popen([sys.executable, '-m', 'flowers.serve', tmp_path/'run', '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try: said = ''.join(itertools.takewhile(lambda l: 'open http://' not in l, p.stdout)) # what the server says before it listens
     finally: p.terminate(); p.wait(timeout=30)
@@ -197,6 +202,7 @@ def test_a_model_trained_its_epochs_is_not_said_to_be_undertrained(trained, flow
     "A run told its epochs records no schedule, and its counts come with no such note"
     m = json.loads((trained/'metrics.json').read_text())
     assert m['schedule_epochs'] is None and m['undertrained'] is False
+    assert json.loads((trained/'model.json').read_text())['train_info']==dict(epochs=m['epochs'], schedule_epochs=None, undertrained=False)
     code,_,err = main_here(capsys, predict_main, trained, flower_data[0]/'images')
     assert code==0 and 'undertrained' not in err
 
