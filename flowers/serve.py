@@ -134,7 +134,7 @@ def create_app(counter, # A `Counter`, loaded once
             return JSONResponse({'error': 'no readable image: ' + '; '.join(r['error'] for r in rows), 'results': rows}, status_code=415)
         return JSONResponse(rows)
 
-    async def health(request): return JSONResponse({'status': 'ok', 'model': repr(counter)})
+    async def health(request): return JSONResponse({'status': 'ok', 'model': repr(counter), 'train_info': counter.train_info}) # a service can check it is not undertrained
     async def page(request): return HTMLResponse(PAGE)
     return Starlette(routes=[Route('/', page), Route('/api/count', count, methods=['POST']), Route('/health', health)])
 

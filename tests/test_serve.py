@@ -42,9 +42,10 @@ def _mosaic(flower_data, folder):
     m.save(folder/'bed.jpg', quality=95)
     return folder/'bed.jpg'
 
-def test_health(server):
+def test_health(server, counter):
     r = httpx.get(server+'/health')
     assert r.json()['status']=='ok' and 'Counter' in r.json()['model']
+    assert r.json()['train_info']==counter.train_info and r.json()['train_info']['undertrained'] is False # told its 2 epochs
 
 def test_single_and_multi_counts_match_counter(server, counter, flower_data):
     one = _post(server, _imgs(flower_data, 1))
