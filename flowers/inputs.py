@@ -7,7 +7,7 @@ from .settings import FORMAT, STATE, CHECKPOINT, RUN_PLOTS
 from .counts import _read_csv, decimal_points
 from .names import IMG_EXTS, OTHER_PICTURES, find_img_dir, match_names, is_web_address
 
-__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts', 'run_metrics']
+__all__ = ['MAPS_MARK', 'take_shard', 'image_files', 'csv_images', 'find_images', 'true_counts']
 
 def take_shard(items:list, # Images in a stable order (as `find_images` gives them)
                shard:str, # 'K/N': the K-th of N parts, K counted from 0 (as Slurm array and Kubernetes job indexes are)
@@ -71,14 +71,9 @@ def _run_images(csv):
     "The training images' folder, for a run's own predictions.csv, whose names are that folder's; else None"
     csv = Path(csv)
     if csv.name!='predictions.csv' or (csv.parent/'images').is_dir(): return None # copied beside its images: found as any CSV's
-    d = run_metrics(csv.parent).get('img_dir') # none: not a run, or one from before metrics.json said where its images were
-    return Path(d) if isinstance(d, str) and d and Path(d).is_dir() else None
-
-def run_metrics(folder) -> dict:
-    "A run folder's `metrics.json`; {} where there is none, or it can't be read"
-    try: d = json.loads((Path(folder)/'metrics.json').read_text())
-    except (OSError, ValueError): return {}
-    return d if isinstance(d, dict) else {}
+    try: d = json.loads((csv.parent/'metrics.json').read_text())['img_dir']
+    except (OSError, ValueError, KeyError, TypeError): return None # not a run, or one from before metrics.json said where its images were
+    return Path(d) if d and Path(d).is_dir() else None
 
 def find_images(inputs) -> tuple:
     "Image paths from files, folders (searched recursively) and CSVs with an image column; and usage errors"
