@@ -124,15 +124,15 @@ class KeepBudget(Callback):
     def before_fit(self):
         # fine-tuning's frozen epochs are not the budget's to cut; the unfrozen ones after them are
         self.active = not (self.opt is not None and self.opt.frozen_idx > 0)
-        self.starts,self.ends,self.given = [],[],self.n_epoch
+        self.starts,self.given = [],self.n_epoch
 
     def before_epoch(self):
         if not self.active: return
         # fastai's loop runs to the fit's epochs, counted once as it starts; its one cycle to `n_epoch`, read at every batch: the
         # plan's, to the bit as a fit given them, until a cut or a stretch schedules the rest (`before_batch`)
         if self.epoch==0 and self.plan and not self.cut: self.learn.n_epoch = self.plan
-        self.starts.append(time.time())
         if self.epoch >= self._planned(): raise CancelFitException()
+        self.starts.append(time.time()) # the epochs that run: `_took` times them
         bar = getattr(getattr(self.learn, 'progress', None), 'mbar', None)
         if bar is not None: bar.main_bar.total = self._planned() # an interactive bar counts the epochs planned, not the fit's most
 
@@ -141,10 +141,10 @@ class KeepBudget(Callback):
         if self.active and self.training and self.cut: self.learn.pct_train = _cycle_pct(self.cut, self.epoch, self.iter, self.n_iter)
 
     def after_epoch(self):
-        if self.active: self.ends.append(time.time())
+        if self.active: self.ended = time.time()
         if not (self.active and self.end) or len(self.starts) < 2: return # two epochs' times first: the first one warms up
         now = time.time()
-        took = float(np.median((np.diff(self.starts).tolist() + [now - self.starts[-1]])[-3:]))
+        took = self._took(now)
         # every process keeps the first one's epochs: one that stopped sooner would leave the others waiting
         cut = broadcast_obj(self._new_cut(now, took) if rank_distrib()==0 else None)
         if cut is None: return
@@ -176,10 +176,13 @@ class KeepBudget(Callback):
     def _planned(self): return self.cut['epochs'] if self.cut else self.n_epoch
     def _pct(self, epoch): return _cycle_pct(self.cut, epoch) if self.cut else epoch/self.n_epoch
 
+    def _took(self, now):
+        "Seconds an epoch takes: the median of the last three, each from its start to the next's, the last's to `now`"
+        return float(np.median((np.diff(self.starts).tolist() + [now - self.starts[-1]])[-3:]))
+
     def epoch_seconds(self) -> float:
-        "Seconds an epoch took, the median of the last few (the first warms up); the seconds timed where none ran"
-        took = [e - s for s,e in zip(self.starts, self.ends)]
-        return float(np.median(took[1:][-3:] or took)) if took else self.timed
+        "Seconds an epoch took, as the cuts measure it (`_took`) when the fit's epochs ended; the seconds timed where none ran"
+        return self._took(self.ended) if self.starts else self.timed
 
 def short_of(epochs, # Epochs a run fits, or trained
              reference, # The schedule's epochs

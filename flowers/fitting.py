@@ -156,7 +156,7 @@ def _train(a, out, state, args, t0):
             # a fit planned by the budget is given the most epochs it may be stretched to (`KeepBudget`)
             fit(learn, recipe, getattr(keep, 'most', None) or a.epochs, lr, a.freeze_epochs, start=start,
                 cbs=[GracefulStop(flag), guard] + L(keep) + ([Checkpoint(out, state)] if _is_main() else []))
-    if keep is not None and keep.cut: a.epochs = keep.cut['epochs'] # the epochs trained, in metrics.json
+    if keep is not None: a.epochs = getattr(keep, 'epochs', a.epochs) # the epochs trained, cut or stretched, in metrics.json
     learn.interrupted = flag.signal
     if not guard.steps and not flag and start < a.epochs + (a.freeze_epochs if recipe=='fine_tune' else 0):
         raise FlowersError(f"training took no step ({len(dls.train_ds)} training images, bs {dls.train.bs}); nothing was exported")
@@ -172,10 +172,10 @@ def _finish(learn, out, a, state, flag, dls, csv, lr, recipe, precision, use_pre
     short = state.get('schedule') is not None and short_of(a.epochs, state['schedule'])
     train_info = dict(epochs=a.epochs, schedule_epochs=state.get('schedule'), undertrained=short)
     preds = _export(learn, out, a, precision, train_info)
-    info = dict(lr=lr, epochs=a.epochs, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
+    info = dict(lr=lr, **train_info, freeze_epochs=a.freeze_epochs if recipe=='fine_tune' else 0, arch=a.arch, norm=a.norm, stem=a.stem, head=a.head, size=a.size,
                 **(dict(stride=a.stride, context=a.context) if a.head=='map' else {}), bs=a.bs, loss=a.loss, seed=a.seed, recipe=recipe, precision=precision, pretrained=bool(use_pre), weights=a.weights,
                 aug=a.aug, data=str(csv), img_dir=str(dls.df.attrs.get('img_dir', '')), seconds=round(time.time()-t0, 1), resumed=resumed,
-                dropped=dls.df.attrs.get('dropped', []), schedule_epochs=train_info['schedule_epochs'], undertrained=short)
+                dropped=dls.df.attrs.get('dropped', []))
     with epoch_lines(learn): m = write_report(learn, out, info, a.fn_col, preds) # no bar characters in logs
     for f in (CHECKPOINT, BEST, STATE, EXTENT): (out/f).unlink(missing_ok=True) # finished: the exported model supersedes them
     r2 = f"{m['r2']:.3f}" if np.isfinite(m['r2']) else 'undefined (one count in every validation image)' # 'R² nan' read as a fault
